@@ -1,0 +1,162 @@
+package collective
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Algo selects the algorithm family for all-reduce (and, by extension, the
+// small-message variants of the other collectives).
+type Algo uint8
+
+const (
+	// AlgoAuto picks recursive doubling below Config.SmallBytes and the
+	// pipelined ring above it.
+	AlgoAuto Algo = iota
+	// AlgoRing is bandwidth-optimal: reduce-scatter then all-gather around
+	// a ring, each rank sending 2(n-1)/n of the buffer in pipelined chunks.
+	AlgoRing
+	// AlgoRecursiveDoubling is latency-optimal: log2(n) exchanges of the
+	// whole buffer (non-powers of two fold the extra ranks in first).
+	AlgoRecursiveDoubling
+)
+
+func (a Algo) String() string {
+	switch a {
+	case AlgoAuto:
+		return "auto"
+	case AlgoRing:
+		return "ring"
+	case AlgoRecursiveDoubling:
+		return "rd"
+	}
+	return fmt.Sprintf("algo(%d)", uint8(a))
+}
+
+// ParseAlgo accepts auto, ring, rd (or recursive-doubling).
+func ParseAlgo(s string) (Algo, error) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return AlgoAuto, nil
+	case "ring":
+		return AlgoRing, nil
+	case "rd", "recursive-doubling", "recursivedoubling":
+		return AlgoRecursiveDoubling, nil
+	}
+	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring or rd)", s)
+}
+
+// Config tunes a group. Build it with DefaultConfig, adjust, then Validate
+// (New does that too).
+type Config struct {
+	// Timeout bounds every call whose context has no earlier deadline.
+	// A peer that stops answering makes every live rank fail within it.
+	Timeout time.Duration
+	// Algo forces an algorithm; AlgoAuto chooses by size.
+	Algo Algo
+	// SmallBytes is the message size (bytes per rank's buffer) below which
+	// AlgoAuto uses recursive doubling and trees instead of rings.
+	SmallBytes int
+	// ChunkBytes is the pipelining unit of ring algorithms: sending one
+	// chunk overlaps receiving and reducing the next.
+	ChunkBytes int
+	// RingOrder optionally lists the ranks in ring order (a permutation of
+	// 0..Size-1); nil means 0, 1, ..., Size-1. The topology solver fills it.
+	RingOrder []int
+}
+
+// DefaultConfig returns the defaults: a 5-minute timeout, automatic
+// algorithm choice at 64 KiB, 1 MiB pipeline chunks.
+func DefaultConfig() Config {
+	return Config{
+		Timeout:    5 * time.Minute,
+		Algo:       AlgoAuto,
+		SmallBytes: 64 << 10,
+		ChunkBytes: 1 << 20,
+	}
+}
+
+// Validate reports the first field that is out of range.
+func (c Config) Validate() error {
+	if c.Timeout <= 0 {
+		return fmt.Errorf("collective config: Timeout %v must be positive", c.Timeout)
+	}
+	if c.Algo > AlgoRecursiveDoubling {
+		return fmt.Errorf("collective config: unknown Algo %d", c.Algo)
+	}
+	if c.SmallBytes < 0 {
+		return fmt.Errorf("collective config: SmallBytes %d must not be negative", c.SmallBytes)
+	}
+	if c.ChunkBytes < 64 {
+		return fmt.Errorf("collective config: ChunkBytes %d must be at least 64", c.ChunkBytes)
+	}
+	return nil
+}
+
+// Environment variables read by FromEnv.
+const (
+	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd
+	EnvAlgoThreshold = "RINGO_ALGO_THRESHOLD" // bytes, e.g. 65536 or 64K
+	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
+	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
+)
+
+// FromEnv overrides c's fields from RINGO_ALGO, RINGO_ALGO_THRESHOLD,
+// RINGO_CHUNK_BYTES and RINGO_TIMEOUT where they are set.
+func (c Config) FromEnv() (Config, error) {
+	if v := os.Getenv(EnvAlgo); v != "" {
+		a, err := ParseAlgo(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvAlgo, err)
+		}
+		c.Algo = a
+	}
+	if v := os.Getenv(EnvAlgoThreshold); v != "" {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvAlgoThreshold, err)
+		}
+		c.SmallBytes = int(n)
+	}
+	if v := os.Getenv(EnvChunk); v != "" {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvChunk, err)
+		}
+		c.ChunkBytes = int(n)
+	}
+	if v := os.Getenv(EnvTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvTimeout, err)
+		}
+		c.Timeout = d
+	}
+	return c, nil
+}
+
+// ParseBytes reads a byte count such as 4096, 4K, 64KiB, 256M or 1G
+// (binary multiples).
+func ParseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult, t = 1<<10, t[:n-1]
+		case 'M':
+			mult, t = 1<<20, t[:n-1]
+		case 'G':
+			mult, t = 1<<30, t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("bad byte count %q (want e.g. 4096, 4K, 256M)", s)
+	}
+	return v * mult, nil
+}

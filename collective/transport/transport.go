@@ -1,0 +1,69 @@
+package transport
+
+import (
+	"errors"
+	"time"
+)
+
+// Sentinel errors, re-exported by package collective. Wrap them with %w.
+var (
+	// ErrClosed: the transport (or the group above it) was closed.
+	ErrClosed = errors.New("closed")
+	// ErrTimeout: a peer did not answer before the call's deadline.
+	ErrTimeout = errors.New("timed out")
+	// ErrMismatch: ranks called different collectives, or the same one
+	// with different arguments.
+	ErrMismatch = errors.New("ranks disagree")
+	// ErrPeerLost: the connection to a peer broke (the process died,
+	// exited, or the network cut it).
+	ErrPeerLost = errors.New("peer lost")
+	// ErrCanceled: a rank's context was cancelled during a call.
+	ErrCanceled = errors.New("canceled")
+	// ErrProtocol: a peer sent bytes that are not a valid message.
+	ErrProtocol = errors.New("protocol error")
+)
+
+// Transport moves messages between this rank and every other rank of a
+// group. Calls for one peer must not be made concurrently from several
+// goroutines (the layer above owns ordering); calls for different peers, and
+// a Send concurrent with a Recv, may be.
+//
+// A deadline of zero means none. Implementations may round a deadline up by
+// a few tens of milliseconds to avoid resetting timers on every call.
+type Transport interface {
+	Rank() int
+	Size() int
+
+	// Send writes one message to peer: h (its Length and From are set by
+	// Send) followed by payload. It returns once payload may be reused.
+	Send(peer int, h *Header, payload []byte, deadline time.Time) error
+
+	// RecvHeader blocks until the next message from peer arrives and
+	// decodes its header into h. Only data messages are returned; fault
+	// notices and goodbyes are handled by the transport.
+	RecvHeader(peer int, h *Header, deadline time.Time) error
+
+	// RecvPayload reads the payload of the message whose header was just
+	// returned by RecvHeader for the same peer; len(buf) must equal that
+	// header's Length.
+	RecvPayload(peer int, buf []byte, deadline time.Time) error
+
+	// Abort records f as this transport's fault unless one is already
+	// recorded, tells every peer about it (best effort, bounded in time),
+	// and makes every blocked and future call return the recorded fault.
+	Abort(f *Fault)
+
+	// Fault returns the recorded fault, or nil while the transport is
+	// healthy.
+	Fault() *Fault
+
+	// Close says goodbye to every peer and releases everything the
+	// transport started; it returns after its goroutines have exited.
+	Close() error
+}
+
+// Addresser is implemented by transports that can say where a peer lives,
+// for error messages.
+type Addresser interface {
+	PeerAddr(peer int) string
+}

@@ -1,0 +1,3 @@
+module github.com/ringo-ml/ringo
+
+go 1.26
