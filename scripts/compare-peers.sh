@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# compare-peers.sh: ringo's all-reduce next to Gloo (torch.distributed), Open
+# MPI (TCP, and shared memory when available) and the machine's own TCP ring
+# ceiling, on one host. See docs/compare-peers.md.
+#
+#   scripts/compare-peers.sh [--install] [--np "2 4"] [--min-bytes 4K]
+#       [--max-bytes 64M] [--iters 20] [--warmup 5] [--sockets K]
+#       [--out bench-results] [--timeout 300] [--seconds 3]
+#       [--skip "gloo openmpi-shm ..."] [--python /usr/bin/python3]
+set -euo pipefail
+
+usage() {
+	sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+	cat <<'EOF'
+
+  --install      apt-get install the peers (python3-torch, openmpi-bin,
+                 libopenmpi-dev) when missing; without it missing peers are
+                 skipped with a note
+  --np LIST      process counts, e.g. "2 4" (default "2 4")
+  --min-bytes B  smallest message (4K, 1M, 4096 ...; default 4K)
+  --max-bytes B  largest message (default 64M); sizes double from min to max
+  --iters N      timed iterations per size (default 20)
+  --warmup N     untimed iterations per size (default 5)
+  --sockets K    TCP sockets per ring link, for ringo and ringceiling
+                 (default: ringo bench's own default, else 2)
+  --out DIR      raw JSON lines and logs (default bench-results)
+  --timeout S    time limit for each single run in seconds (default 300)
+  --seconds S    ringceiling measurement window (default 3)
+  --skip LIST    any of: ringceiling gloo openmpi openmpi-shm ringo
+  --python PATH  Python with torch for Gloo (default /usr/bin/python3)
+EOF
+}
+
+cd "$(dirname "$0")/.."
+
+INSTALL=0
+NPS="2 4"
+MIN_BYTES=4K
+MAX_BYTES=64M
+ITERS=20
+WARMUP=5
+SOCKETS=
+OUT=bench-results
+TIMEOUT=300
+SECONDS_CEIL=3
+SKIP=
+PY_TORCH=/usr/bin/python3
+
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	--install) INSTALL=1; shift ;;
+	--np) NPS="$2"; shift 2 ;;
+	--min-bytes) MIN_BYTES="$2"; shift 2 ;;
+	--max-bytes) MAX_BYTES="$2"; shift 2 ;;
+	--iters) ITERS="$2"; shift 2 ;;
+	--warmup) WARMUP="$2"; shift 2 ;;
+	--sockets) SOCKETS="$2"; shift 2 ;;
+	--out) OUT="$2"; shift 2 ;;
+	--timeout) TIMEOUT="$2"; shift 2 ;;
+	--seconds) SECONDS_CEIL="$2"; shift 2 ;;
+	--skip) SKIP="$2"; shift 2 ;;
+	--python) PY_TORCH="$2"; shift 2 ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "compare-peers: unknown option $1 (see --help)" >&2; exit 2 ;;
+	esac
+done
+
+note() { echo "compare-peers: $*" >&2; }
+
+# to_bytes 4K -> 4096 (K, M, G are powers of 1024; an optional trailing B or iB)
+to_bytes() {
+	local s="${1^^}" n mult=1
+	s="${s%B}"
+	s="${s%I}"
+	case "$s" in
+	*K) mult=1024; n="${s%K}" ;;
+	*M) mult=$((1024 * 1024)); n="${s%M}" ;;
+	*G) mult=$((1024 * 1024 * 1024)); n="${s%G}" ;;
+	*) n="$s" ;;
+	esac
+	if ! [[ "$n" =~ ^[0-9]+$ ]]; then
+		echo "compare-peers: bad size $1" >&2
+		exit 2
+	fi
+	echo $((n * mult))
+}
+MIN_B=$(to_bytes "$MIN_BYTES")
+MAX_B=$(to_bytes "$MAX_BYTES")
+for v in "$ITERS" "$WARMUP" "$TIMEOUT" $NPS; do
+	[[ "$v" =~ ^[0-9]+$ ]] || { note "not a number: $v"; exit 2; }
+done
+
+skipped() { [[ " $SKIP " == *" $1 "* ]]; }
+
+have_torch() { [[ -x "$PY_TORCH" ]] && "$PY_TORCH" -c 'import torch.distributed as d; assert d.is_gloo_available()' 2>/dev/null; }
+have_mpi() { command -v mpicc >/dev/null && command -v mpirun >/dev/null; }
+
+if [[ $INSTALL -eq 1 ]]; then
+	pkgs=()
+	have_torch || pkgs+=(python3-torch)
+	have_mpi || pkgs+=(openmpi-bin libopenmpi-dev)
+	if [[ ${#pkgs[@]} -gt 0 ]]; then
+		sudo=()
+		[[ $EUID -eq 0 ]] || sudo=(sudo)
+		note "installing ${pkgs[*]}"
+		"${sudo[@]}" apt-get update -q
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${pkgs[@]}"
+	fi
+fi
+
+# Python for the (stdlib-only) table: Debian's if present, else any.
+PY_TABLE=/usr/bin/python3
+[[ -x "$PY_TABLE" ]] || PY_TABLE=$(command -v python3)
+
+mkdir -p "$OUT" bin
+
+# ---- build -------------------------------------------------------------
+RINGO=0
+if ! skipped ringo; then
+	if go build -o bin/ringo ./cmd/ringo 2>"$OUT/build-ringo.log"; then
+		RINGO=1
+	else
+		note "ringo: does not build (see $OUT/build-ringo.log), skipped"
+	fi
+fi
+CEIL=0
+if ! skipped ringceiling; then
+	if go build -o bin/ringceiling ./scripts/ringceiling; then
+		CEIL=1
+	else
+		note "ringceiling: does not build, skipped"
+	fi
+fi
+GLOO=0
+if ! skipped gloo; then
+	if have_torch; then
+		GLOO=1
+	else
+		note "gloo: no torch with Gloo in $PY_TORCH (try --install), skipped"
+	fi
+fi
+MPI=0
+MPI_SHM_BTL=
+if ! skipped openmpi || ! skipped openmpi-shm; then
+	if ! have_mpi; then
+		note "openmpi: mpicc/mpirun not found (try --install), skipped"
+	elif ! mpicc -O2 -o bin/mpi_allreduce scripts/peers/mpi_allreduce.c; then
+		note "openmpi: mpi_allreduce.c does not build, skipped"
+	else
+		MPI=1
+		# Open MPI 4 calls its shared-memory BTL vader, Open MPI 5 sm.
+		btls=$(ompi_info 2>/dev/null | sed -n 's/^ *MCA btl: \([a-z0-9_]*\) .*/\1/p' || true)
+		if grep -qx vader <<<"$btls"; then
+			MPI_SHM_BTL=vader
+		elif grep -qx sm <<<"$btls"; then
+			MPI_SHM_BTL=sm
+		elif ! skipped openmpi-shm; then
+			note "openmpi-shm: no vader/sm BTL in this Open MPI, skipped"
+		fi
+	fi
+fi
+
+# ringo's own socket default, when --sockets was not given.
+RINGO_HELP=
+if [[ $RINGO -eq 1 ]]; then
+	RINGO_HELP=$(bin/ringo bench --help 2>&1 || true)
+fi
+if [[ -z "$SOCKETS" ]]; then
+	SOCKETS=$(sed -n '/-sockets/{n;p;q}' <<<"$RINGO_HELP" | sed -n 's/.*(default \([0-9]*\)).*/\1/p')
+	[[ -n "$SOCKETS" ]] || SOCKETS=$(sed -n 's/.*-sockets.*(default \([0-9]*\)).*/\1/p' <<<"$RINGO_HELP" | head -1)
+	[[ -n "$SOCKETS" ]] || SOCKETS=2
+fi
+RINGO_SOCKETS=(--sockets "$SOCKETS")
+if [[ $RINGO -eq 1 && "$RINGO_HELP" != *sockets* ]]; then
+	note "ringo bench --help does not list --sockets; running ringo without it"
+	RINGO_SOCKETS=()
+fi
+
+# run NAME NP CMD...: one time-boxed run; JSON lines to $OUT/NAME-npNP.jsonl,
+# stderr to the matching .log. A failure is noted, never fatal.
+run() {
+	local name=$1 np=$2
+	shift 2
+	local f="$OUT/$name-np$np"
+	note "np=$np $name ..."
+	local t0=$SECONDS rc=0
+	timeout --kill-after=10 "$TIMEOUT" "$@" >"$f.jsonl" 2>"$f.log" || rc=$?
+	if [[ $rc -ne 0 ]]; then
+		if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+			note "np=$np $name: timed out after ${TIMEOUT}s (partial results kept; see $f.log)"
+		else
+			note "np=$np $name: failed with status $rc (see $f.log)"
+		fi
+		tail -n 3 "$f.log" | sed 's/^/    /' >&2 || true
+	fi
+	note "np=$np $name done in $((SECONDS - t0))s, $(grep -c '^{' "$f.jsonl" || true) lines"
+}
+
+SIZES=(--min-bytes "$MIN_B" --max-bytes "$MAX_B" --iters "$ITERS" --warmup "$WARMUP")
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+
+for np in $NPS; do
+	rm -f "$OUT"/*-np"$np".jsonl "$OUT"/*-np"$np".log
+	if [[ $CEIL -eq 1 ]]; then
+		run ringceiling "$np" bin/ringceiling --np "$np" --sockets "$SOCKETS" --seconds "$SECONDS_CEIL" --json
+	fi
+	if [[ $GLOO -eq 1 ]]; then
+		run gloo "$np" "$PY_TORCH" scripts/peers/gloo_allreduce.py --np "$np" "${SIZES[@]}"
+	fi
+	if [[ $MPI -eq 1 ]] && ! skipped openmpi; then
+		# ob1 + the TCP BTL on loopback (the default excludes 127.0.0.0/8,
+		# and the UCX PML would ignore the BTL list altogether).
+		run openmpi "$np" "${MPIRUN[@]}" -np "$np" --mca pml ob1 --mca btl tcp,self \
+			--mca btl_tcp_if_include lo bin/mpi_allreduce "${SIZES[@]}" --peer openmpi
+	fi
+	if [[ $MPI -eq 1 && -n "$MPI_SHM_BTL" ]] && ! skipped openmpi-shm; then
+		run openmpi-shm "$np" "${MPIRUN[@]}" -np "$np" --mca pml ob1 --mca btl "self,$MPI_SHM_BTL" \
+			bin/mpi_allreduce "${SIZES[@]}" --peer openmpi-shm
+	fi
+	if [[ $RINGO -eq 1 ]]; then
+		run ringo "$np" bin/ringo bench allreduce --np "$np" "${SIZES[@]}" \
+			--dtype float32 --transport tcp "${RINGO_SOCKETS[@]}" --json
+	fi
+done
+
+"$PY_TABLE" scripts/peers/compare_table.py "$OUT" --np "$NPS" | tee "$OUT/tables.md"
+note "raw results and logs in $OUT/"
