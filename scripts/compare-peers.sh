@@ -104,7 +104,7 @@ if [[ $INSTALL -eq 1 ]]; then
 		[[ $EUID -eq 0 ]] || sudo=(sudo)
 		note "installing ${pkgs[*]}"
 		"${sudo[@]}" apt-get update -q
-		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${pkgs[@]}"
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"
 	fi
 fi
 
@@ -163,7 +163,7 @@ fi
 # ringo's own socket default, when --sockets was not given.
 RINGO_HELP=
 if [[ $RINGO -eq 1 ]]; then
-	RINGO_HELP=$(bin/ringo bench --help 2>&1 || true)
+	RINGO_HELP=$({ bin/ringo bench allreduce --help || true; bin/ringo bench --help || true; } 2>&1)
 fi
 if [[ -z "$SOCKETS" ]]; then
 	SOCKETS=$(sed -n '/-sockets/{n;p;q}' <<<"$RINGO_HELP" | sed -n 's/.*(default \([0-9]*\)).*/\1/p')
@@ -176,13 +176,33 @@ if [[ $RINGO -eq 1 && "$RINGO_HELP" != *sockets* ]]; then
 	RINGO_SOCKETS=()
 fi
 
+# busy_pct: percent of all CPUs busy over half a second (0 where /proc/stat
+# is missing). Other work on the machine skews every number here.
+busy_pct() {
+	[[ -r /proc/stat ]] || { echo 0; return; }
+	local a b
+	read -r -a a < <(grep '^cpu ' /proc/stat)
+	sleep 0.5
+	read -r -a b < <(grep '^cpu ' /proc/stat)
+	local i tot=0 idle
+	for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+	idle=$((b[4] - a[4] + b[5] - a[5]))
+	[[ $tot -gt 0 ]] || { echo 0; return; }
+	echo $(((tot - idle) * 100 / tot))
+}
+
 # run NAME NP CMD...: one time-boxed run; JSON lines to $OUT/NAME-npNP.jsonl,
 # stderr to the matching .log. A failure is noted, never fatal.
 run() {
 	local name=$1 np=$2
 	shift 2
 	local f="$OUT/$name-np$np"
+	local busy
+	busy=$(busy_pct)
 	note "np=$np $name ..."
+	if [[ $busy -gt 25 ]]; then
+		note "np=$np $name: the machine is already ${busy}% busy; expect skewed numbers"
+	fi
 	local t0=$SECONDS rc=0
 	timeout --kill-after=10 "$TIMEOUT" "$@" >"$f.jsonl" 2>"$f.log" || rc=$?
 	if [[ $rc -ne 0 ]]; then
@@ -223,5 +243,6 @@ for np in $NPS; do
 	fi
 done
 
-"$PY_TABLE" scripts/peers/compare_table.py "$OUT" --np "$NPS" | tee "$OUT/tables.md"
+"$PY_TABLE" scripts/peers/compare_table.py "$OUT" --np "$NPS" | tee "$OUT/tables.md" ||
+	note "no tables (nothing ran to completion?)"
 note "raw results and logs in $OUT/"

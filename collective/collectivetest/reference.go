@@ -1,9 +1,10 @@
 package collectivetest
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
+	"unsafe"
 
 	"github.com/ringo-ml/ringo/collective"
 )
@@ -104,8 +105,14 @@ func roundTo(d collective.DType, v float64) float64 {
 	case collective.Int64:
 		return float64(int64(v))
 	case collective.BFloat16:
+		if _, ok := smallInt(v); ok {
+			return v
+		}
 		return float64(BF16ToFloat32(BF16FromFloat32(float32(v))))
 	case collective.Float16:
+		if _, ok := smallInt(v); ok {
+			return v
+		}
 		return float64(F16ToFloat32(F16FromFloat32(float32(v))))
 	}
 	panic(fmt.Sprintf("collectivetest: unknown dtype %v", d))
@@ -113,6 +120,46 @@ func roundTo(d collective.DType, v float64) float64 {
 
 func isFloat(d collective.DType) bool {
 	return d != collective.Int32 && d != collective.Int64
+}
+
+// The suite converts millions of elements, and the race detector makes
+// every conversion slow, so the 16-bit formats go through tables: all
+// 65536 bit patterns widened, and the small integers the exact tests use
+// narrowed.
+type halfTab struct {
+	once            sync.Once
+	bf16, f16       []float32 // indexed by bits
+	bf16Int, f16Int []uint16  // indexed by v + halfIntRange
+}
+
+var halfTables halfTab
+
+// halfIntRange bounds the integers in the narrowing tables; all of them
+// are exact in both 16-bit formats.
+const halfIntRange = 256
+
+func tables() *halfTab {
+	h := &halfTables
+	h.once.Do(func() {
+		h.bf16, h.f16 = make([]float32, 1<<16), make([]float32, 1<<16)
+		for b := range 1 << 16 {
+			h.bf16[b], h.f16[b] = BF16ToFloat32(uint16(b)), F16ToFloat32(uint16(b))
+		}
+		h.bf16Int, h.f16Int = make([]uint16, 2*halfIntRange+1), make([]uint16, 2*halfIntRange+1)
+		for i := range h.bf16Int {
+			v := float32(i - halfIntRange)
+			h.bf16Int[i], h.f16Int[i] = BF16FromFloat32(v), F16FromFloat32(v)
+		}
+	})
+	return h
+}
+
+// smallInt returns v + halfIntRange if v is an integer within the tables.
+func smallInt(v float64) (int, bool) {
+	if v >= -halfIntRange && v <= halfIntRange && v == float64(int(v)) {
+		return int(v) + halfIntRange, true
+	}
+	return 0, false
 }
 
 // newBuffer returns a fresh buffer of dtype d holding vals, each rounded to
@@ -140,46 +187,70 @@ func newBuffer(d collective.DType, vals []float64) collective.Buffer {
 			s[i] = int64(v)
 		}
 		return collective.Int64s(s)
-	case collective.BFloat16:
+	case collective.BFloat16, collective.Float16:
+		tab, slow := tables().bf16Int, BF16FromFloat32
+		if d == collective.Float16 {
+			tab, slow = tables().f16Int, F16FromFloat32
+		}
 		s := make([]uint16, n)
 		for i, v := range vals {
-			s[i] = BF16FromFloat32(float32(v))
+			if k, ok := smallInt(v); ok {
+				s[i] = tab[k]
+			} else {
+				s[i] = slow(float32(v))
+			}
+		}
+		if d == collective.Float16 {
+			return collective.Float16s(s)
 		}
 		return collective.BFloat16s(s)
-	case collective.Float16:
-		s := make([]uint16, n)
-		for i, v := range vals {
-			s[i] = F16FromFloat32(float32(v))
-		}
-		return collective.Float16s(s)
 	}
 	panic(fmt.Sprintf("collectivetest: unknown dtype %v", d))
+}
+
+// view returns b's memory as a slice of T (one unsafe conversion per
+// buffer, not per element).
+func view[T any](b collective.Buffer) []T {
+	raw := b.Bytes()
+	var zero T
+	n := len(raw) / int(unsafe.Sizeof(zero))
+	if n == 0 {
+		return nil
+	}
+	return unsafe.Slice((*T)(unsafe.Pointer(&raw[0])), n)
 }
 
 // values reads b's elements as float64 (exactly, for every dtype and for
 // integers up to 2^53).
 func values(b collective.Buffer) []float64 {
-	raw := b.Bytes()
-	n := b.Len()
-	out := make([]float64, n)
-	ne := binary.NativeEndian
-	for i := range out {
-		switch b.DType() {
-		case collective.Float32:
-			out[i] = float64(math.Float32frombits(ne.Uint32(raw[4*i:])))
-		case collective.Float64:
-			out[i] = math.Float64frombits(ne.Uint64(raw[8*i:]))
-		case collective.Int32:
-			out[i] = float64(int32(ne.Uint32(raw[4*i:])))
-		case collective.Int64:
-			out[i] = float64(int64(ne.Uint64(raw[8*i:])))
-		case collective.BFloat16:
-			out[i] = float64(BF16ToFloat32(ne.Uint16(raw[2*i:])))
-		case collective.Float16:
-			out[i] = float64(F16ToFloat32(ne.Uint16(raw[2*i:])))
-		default:
-			panic(fmt.Sprintf("collectivetest: unknown dtype %v", b.DType()))
+	out := make([]float64, b.Len())
+	switch b.DType() {
+	case collective.Float32:
+		for i, v := range view[float32](b) {
+			out[i] = float64(v)
 		}
+	case collective.Float64:
+		copy(out, view[float64](b))
+	case collective.Int32:
+		for i, v := range view[int32](b) {
+			out[i] = float64(v)
+		}
+	case collective.Int64:
+		for i, v := range view[int64](b) {
+			out[i] = float64(v)
+		}
+	case collective.BFloat16:
+		tab := tables().bf16
+		for i, v := range view[uint16](b) {
+			out[i] = float64(tab[v])
+		}
+	case collective.Float16:
+		tab := tables().f16
+		for i, v := range view[uint16](b) {
+			out[i] = float64(tab[v])
+		}
+	default:
+		panic(fmt.Sprintf("collectivetest: unknown dtype %v", b.DType()))
 	}
 	return out
 }
@@ -230,13 +301,27 @@ func refReduce(d collective.DType, op collective.Op, inputs [][]float64) []float
 }
 
 // exactInput is the value rank r contributes at index i in exact tests: a
-// small integer, so that any combination of up to 8 ranks is exact in
-// every dtype. For Prod it is one of 1, -1, 2 (|product| <= 256).
+// small integer in -3..3 (so that any combination of up to 8 ranks is
+// exact in every dtype), from a hash of seed, rank and index so that no two
+// ranks, blocks or chunks look alike. For Prod it is one of 1, -1, 2
+// (|product| <= 256).
 func exactInput(op collective.Op, seed, r, i int) float64 {
+	h := mix(uint64(seed), uint64(r), uint64(i))
 	if op == collective.Prod {
-		return [3]float64{1, -1, 2}[(r*5+i*7+seed)%3]
+		return [3]float64{1, -1, 2}[h%3]
 	}
-	return float64((r*7+i*3+seed*5)%7 - 3)
+	return float64(h%7) - 3
+}
+
+// mix is a small integer hash (splitmix64's finaliser over a combination).
+func mix(a, b, c uint64) uint64 {
+	x := a*0x9e3779b97f4a7c15 ^ (b+1)*0xbf58476d1ce4e5b9 ^ (c+7)*0x94d049bb133111eb
+	x ^= x >> 31
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 29
+	x *= 0x94d049bb133111eb
+	x ^= x >> 32
+	return x
 }
 
 func exactInputs(op collective.Op, seed, r, count int) []float64 {

@@ -40,6 +40,7 @@ const (
 	envWarmup  = "RINGCEILING_WARMUP"
 	envSeconds = "RINGCEILING_SECONDS"
 	envBuf     = "RINGCEILING_BUF"
+	envIO      = "RINGCEILING_IO"
 )
 
 // childResult is what each child prints (one JSON line) after measuring.
@@ -62,15 +63,16 @@ func main() {
 	sockets := flag.Int("sockets", 2, "TCP sockets per ring link")
 	seconds := flag.Float64("seconds", 3, "measurement window in seconds")
 	warmup := flag.Float64("warmup", 1, "warm-up in seconds before the window opens")
-	bufMiB := flag.Int("buf-mib", 4, "socket buffer (SO_SNDBUF/SO_RCVBUF) and read/write size in MiB")
+	bufMiB := flag.Int("buf-mib", 4, "socket buffers (SO_SNDBUF/SO_RCVBUF) in MiB")
+	ioKiB := flag.Int("io-kib", 1024, "size of each write and read in KiB")
 	asJSON := flag.Bool("json", false, `print one JSON line {"np":N,"sockets":K,"gbps":x}`)
 	verbose := flag.Bool("v", false, "also print every rank's throughput (to stderr)")
 	flag.Parse()
-	if *np < 2 || *sockets < 1 || *seconds <= 0 || *warmup < 0 || *bufMiB < 1 {
-		fmt.Fprintln(os.Stderr, "ringceiling: need --np >= 2, --sockets >= 1, --seconds > 0, --warmup >= 0, --buf-mib >= 1")
+	if *np < 2 || *sockets < 1 || *seconds <= 0 || *warmup < 0 || *bufMiB < 1 || *ioKiB < 1 {
+		fmt.Fprintln(os.Stderr, "ringceiling: need --np >= 2, --sockets >= 1, --seconds > 0, --warmup >= 0, --buf-mib >= 1, --io-kib >= 1")
 		os.Exit(2)
 	}
-	res, err := parent(*np, *sockets, *warmup, *seconds, *bufMiB<<20)
+	res, err := parent(*np, *sockets, *warmup, *seconds, *bufMiB<<20, *ioKiB<<10)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ringceiling: %v\n", err)
 		os.Exit(1)
@@ -96,7 +98,7 @@ func main() {
 		*np, *sockets, med, minOf(gbps), maxOf(gbps))
 }
 
-func parent(np, sockets int, warmup, seconds float64, buf int) ([]childResult, error) {
+func parent(np, sockets int, warmup, seconds float64, buf, ioSize int) ([]childResult, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -146,6 +148,7 @@ func parent(np, sockets int, warmup, seconds float64, buf int) ([]childResult, e
 			envWarmup+"="+strconv.FormatFloat(warmup, 'g', -1, 64),
 			envSeconds+"="+strconv.FormatFloat(seconds, 'g', -1, 64),
 			envBuf+"="+strconv.Itoa(buf),
+			envIO+"="+strconv.Itoa(ioSize),
 		)
 		cmd.ExtraFiles = []*os.File{f}
 		cmd.Stderr = os.Stderr
@@ -220,7 +223,8 @@ func child(rankStr string) error {
 	warmup, _ := strconv.ParseFloat(os.Getenv(envWarmup), 64)
 	seconds, _ := strconv.ParseFloat(os.Getenv(envSeconds), 64)
 	buf, _ := strconv.Atoi(os.Getenv(envBuf))
-	if next == "" || sockets < 1 || seconds <= 0 || buf < 1 {
+	ioSize, _ := strconv.Atoi(os.Getenv(envIO))
+	if next == "" || sockets < 1 || seconds <= 0 || buf < 1 || ioSize < 1 {
 		return fmt.Errorf("bad environment")
 	}
 	ln, err := net.FileListener(os.NewFile(3, "listener"))
@@ -281,7 +285,7 @@ func child(rankStr string) error {
 		wg.Add(1)
 		go func(c *net.TCPConn) {
 			defer wg.Done()
-			b := make([]byte, buf)
+			b := make([]byte, ioSize)
 			for i := range b {
 				b[i] = byte(i)
 			}
@@ -296,7 +300,7 @@ func child(rankStr string) error {
 		wg.Add(1)
 		go func(c *net.TCPConn) {
 			defer wg.Done()
-			b := make([]byte, buf)
+			b := make([]byte, ioSize)
 			for {
 				n, err := c.Read(b)
 				received.Add(int64(n))

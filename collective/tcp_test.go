@@ -1,0 +1,87 @@
+package collective_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/tcp"
+)
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func tcpGroup(t testing.TB, n int, cfg collective.Config, tcfg tcp.Config) []collective.Comm {
+	t.Helper()
+	addr := freeAddr(t)
+	comms := make([]collective.Comm, n)
+	errs := make([]error, n)
+	done := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for r := 0; r < n; r++ {
+		go func() {
+			c := tcfg
+			c.Rendezvous, c.Rank, c.Size = addr, r, n
+			comms[r], errs[r] = collective.NewTCP(ctx, c, cfg)
+			done <- struct{}{}
+		}()
+	}
+	for range n {
+		<-done
+	}
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	t.Cleanup(func() {
+		each(comms, func(c collective.Comm) error { return c.Close() })
+	})
+	return comms
+}
+
+func TestTCPAllReduceSmoke(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 4} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			cfg := collective.DefaultConfig()
+			cfg.ChunkBytes = 4096
+			tcfg := tcp.DefaultConfig()
+			tcfg.StripeMin = 1024
+			comms := tcpGroup(t, n, cfg, tcfg)
+			for _, count := range []int{0, 1, 5, 1000, 100_003} {
+				out := make([][]float32, n)
+				errs := each(comms, func(c collective.Comm) error {
+					buf := make([]float32, count)
+					for i := range buf {
+						buf[i] = float32(c.Rank() + i%7)
+					}
+					out[c.Rank()] = buf
+					return c.AllReduce(context.Background(), collective.Float32s(buf), collective.Float32s(buf), collective.Sum)
+				})
+				for r, err := range errs {
+					if err != nil {
+						t.Fatalf("count %d rank %d: %v", count, r, err)
+					}
+				}
+				for r := range out {
+					for i, v := range out[r] {
+						if want := float32(n*(n-1)/2 + n*(i%7)); v != want {
+							t.Fatalf("count %d rank %d index %d: got %v want %v", count, r, i, v, want)
+						}
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,32 @@
+// Package tcp is ringo's TCP transport: a full mesh of connections between
+// the ranks of a group, formed through a small bootstrap at a rendezvous
+// address.
+//
+// Between each pair of ranks there is one control connection and
+// SocketsPerPeer data connections. Small messages travel whole on the first
+// data connection, written with one system call; messages of StripeMin
+// bytes or more are striped: the header goes first on connection 0, then
+// the payload is cut into SocketsPerPeer equal pieces written and read in
+// parallel, one goroutine per connection, so that several cores share the
+// copying (a single stream tops out near one core's memcpy rate; NCCL's
+// socket transport stripes for the same reason). Striping is a function of
+// the length alone, so both ends agree without asking each other.
+//
+// The control connection carries fault notices and goodbyes. A reader on
+// each one notices a peer's death (EOF without a goodbye) at once, even
+// when no data is flowing to or from that peer, and a fault notice from any
+// rank fails every call in flight with that rank's explanation.
+//
+// # Bootstrap, version 1
+//
+// Rank 0 listens on the rendezvous address. Every rank, rank 0 included,
+// opens a data listener, connects to the rendezvous and sends one JSON line
+// {"v":1,"rank":R,"size":N,"addr":"ip:port","sockets":K,"stripe_min":S}.
+// When all N have registered, rank 0 answers each with {"v":1,"nonce":X,
+// "addrs":[...],"sockets":K,"stripe_min":S} (rank 0's K and S win, so the
+// group agrees), or with {"error":"..."} when registrations conflict. Then
+// each rank dials every lower rank K+1 times; each connection opens with a
+// 24-byte hello: "RGHI", version u32, nonce u64, from u32, index u32 (0 is
+// the control connection). A hello with another nonce is refused, so a
+// stray or stale process cannot join.
+package tcp
