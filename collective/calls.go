@@ -52,16 +52,7 @@ func (g *group) checkRoot(k opKind, root int) error {
 	return nil
 }
 
-// pickAlgo resolves AlgoAuto by message size.
-func (g *group) pickAlgo(bytes int) Algo {
-	if g.cfg.Algo != AlgoAuto {
-		return g.cfg.Algo
-	}
-	if bytes < g.cfg.SmallBytes {
-		return AlgoRecursiveDoubling
-	}
-	return AlgoRing
-}
+func (g *group) pickAlgo(bytes int) Algo { return g.cfg.AlgoFor(bytes) }
 
 func (g *group) checkAllReduce(send, recv Buffer, op Op) (call, error) {
 	const k = opAllReduce

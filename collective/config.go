@@ -79,6 +79,19 @@ func DefaultConfig() Config {
 	}
 }
 
+// AlgoFor resolves AlgoAuto for a buffer of the given size in bytes:
+// recursive doubling (trees for rooted calls) below SmallBytes, rings and
+// chains from there up.
+func (c Config) AlgoFor(bytes int) Algo {
+	if c.Algo != AlgoAuto {
+		return c.Algo
+	}
+	if bytes < c.SmallBytes {
+		return AlgoRecursiveDoubling
+	}
+	return AlgoRing
+}
+
 // Validate reports the first field that is out of range.
 func (c Config) Validate() error {
 	if c.Timeout <= 0 {

@@ -446,7 +446,7 @@ func (g *group) scratchBuf(n int) []byte {
 
 // schedule returns the (cached) schedule for c on this rank.
 func (g *group) schedule(c *call) *schedule {
-	esize := c.dtype.Size()
+	esize := max(1, c.dtype.Size()) // Barrier has no dtype
 	key := schedKey{kind: c.kind, algo: c.algo, count: c.count, esize: esize, root: c.root}
 	if s, ok := g.cache[key]; ok {
 		return s

@@ -6,11 +6,11 @@ import "fmt"
 type Op uint8
 
 const (
-	Sum Op = 1 + iota
-	Avg    // sum, then divide by the group size (integers truncate toward zero)
-	Min    //
-	Max    //
-	Prod   //
+	Sum  Op = 1 + iota
+	Avg     // sum, then divide by the group size (integers truncate toward zero)
+	Min     //
+	Max     //
+	Prod    //
 )
 
 // Ops lists every reduction.

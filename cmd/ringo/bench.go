@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/bench"
+)
+
+// byteFlag accepts 4096, 4K, 64M, 1G.
+type byteFlag struct{ v *int64 }
+
+func (b byteFlag) String() string {
+	if b.v == nil {
+		return ""
+	}
+	return fmt.Sprint(*b.v)
+}
+
+func (b byteFlag) Set(s string) error {
+	n, err := collective.ParseBytes(s)
+	if err != nil {
+		return err
+	}
+	*b.v = n
+	return nil
+}
+
+func runBench(ctx context.Context, args []string) error {
+	c := bench.DefaultConfig()
+	coll, err := collective.DefaultConfig().FromEnv()
+	if err != nil {
+		return err
+	}
+	c.Coll = coll
+
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: ringo bench %s [flags]\n\n", strings.Join(bench.Ops, "|"))
+		fmt.Fprintf(fs.Output(), "Starts --np local worker processes that form a TCP group, sweeps sizes from\n--min-bytes to --max-bytes, checks every result and prints nccl-tests style rows.\nExits non-zero if any result is wrong or any worker fails.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&c.NP, "np", c.NP, "number of worker processes (ranks)")
+	fs.Var(byteFlag{&c.MinBytes}, "min-bytes", "smallest size in bytes (accepts K, M, G)")
+	fs.Var(byteFlag{&c.MaxBytes}, "max-bytes", "largest size in bytes (accepts K, M, G)")
+	fs.Int64Var(&c.Factor, "factor", c.Factor, "multiply the size by this between rows")
+	fs.IntVar(&c.Iters, "iters", c.Iters, "timed iterations per size")
+	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "untimed iterations per size before timing")
+	dtype := fs.String("dtype", c.DType.String(), "element type: float32, float64, int32, int64, bfloat16, float16")
+	redop := fs.String("op", c.RedOp.String(), "reduction: sum, avg, min, max, prod")
+	fs.IntVar(&c.Root, "root", c.Root, "root rank for broadcast")
+	fs.StringVar(&c.Transport, "transport", c.Transport, "transport between workers: tcp")
+	fs.IntVar(&c.Sockets, "sockets", c.Sockets, "TCP connections per peer pair that large messages are striped over")
+	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd (also RINGO_ALGO)")
+	small := c.Coll.SmallBytes
+	smallB := int64(small)
+	fs.Var(byteFlag{&smallB}, "algo-threshold", "auto uses recursive doubling / trees below this many bytes (also RINGO_ALGO_THRESHOLD)")
+	chunk := int64(c.Coll.ChunkBytes)
+	fs.Var(byteFlag{&chunk}, "chunk", "pipeline chunk of ring algorithms, bytes (also RINGO_CHUNK_BYTES)")
+	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
+	fs.BoolVar(&c.JSON, "json", false, "print one JSON object per size instead of the table")
+
+	op := "allreduce"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		op, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (the op goes first: ringo bench allreduce --np 4)", fs.Arg(0))
+	}
+	c.Op = op
+	if c.DType, err = collective.ParseDType(*dtype); err != nil {
+		return err
+	}
+	if c.RedOp, err = collective.ParseOp(*redop); err != nil {
+		return err
+	}
+	if c.Coll.Algo, err = collective.ParseAlgo(*algo); err != nil {
+		return err
+	}
+	c.Coll.SmallBytes, c.Coll.ChunkBytes = int(smallB), int(chunk)
+	return bench.Run(ctx, c, os.Stdout, os.Stderr)
+}
+
+var _ = time.Second

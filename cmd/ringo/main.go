@@ -1,0 +1,62 @@
+// Command ringo is the command-line face of ringo: it parses flags, calls
+// the packages that do the work, and prints. One file per subcommand.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type subcommand struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string) error
+}
+
+func subcommands() []subcommand {
+	return []subcommand{
+		{"bench", "measure collectives across local worker processes (nccl-tests style)", runBench},
+		{"version", "print ringo's version", func(context.Context, []string) error {
+			fmt.Println("ringo", version)
+			return nil
+		}},
+	}
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "ringo: distributed training runtime and collective communication\n\nUsage: ringo <command> [flags]\n\nCommands:\n")
+	for _, s := range subcommands() {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", s.name, s.summary)
+	}
+	fmt.Fprintf(os.Stderr, "\nRun 'ringo <command> --help' for a command's flags.\n")
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, s := range subcommands() {
+		if s.name == os.Args[1] {
+			if err := s.run(ctx, os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "ringo %s: %v\n", s.name, err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	fmt.Fprintf(os.Stderr, "ringo: unknown command %q\n\n", os.Args[1])
+	usage()
+	os.Exit(2)
+}

@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/ringo-ml/ringo/collective"
+)
+
+// buffers holds one size's send and receive memory for one rank.
+type buffers struct {
+	dtype       collective.DType
+	n, rank     int
+	count       int // elements in the per-rank unit (see newBuffers)
+	send, recv  []byte
+	op          string
+	redop       collective.Op
+	root        int
+	initialRecv func()
+}
+
+func setElem(d collective.DType, b []byte, i int, v float64) {
+	switch d {
+	case collective.Float32:
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(float32(v)))
+	case collective.Float64:
+		binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(v))
+	case collective.Int32:
+		binary.LittleEndian.PutUint32(b[4*i:], uint32(int32(v)))
+	case collective.Int64:
+		binary.LittleEndian.PutUint64(b[8*i:], uint64(int64(v)))
+	case collective.BFloat16:
+		binary.LittleEndian.PutUint16(b[2*i:], collective.BF16FromFloat32(float32(v)))
+	case collective.Float16:
+		binary.LittleEndian.PutUint16(b[2*i:], collective.F16FromFloat32(float32(v)))
+	}
+}
+
+func getElem(d collective.DType, b []byte, i int) float64 {
+	switch d {
+	case collective.Float32:
+		return float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
+	case collective.Float64:
+		return math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
+	case collective.Int32:
+		return float64(int32(binary.LittleEndian.Uint32(b[4*i:])))
+	case collective.Int64:
+		return float64(int64(binary.LittleEndian.Uint64(b[8*i:])))
+	case collective.BFloat16:
+		return float64(collective.BF16ToFloat32(binary.LittleEndian.Uint16(b[2*i:])))
+	case collective.Float16:
+		return float64(collective.F16ToFloat32(binary.LittleEndian.Uint16(b[2*i:])))
+	}
+	return math.NaN()
+}
+
+// newBuffers allocates and fills the buffers for total elements: the
+// all-reduce or broadcast count, or the whole gathered / scattered buffer
+// for all-gather and reduce-scatter (total/n elements per rank).
+func newBuffers(c Config, n, rank, total int) (*buffers, error) {
+	es := c.DType.Size()
+	b := &buffers{dtype: c.DType, n: n, rank: rank, op: c.Op, redop: c.RedOp, root: c.Root}
+	switch c.Op {
+	case "allreduce":
+		b.count = total
+		b.send = make([]byte, total*es)
+		b.recv = make([]byte, total*es)
+		for i := 0; i < total; i++ {
+			setElem(c.DType, b.send, i, input(c.RedOp, rank, i))
+		}
+	case "reducescatter":
+		b.count = total / n
+		b.send = make([]byte, total*es)
+		b.recv = make([]byte, b.count*es)
+		for i := 0; i < total; i++ {
+			setElem(c.DType, b.send, i, input(c.RedOp, rank, i))
+		}
+	case "allgather":
+		b.count = total / n
+		b.send = make([]byte, b.count*es)
+		b.recv = make([]byte, total*es)
+		for i := 0; i < b.count; i++ {
+			setElem(c.DType, b.send, i, value(rank, i))
+		}
+	case "broadcast":
+		b.count = total
+		b.send = make([]byte, total*es)
+		b.recv = make([]byte, total*es)
+		if rank == c.Root {
+			for i := 0; i < total; i++ {
+				setElem(c.DType, b.send, i, value(rank, i))
+			}
+		}
+	default:
+		return nil, fmt.Errorf("unknown op %q", c.Op)
+	}
+	return b, nil
+}
+
+// reset prepares the checked call: in-place all-reduce starts from the
+// input again; other outputs are poisoned so a missed write shows.
+func (b *buffers) reset() {
+	if b.op == "allreduce" {
+		copy(b.recv, b.send)
+		return
+	}
+	for i := range b.recv {
+		b.recv[i] = 0xff
+	}
+}
+
+func (b *buffers) algo(c Config) collective.Algo {
+	switch b.op {
+	case "reducescatter", "allgather":
+		return collective.AlgoRing
+	}
+	return c.Coll.AlgoFor(len(b.recv))
+}
+
+// run makes one call. All-reduce runs in place on recv, as a training loop
+// does with gradients, so no copy is timed with it.
+func (b *buffers) run(ctx context.Context, comm collective.Comm, c Config) error {
+	send, recv := collective.BufferOf(b.dtype, b.send), collective.BufferOf(b.dtype, b.recv)
+	switch b.op {
+	case "allreduce":
+		return comm.AllReduce(ctx, recv, recv, b.redop)
+	case "reducescatter":
+		return comm.ReduceScatter(ctx, send, recv, b.redop)
+	case "allgather":
+		return comm.AllGather(ctx, send, recv)
+	case "broadcast":
+		return comm.Broadcast(ctx, send, recv, b.root)
+	}
+	return fmt.Errorf("unknown op %q", b.op)
+}
+
+// check counts the elements of recv that differ from the exact answer.
+func (b *buffers) check() int64 {
+	var wrong int64
+	elems := len(b.recv) / b.dtype.Size()
+	for i := 0; i < elems; i++ {
+		var want float64
+		switch b.op {
+		case "allreduce":
+			want = expected(b.redop, b.n, i, b.dtype)
+		case "reducescatter":
+			want = expected(b.redop, b.n, b.rank*b.count+i, b.dtype)
+		case "allgather":
+			want = value(i/b.count, i%b.count)
+		case "broadcast":
+			want = value(b.root, i)
+		}
+		if got := getElem(b.dtype, b.recv, i); got != want {
+			wrong++
+		}
+	}
+	return wrong
+}

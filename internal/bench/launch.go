@@ -1,0 +1,168 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/tcp"
+)
+
+// The parent tells each worker process who it is through these.
+const (
+	envRank       = "RINGO_BENCH_RANK"
+	envRendezvous = "RINGO_BENCH_RENDEZVOUS"
+)
+
+// joinTimeout bounds how long workers wait for each other to start.
+const joinTimeout = 60 * time.Second
+
+// Run is `ringo bench`. In the process a user started it spawns c.NP
+// workers (this same executable and arguments) and waits for them; in a
+// worker it runs the sweep. Rank 0's results go to stdout.
+func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if r := os.Getenv(envRank); r != "" {
+		rank, err := strconv.Atoi(r)
+		if err != nil {
+			return fmt.Errorf("%s=%q is not a rank", envRank, r)
+		}
+		return runWorker(ctx, c, rank, os.Getenv(envRendezvous), stdout)
+	}
+	return runParent(ctx, c, stdout, stderr)
+}
+
+func runWorker(ctx context.Context, c Config, rank int, addr string, stdout io.Writer) error {
+	tcfg := tcp.DefaultConfig()
+	tcfg.Rendezvous, tcfg.Rank, tcfg.Size = addr, rank, c.NP
+	tcfg.SocketsPerPeer = c.Sockets
+	tcfg, err := tcfg.FromEnv()
+	if err != nil {
+		return err
+	}
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	comm, err := collective.NewTCP(jctx, tcfg, c.Coll)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("rank %d: forming the group: %w", rank, err)
+	}
+	werr := worker(ctx, c, comm, stdout)
+	if werr != nil {
+		// The group is broken; tear it down without waiting on peers.
+		comm.Close()
+		return fmt.Errorf("rank %d: %w", rank, werr)
+	}
+	return comm.Close()
+}
+
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+type exit struct {
+	rank int
+	err  error
+}
+
+func runParent(ctx context.Context, c Config, stdout, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding this executable to start workers: %w", err)
+	}
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return fmt.Errorf("choosing a rendezvous port: %w", err)
+	}
+	// With --json, stdout carries only result lines; the preamble goes to
+	// stderr.
+	head := stdout
+	if c.JSON {
+		head = stderr
+	}
+	host, _ := os.Hostname()
+	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %d sockets/peer, algo %s (small < %d B), chunk %d B, timeout %v, iters %d, warmup %d\n",
+		c.Op, c.NP, c.DType, c.Transport, c.Sockets, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.ChunkBytes, c.Coll.Timeout, c.Iters, c.Warmup)
+
+	cmds := make([]*exec.Cmd, c.NP)
+	exits := make(chan exit, c.NP)
+	for r := range cmds {
+		cmd := exec.Command(exe, os.Args[1:]...)
+		cmd.Env = append(os.Environ(), envRank+"="+strconv.Itoa(r), envRendezvous+"="+addr)
+		if r == 0 {
+			cmd.Stdout = stdout
+		}
+		cmd.Stderr = stderr
+		if err := cmd.Start(); err != nil {
+			for _, started := range cmds[:r] {
+				started.Process.Kill()
+				started.Wait()
+			}
+			return fmt.Errorf("starting worker %d: %w", r, err)
+		}
+		cmds[r] = cmd
+		fmt.Fprintf(head, "#  Rank %2d Pid %7d on %s\n", r, cmd.Process.Pid, host)
+		go func() { exits <- exit{r, cmd.Wait()} }()
+	}
+
+	var failed []exit
+	var grace <-chan time.Time
+	killAll := func() {
+		for _, cmd := range cmds {
+			cmd.Process.Kill()
+		}
+	}
+	for left := c.NP; left > 0; {
+		select {
+		case e := <-exits:
+			left--
+			if e.err != nil {
+				failed = append(failed, e)
+				if grace == nil {
+					// The others must notice within their timeout; past that
+					// (plus slack) they are stuck, and we stop them.
+					grace = time.After(c.Coll.Timeout + 5*time.Second)
+				}
+			}
+		case <-grace:
+			killAll()
+			grace = nil
+		case <-ctx.Done():
+			killAll()
+			ctx = context.Background() // keep collecting exits
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	var parts []string
+	for _, f := range failed {
+		parts = append(parts, fmt.Sprintf("rank %d (pid %d): %v", f.rank, cmds[f.rank].Process.Pid, describeExit(f.err)))
+	}
+	return errors.New("workers failed, first to last: " + strings.Join(parts, "; "))
+}
+
+func describeExit(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ee.Exited() {
+			return fmt.Sprintf("exited with status %d", ee.ExitCode())
+		}
+		return "terminated: " + ee.String()
+	}
+	return err.Error()
+}
