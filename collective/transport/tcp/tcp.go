@@ -29,6 +29,9 @@ type Config struct {
 	// SocketBuffer sets SO_SNDBUF and SO_RCVBUF on data connections; 0
 	// leaves the kernel's autotuning on.
 	SocketBuffer int
+	// Spin is how long a receive polls its socket before sleeping in the
+	// network poller; 0 never polls. Polling trades CPU for latency.
+	Spin time.Duration
 	// ListenHost is the address this rank listens on and advertises; empty
 	// means the local address of the connection to the rendezvous.
 	ListenHost string
@@ -38,10 +41,12 @@ type Config struct {
 const (
 	EnvSockets   = "RINGO_SOCKETS_PER_PEER"
 	EnvStripeMin = "RINGO_STRIPE_MIN"
+	EnvSpin      = "RINGO_SPIN" // a Go duration, e.g. 50us; 0 turns polling off
 )
 
 // DefaultConfig returns 2 sockets per peer, striping from 256 KiB, kernel
-// buffer autotuning.
+// buffer autotuning, no polling (measured on 2 cores, polling only added
+// latency; see BENCHMARKS.md).
 func DefaultConfig() Config {
 	return Config{SocketsPerPeer: 2, StripeMin: 256 << 10}
 }
@@ -61,6 +66,13 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s=%q: not a number of bytes", EnvStripeMin, v)
 		}
 		c.StripeMin = n
+	}
+	if v := os.Getenv(EnvSpin); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return c, fmt.Errorf("%s=%q: not a duration (e.g. 50us)", EnvSpin, v)
+		}
+		c.Spin = d
 	}
 	return c, nil
 }
@@ -209,9 +221,16 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 				c.SetReadBuffer(cfg.SocketBuffer)
 				c.SetWriteBuffer(cfg.SocketBuffer)
 			}
-			s := &stream{c: c, reader: c}
+			r, err := newSpinReader(c, cfg.Spin)
+			if err != nil {
+				t.shutdownConns(conns)
+				return nil, err
+			}
+			s := &stream{c: c, reader: r}
 			if i == 0 {
-				s.reader = bufio.NewReaderSize(c, 64<<10)
+				// Header and a small payload usually arrive together: one
+				// read gets both.
+				s.reader = bufio.NewReaderSize(r, 64<<10)
 			}
 			pr.data = append(pr.data, s)
 		}
@@ -237,6 +256,16 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 		}
 	}
 	return t, nil
+}
+
+func (t *Transport) shutdownConns(conns [][]*net.TCPConn) {
+	for _, cs := range conns {
+		for _, c := range cs {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
 }
 
 func (t *Transport) Rank() int { return t.rank }
