@@ -1,0 +1,55 @@
+// Package collective moves and reduces tensors between the ranks of a
+// group: all-reduce, reduce-scatter, all-gather, broadcast, reduce,
+// barrier, and point-to-point send and receive, over any Transport (TCP
+// today, shared memory and RDMA later).
+//
+//	comm, err := collective.NewTCP(ctx, tcpCfg, collective.DefaultConfig())
+//	grads := make([]float32, n)
+//	err = comm.AllReduce(ctx, collective.Float32s(grads), collective.Float32s(grads), collective.Avg)
+//
+// # Algorithms
+//
+// Algorithms produce schedules (which peer, which bytes, send, receive or
+// receive-and-reduce) and do no I/O; an executor runs a schedule over a
+// transport, sends on one goroutine and receives on the caller's, so that
+// sending a chunk overlaps receiving and reducing the next. Schedules are
+// cached per call shape, so a training loop's steady state allocates
+// nothing.
+//
+//   - All-reduce, large: ring reduce-scatter then ring all-gather, in
+//     pipelined chunks (Config.ChunkBytes); each rank sends 2(n-1)/n of the
+//     buffer, the bandwidth optimum.
+//   - All-reduce, small: recursive doubling, ceil(log2 n) exchanges; ranks
+//     beyond the largest power of two fold in first and get the result back.
+//   - Reduce-scatter and all-gather: the two halves of the ring.
+//   - Broadcast and reduce: binomial trees when small, pipelined chains
+//     around the ring when large.
+//   - Barrier: dissemination, ceil(log2 n) rounds of empty messages.
+//
+// "Small" is below Config.SmallBytes (64 KiB by default; RINGO_ALGO_THRESHOLD).
+// RINGO_ALGO=ring|rd forces a family. Every algorithm handles any count (0,
+// 1, fewer elements than ranks, primes) and any group size.
+//
+// # Numbers
+//
+// Every element of a result is computed once, by one rank, in a fixed order
+// of operands, then copied to the others: all ranks get bit-identical
+// results, and the same inputs, group size and algorithm give the same bits
+// on every run. 16-bit floats are widened to float32 for each operation and
+// rounded back to nearest-even. Avg is a sum followed by a division by the
+// group size in the element type (integers truncate toward zero). NaN and
+// Inf propagate as IEEE 754 says; Min and Max propagate NaN.
+//
+// # Failures
+//
+// Every call has a deadline: its context's, or Config.Timeout from the
+// start of the call (RINGO_TIMEOUT). Every message carries the call's
+// sequence number and fingerprint (op, dtype, count, reduction, root,
+// algorithm), so ranks that make different calls fail with ErrMismatch
+// naming both calls. A dead peer (its connection closes without a goodbye)
+// or a silent one (nothing by the deadline) fails every live rank with a
+// *PeerError naming it: the rank that notices tells all others at once.
+// After any failure the group is unusable; close it and form a new one.
+// Arguments that are wrong locally (lengths, root, peer, dtype) are refused
+// with an *ArgError before anything is sent, and the group stays usable.
+package collective
