@@ -240,9 +240,9 @@ func (g *group) checkHeader(peer int, got, want *transport.Header, step uint32, 
 	return nil
 }
 
-func (g *group) canceled(c *call, seq uint64, ctx context.Context) *transport.Fault {
-	return &transport.Fault{Kind: transport.FaultCanceled, Peer: g.rank, Reporter: g.rank, Op: uint8(c.kind), Seq: seq,
-		Detail: fmt.Sprintf("rank %d's context ended during %s #%d (%v); the group is aborted", g.rank, c.kind, seq, context.Cause(ctx))}
+func (g *group) canceled(kind opKind, seq uint64, ctx context.Context) *transport.Fault {
+	return &transport.Fault{Kind: transport.FaultCanceled, Peer: g.rank, Reporter: g.rank, Op: uint8(kind), Seq: seq,
+		Detail: fmt.Sprintf("rank %d's context ended during %s #%d (%v); the group is aborted", g.rank, kind, seq, context.Cause(ctx))}
 }
 
 // asFault turns any transport error into a Fault.

@@ -99,6 +99,12 @@ type group struct {
 	cache   map[schedKey]*schedule
 	scratch []byte
 	work    []byte
+	// Headers live here rather than on the stack: handed to a Transport
+	// (an interface), a stack variable would escape and cost an
+	// allocation per message.
+	hdr     transport.Header // the call's fingerprint
+	sendHdr transport.Header // what the send lane (or the inline path) sends
+	gotHdr  transport.Header // what the receive side last read
 
 	// The send lane: a goroutine that runs a schedule's sends while the
 	// caller runs its receives.
@@ -318,13 +324,14 @@ func (g *group) exec(ctx context.Context, c *call, seq uint64) error {
 		deadline = d
 	}
 	if ctx.Done() != nil {
+		kind := c.kind
 		if ctx.Err() != nil {
-			return g.fail(g.canceled(c, seq, ctx), c, seq)
+			return g.fail(g.canceled(kind, seq, ctx), c, seq)
 		}
-		stop := context.AfterFunc(ctx, func() { g.tr.Abort(g.canceled(c, seq, ctx)) })
+		stop := context.AfterFunc(ctx, func() { g.tr.Abort(g.canceled(kind, seq, ctx)) })
 		defer stop()
 	}
-	hdr := transport.Header{
+	g.hdr = transport.Header{
 		Kind:  transport.KindData,
 		Op:    uint8(c.kind),
 		DType: uint8(c.dtype),
@@ -334,18 +341,20 @@ func (g *group) exec(ctx context.Context, c *call, seq uint64) error {
 		Count: uint64(c.count),
 		Root:  int32(c.root),
 	}
+	hdr := &g.hdr
 	var err error
 	switch c.kind {
 	case opSend:
 		if c.send != nil {
-			err = g.tr.Send(c.peer, &hdr, c.send, deadline)
+			g.sendHdr = *hdr
+			err = g.tr.Send(c.peer, &g.sendHdr, c.send, deadline)
 		} else {
-			err = g.recvInto(c.peer, &hdr, 0, c.recv, deadline)
+			err = g.recvInto(c.peer, hdr, 0, c.recv, deadline)
 		}
 	default:
 		work := g.prepare(c)
 		s := g.schedule(c)
-		err = g.run(s, &hdr, c.dtype, c.op, work, deadline)
+		err = g.run(s, hdr, c.dtype, c.op, work, deadline)
 		if err == nil {
 			g.finish(c, work)
 		}
@@ -508,9 +517,9 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 			x := &s.ops[i]
 			var err error
 			if x.kind == xSend {
-				h := *hdr
-				h.Step = x.step
-				err = g.tr.Send(x.peer, &h, work[x.off:x.off+x.n], deadline)
+				g.sendHdr = *hdr
+				g.sendHdr.Step = x.step
+				err = g.tr.Send(x.peer, &g.sendHdr, work[x.off:x.off+x.n], deadline)
 			} else {
 				err = g.recvXfer(x, hdr, dt, op, work, scratch, deadline)
 			}
@@ -572,9 +581,9 @@ func (g *group) runSends(job *laneJob) error {
 			}
 			<-g.sendKick
 		}
-		h := job.hdr
-		h.Step = x.step
-		if err := g.tr.Send(x.peer, &h, job.work[x.off:x.off+x.n], job.deadline); err != nil {
+		g.sendHdr = job.hdr
+		g.sendHdr.Step = x.step
+		if err := g.tr.Send(x.peer, &g.sendHdr, job.work[x.off:x.off+x.n], job.deadline); err != nil {
 			g.stopLanes(err)
 			return err
 		}
@@ -628,11 +637,11 @@ func (g *group) recvXfer(x *xfer, hdr *transport.Header, dt DType, op Op, work, 
 // recvInto receives the next message from peer into dst after checking that
 // its header matches what this rank expects (want, at message step).
 func (g *group) recvInto(peer int, want *transport.Header, step uint32, dst []byte, deadline time.Time) error {
-	var got transport.Header
-	if err := g.tr.RecvHeader(peer, &got, deadline); err != nil {
+	got := &g.gotHdr
+	if err := g.tr.RecvHeader(peer, got, deadline); err != nil {
 		return err
 	}
-	if err := g.checkHeader(peer, &got, want, step, len(dst)); err != nil {
+	if err := g.checkHeader(peer, got, want, step, len(dst)); err != nil {
 		return err
 	}
 	return g.tr.RecvPayload(peer, dst, deadline)

@@ -85,3 +85,73 @@ func TestTCPAllReduceSmoke(t *testing.T) {
 		})
 	}
 }
+
+// pair runs rank 1 of a two-rank group on a persistent goroutine, so that
+// measuring rank 0's calls counts no goroutine start-up.
+type pair struct {
+	comms []collective.Comm
+	kick  chan struct{}
+	errs  chan error
+}
+
+func newPair(t testing.TB, bytes int) (*pair, []float32) {
+	cfg := collective.DefaultConfig()
+	cfg.Timeout = 30 * time.Second
+	p := &pair{comms: tcpGroup(t, 2, cfg, tcp.DefaultConfig()), kick: make(chan struct{}), errs: make(chan error)}
+	b0, b1 := make([]float32, bytes/4), make([]float32, bytes/4)
+	go func() {
+		for range p.kick {
+			p.errs <- p.comms[1].AllReduce(context.Background(), collective.Float32s(b1), collective.Float32s(b1), collective.Sum)
+		}
+	}()
+	t.Cleanup(func() { close(p.kick) })
+	return p, b0
+}
+
+func (p *pair) allReduce(b0 []float32) error {
+	p.kick <- struct{}{}
+	err := p.comms[0].AllReduce(context.Background(), collective.Float32s(b0), collective.Float32s(b0), collective.Sum)
+	if err1 := <-p.errs; err == nil {
+		err = err1
+	}
+	return err
+}
+
+// TestSteadyStateAllocatesNothing: once a shape has been seen, an
+// all-reduce (both ranks, both algorithms, striped and not) allocates
+// nothing in the process.
+func TestSteadyStateAllocatesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation counts are noisy under -short runs")
+	}
+	for _, bytes := range []int{4 << 10, 4 << 20} {
+		p, b0 := newPair(t, bytes)
+		for range 3 {
+			if err := p.allReduce(b0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		allocs := testing.AllocsPerRun(20, func() {
+			if err := p.allReduce(b0); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs > 0 {
+			t.Errorf("%d-byte all-reduce: %.1f allocations per call in steady state, want 0", bytes, allocs)
+		}
+	}
+}
+
+func BenchmarkAllReduceTCP(b *testing.B) {
+	for _, bytes := range []int{4 << 10, 1 << 20, 16 << 20} {
+		b.Run(fmt.Sprint(bytes), func(b *testing.B) {
+			p, b0 := newPair(b, bytes)
+			b.SetBytes(int64(bytes))
+			for b.Loop() {
+				if err := p.allReduce(b0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
