@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/internal/bench"
@@ -56,7 +55,7 @@ func runBench(ctx context.Context, args []string) error {
 	redop := fs.String("op", c.RedOp.String(), "reduction: sum, avg, min, max, prod")
 	fs.IntVar(&c.Root, "root", c.Root, "root rank for broadcast")
 	fs.StringVar(&c.Transport, "transport", c.Transport, "transport between workers: tcp")
-	fs.IntVar(&c.Sockets, "sockets", c.Sockets, "TCP connections per peer pair that large messages are striped over")
+	fs.IntVar(&c.Sockets, "sockets", c.Sockets, "TCP connections per peer pair that large messages are striped over (0: one per core each worker can have, 1 to 4)")
 	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd (also RINGO_ALGO)")
 	small := c.Coll.SmallBytes
 	smallB := int64(small)
@@ -92,5 +91,3 @@ func runBench(ctx context.Context, args []string) error {
 	c.Coll.SmallBytes, c.Coll.ChunkBytes = int(smallB), int(chunk)
 	return bench.Run(ctx, c, os.Stdout, os.Stderr)
 }
-
-var _ = time.Second

@@ -37,7 +37,7 @@ func DefaultConfig() Config {
 	return Config{
 		Op: "allreduce", NP: 2, MinBytes: 4 << 10, MaxBytes: 64 << 20, Factor: 2,
 		Iters: 20, Warmup: 5, DType: collective.Float32, RedOp: collective.Sum,
-		Transport: "tcp", Sockets: 2, Coll: collective.DefaultConfig(),
+		Transport: "tcp", Coll: collective.DefaultConfig(), // Sockets 0: tcp.SocketsFor(NP)
 	}
 }
 

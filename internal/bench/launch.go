@@ -30,6 +30,9 @@ const joinTimeout = 60 * time.Second
 // workers (this same executable and arguments) and waits for them; in a
 // worker it runs the sweep. Rank 0's results go to stdout.
 func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
+	if c.Sockets == 0 {
+		c.Sockets = tcp.SocketsFor(c.NP)
+	}
 	if err := c.Validate(); err != nil {
 		return err
 	}
