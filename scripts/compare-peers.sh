@@ -160,21 +160,20 @@ if ! skipped openmpi || ! skipped openmpi-shm; then
 	fi
 fi
 
-# ringo's own socket default, when --sockets was not given.
-RINGO_HELP=
-if [[ $RINGO -eq 1 ]]; then
-	RINGO_HELP=$({ bin/ringo bench allreduce --help || true; bin/ringo bench --help || true; } 2>&1)
-fi
-if [[ -z "$SOCKETS" ]]; then
-	SOCKETS=$(sed -n '/-sockets/{n;p;q}' <<<"$RINGO_HELP" | sed -n 's/.*(default \([0-9]*\)).*/\1/p')
-	[[ -n "$SOCKETS" ]] || SOCKETS=$(sed -n 's/.*-sockets.*(default \([0-9]*\)).*/\1/p' <<<"$RINGO_HELP" | head -1)
-	[[ -n "$SOCKETS" ]] || SOCKETS=2
-fi
-RINGO_SOCKETS=(--sockets "$SOCKETS")
-if [[ $RINGO -eq 1 && "$RINGO_HELP" != *sockets* ]]; then
-	note "ringo bench --help does not list --sockets; running ringo without it"
-	RINGO_SOCKETS=()
-fi
+# Sockets per ring link: --sockets, or ringo's own default for NP workers
+# on this machine (one per core a worker can call its own, 1 to 4; the
+# same rule as tcp.SocketsFor), so that ringceiling measures the ring
+# ringo actually builds.
+sockets_for() {
+	if [[ -n "$SOCKETS" ]]; then
+		echo "$SOCKETS"
+		return
+	fi
+	local k=$(($(nproc) / $1))
+	((k < 1)) && k=1
+	((k > 4)) && k=4
+	echo "$k"
+}
 
 # busy_pct: percent of all CPUs busy over half a second (0 where /proc/stat
 # is missing). Other work on the machine skews every number here.
@@ -220,9 +219,10 @@ SIZES=(--min-bytes "$MIN_B" --max-bytes "$MAX_B" --iters "$ITERS" --warmup "$WAR
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 
 for np in $NPS; do
+	K=$(sockets_for "$np")
 	rm -f "$OUT"/*-np"$np".jsonl "$OUT"/*-np"$np".log
 	if [[ $CEIL -eq 1 ]]; then
-		run ringceiling "$np" bin/ringceiling --np "$np" --sockets "$SOCKETS" --seconds "$SECONDS_CEIL" --json
+		run ringceiling "$np" bin/ringceiling --np "$np" --sockets "$K" --seconds "$SECONDS_CEIL" --json
 	fi
 	if [[ $GLOO -eq 1 ]]; then
 		run gloo "$np" "$PY_TORCH" scripts/peers/gloo_allreduce.py --np "$np" "${SIZES[@]}"
@@ -239,7 +239,7 @@ for np in $NPS; do
 	fi
 	if [[ $RINGO -eq 1 ]]; then
 		run ringo "$np" bin/ringo bench allreduce --np "$np" "${SIZES[@]}" \
-			--dtype float32 --transport tcp "${RINGO_SOCKETS[@]}" --json
+			--dtype float32 --transport tcp --sockets "$K" --json
 	fi
 done
 
