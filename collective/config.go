@@ -69,12 +69,15 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults: a 5-minute timeout, automatic
-// algorithm choice at 64 KiB, 1 MiB pipeline chunks.
+// algorithm choice at 512 KiB, 1 MiB pipeline chunks. The threshold is
+// where the ring overtook recursive doubling on loopback TCP with 2 and 4
+// ranks (BENCHMARKS.md); below it, the ring's 2(n-1) steps cost more than
+// the extra bytes recursive doubling sends.
 func DefaultConfig() Config {
 	return Config{
 		Timeout:    5 * time.Minute,
 		Algo:       AlgoAuto,
-		SmallBytes: 64 << 10,
+		SmallBytes: 512 << 10,
 		ChunkBytes: 1 << 20,
 	}
 }

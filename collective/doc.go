@@ -26,7 +26,7 @@
 //     around the ring when large.
 //   - Barrier: dissemination, ceil(log2 n) rounds of empty messages.
 //
-// "Small" is below Config.SmallBytes (64 KiB by default; RINGO_ALGO_THRESHOLD).
+// "Small" is below Config.SmallBytes (512 KiB by default; RINGO_ALGO_THRESHOLD).
 // RINGO_ALGO=ring|rd forces a family. Every algorithm handles any count (0,
 // 1, fewer elements than ranks, primes) and any group size.
 //
