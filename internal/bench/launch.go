@@ -50,6 +50,7 @@ func runWorker(ctx context.Context, c Config, rank int, addr string, stdout io.W
 	tcfg := tcp.DefaultConfig()
 	tcfg.Rendezvous, tcfg.Rank, tcfg.Size = addr, rank, c.NP
 	tcfg.SocketsPerPeer = c.Sockets
+	tcfg.Spin = tcp.SpinFor(c.NP)
 	tcfg, err := tcfg.FromEnv()
 	if err != nil {
 		return err

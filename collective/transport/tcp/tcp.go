@@ -30,6 +30,10 @@ type Config struct {
 	// SocketBuffer sets SO_SNDBUF and SO_RCVBUF on data connections; 0
 	// leaves the kernel's autotuning on.
 	SocketBuffer int
+	// Spin is how long waiting for a message header polls the socket
+	// before sleeping in Go's network poller (0: never polls). Polling
+	// trades CPU for latency; see SpinFor.
+	Spin time.Duration
 	// ListenHost is the address this rank listens on and advertises; empty
 	// means the local address of the connection to the rendezvous.
 	ListenHost string
@@ -40,14 +44,27 @@ const (
 	EnvSockets   = "RINGO_SOCKETS_PER_PEER"
 	EnvStripeMin = "RINGO_STRIPE_MIN"
 	EnvSockBuf   = "RINGO_SOCKET_BUFFER"
+	EnvSpin      = "RINGO_SPIN" // a Go duration, e.g. 200us; 0 turns polling off
 )
 
-// DefaultConfig returns SocketsFor(1) sockets per peer, striping from
-// 256 KiB, and the kernel's socket buffer autotuning. Receives sleep in Go's
-// network poller; polling the socket first (as MPI does) was measured and
-// only added latency on a 2-core machine (see BENCHMARKS.md).
+// DefaultConfig returns SocketsFor(1) sockets per peer, SpinFor(1) of
+// polling, striping from 256 KiB, and the kernel's socket buffer
+// autotuning. A launcher that knows how many ranks share the host should
+// use SocketsFor and SpinFor with that number instead.
 func DefaultConfig() Config {
-	return Config{SocketsPerPeer: SocketsFor(1), StripeMin: 256 << 10}
+	return Config{SocketsPerPeer: SocketsFor(1), Spin: SpinFor(1), StripeMin: 256 << 10}
+}
+
+// SpinFor suggests Spin when ranksPerHost ranks share this machine: 200 µs
+// while each rank has a core of its own, else none. Measured on 2 cores:
+// polling cut a 4 KiB all-reduce between 2 ranks from about 38 to 16 µs,
+// but with 4 ranks it made every rank wait longer for the CPU its peers
+// held (the same reason MPI libraries stop polling when oversubscribed).
+func SpinFor(ranksPerHost int) time.Duration {
+	if ranksPerHost <= runtime.NumCPU() {
+		return 200 * time.Microsecond
+	}
+	return 0
 }
 
 // SocketsFor suggests SocketsPerPeer when ranksPerHost ranks share this
@@ -73,6 +90,13 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s=%q: not a number of bytes", EnvStripeMin, v)
 		}
 		c.StripeMin = n
+	}
+	if v := os.Getenv(EnvSpin); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return c, fmt.Errorf("%s=%q: not a duration (e.g. 200us, or 0)", EnvSpin, v)
+		}
+		c.Spin = d
 	}
 	if v := os.Getenv(EnvSockBuf); v != "" {
 		n, err := strconv.Atoi(v)
@@ -136,7 +160,8 @@ type stream struct {
 	c      *net.TCPConn
 	rdl    time.Time // deadline last set for reads
 	wdl    time.Time // and for writes
-	reader io.Reader // bufio on stream 0, the conn itself otherwise
+	reader io.Reader   // bufio over spin on stream 0, the conn itself otherwise
+	spin   *spinReader // stream 0 only
 }
 
 func (s *stream) setRead(d time.Time) error {
@@ -230,9 +255,14 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 			}
 			s := &stream{c: c, reader: c}
 			if i == 0 {
+				sr, err := newSpinReader(c, cfg.Spin)
+				if err != nil {
+					return nil, fmt.Errorf("rank %d: %w", cfg.Rank, err)
+				}
 				// Header and a small payload usually arrive together: one
 				// read gets both.
-				s.reader = bufio.NewReaderSize(c, 64<<10)
+				s.spin = sr
+				s.reader = bufio.NewReaderSize(sr, 64<<10)
 			}
 			pr.data = append(pr.data, s)
 		}
@@ -492,7 +522,10 @@ func (t *Transport) RecvHeader(p int, h *transport.Header, deadline time.Time) e
 	if err := s0.setRead(roundDeadline(deadline)); err != nil {
 		return t.linkError(pr, "receive", err)
 	}
-	if _, err := io.ReadFull(s0.reader, pr.in[:]); err != nil {
+	s0.spin.armed = true
+	_, err = io.ReadFull(s0.reader, pr.in[:])
+	s0.spin.armed = false
+	if err != nil {
 		return t.linkError(pr, "receive", err)
 	}
 	if err := h.Decode(pr.in[:]); err != nil || h.Kind != transport.KindData {
