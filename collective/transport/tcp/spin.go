@@ -23,6 +23,13 @@ type spinReader struct {
 	rc    syscall.RawConn
 	spin  time.Duration
 	armed bool
+
+	// The poll callback's arguments and results live here, and the
+	// callback is bound once, so that a read allocates nothing.
+	p     []byte
+	n     int
+	rerr  error
+	tryFn func(fd uintptr) bool
 }
 
 func newSpinReader(c *net.TCPConn, spin time.Duration) (*spinReader, error) {
@@ -30,47 +37,53 @@ func newSpinReader(c *net.TCPConn, spin time.Duration) (*spinReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &spinReader{rc: rc, spin: spin}, nil
+	s := &spinReader{rc: rc, spin: spin}
+	s.tryFn = s.try
+	return s, nil
+}
+
+// try is the RawConn callback: true when the read is done (data, EOF or
+// an error), false to park until the socket is readable.
+func (s *spinReader) try(fd uintptr) bool {
+	var start time.Time
+	for i := 0; ; i++ {
+		s.n, s.rerr = syscall.Read(int(fd), s.p)
+		switch s.rerr {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+		default:
+			return true
+		}
+		if !s.armed || s.spin <= 0 {
+			break
+		}
+		if i == 0 {
+			start = time.Now()
+		} else if time.Since(start) > s.spin {
+			break
+		}
+		runtime.Gosched()
+	}
+	s.n, s.rerr = 0, nil
+	return false
 }
 
 func (s *spinReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	err := s.rc.Read(func(fd uintptr) bool {
-		var start time.Time
-		for i := 0; ; i++ {
-			n, rerr = syscall.Read(int(fd), p)
-			switch rerr {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-			default:
-				return true
-			}
-			if !s.armed || s.spin <= 0 {
-				break
-			}
-			if i == 0 {
-				start = time.Now()
-			} else if time.Since(start) > s.spin {
-				break
-			}
-			runtime.Gosched()
-		}
-		n, rerr = 0, nil
-		return false // park in the poller until the socket is readable
-	})
+	s.p = p
+	err := s.rc.Read(s.tryFn)
+	s.p = nil
 	if err != nil {
 		return 0, err
 	}
-	if rerr != nil {
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: rerr}
+	if s.rerr != nil {
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: s.rerr}
 	}
-	if n == 0 {
+	if s.n == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return s.n, nil
 }

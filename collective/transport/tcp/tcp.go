@@ -158,8 +158,8 @@ type Transport struct {
 
 type stream struct {
 	c      *net.TCPConn
-	rdl    time.Time // deadline last set for reads
-	wdl    time.Time // and for writes
+	rdl    time.Time   // deadline last set for reads
+	wdl    time.Time   // and for writes
 	reader io.Reader   // bufio over spin on stream 0, the conn itself otherwise
 	spin   *spinReader // stream 0 only
 }
