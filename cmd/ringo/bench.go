@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/ringo-ml/ringo/collective"
-	"github.com/ringo-ml/ringo/internal/bench"
+	"github.com/ringo-ml/ringo/collective/bench"
 )
 
 // byteFlag accepts 4096, 4K, 64M, 1G.
