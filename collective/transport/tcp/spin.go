@@ -12,8 +12,8 @@ import (
 // a short while before parking the goroutine in Go's network poller.
 // Waking a parked goroutine through the poller costs tens of microseconds,
 // most of a small collective's latency; MPI libraries poll for the same
-// reason. Between polls it yields to the process's other goroutines (the
-// send lane), so polling never starves them.
+// reason. Between polls it yields, to the process's other goroutines and
+// to other processes, so polling never starves them.
 //
 // Only the wait for a message header is armed: payload bytes follow their
 // header closely, and polling during bulk transfers measurably took CPU
@@ -63,7 +63,12 @@ func (s *spinReader) try(fd uintptr) bool {
 		} else if time.Since(start) > s.spin {
 			break
 		}
+		// Yield twice: to this process's other goroutines (the send lane
+		// may need the only P), and to the OS, in case the peer we wait
+		// for was scheduled on this core: polling that only yielded to
+		// Go lost whole 200 us windows to a co-located peer.
 		runtime.Gosched()
+		syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 	s.n, s.rerr = 0, nil
 	return false

@@ -133,6 +133,9 @@ const deadlineGrain = 50 * time.Millisecond
 // with one write.
 const smallWrite = 16 << 10
 
+// spinPayloadMax: payloads up to this are polled for like headers.
+const spinPayloadMax = 256 << 10
+
 // faultGrace: when a data connection breaks, wait this long for the peer's
 // fault notice, which names the real culprit if the peer was only
 // reacting to someone else's failure.
@@ -195,6 +198,10 @@ type peer struct {
 	goodbye chan struct{} // closed when the peer said goodbye
 
 	out  []byte // header (+ small payload) staging for sends
+	// iov gathers header and payload for one writev; it lives here so
+	// that a send allocates nothing.
+	iov    net.Buffers
+	iovArr [2][]byte
 	in   [transport.HeaderSize]byte
 	inN  uint64 // payload length of the header just received
 	inOK bool
@@ -494,14 +501,20 @@ func (t *Transport) Send(p int, h *transport.Header, payload []byte, deadline ti
 		return nil
 	}
 	h.Encode(pr.out)
-	if _, err := s0.c.Write(pr.out[:transport.HeaderSize]); err != nil {
-		return t.linkError(pr, "send", err)
-	}
 	if !striped {
-		if _, err := s0.c.Write(payload); err != nil {
+		// One writev: a header alone in its own segment would wake the
+		// receiver before its payload arrives.
+		pr.iovArr = [2][]byte{pr.out[:transport.HeaderSize], payload}
+		pr.iov = pr.iovArr[:]
+		_, err := pr.iov.WriteTo(s0.c)
+		pr.iovArr = [2][]byte{}
+		if err != nil {
 			return t.linkError(pr, "send", err)
 		}
 		return nil
+	}
+	if _, err := s0.c.Write(pr.out[:transport.HeaderSize]); err != nil {
+		return t.linkError(pr, "send", err)
 	}
 	sent := t.dispatch(pr.wjobs, payload, deadline)
 	lo, hi := pieceBounds(len(payload), t.k, 0)
@@ -556,7 +569,12 @@ func (t *Transport) RecvPayload(p int, buf []byte, deadline time.Time) error {
 		return t.linkError(pr, "receive", err)
 	}
 	if t.k == 1 || len(buf) < t.stripeMin {
-		if _, err := io.ReadFull(s0.reader, buf); err != nil {
+		// A payload up to spinPayloadMax follows its header within
+		// microseconds: poll for it too. Bulk transfers do not poll.
+		s0.spin.armed = len(buf) <= spinPayloadMax
+		_, err := io.ReadFull(s0.reader, buf)
+		s0.spin.armed = false
+		if err != nil {
 			return t.linkError(pr, "receive", err)
 		}
 		return nil
