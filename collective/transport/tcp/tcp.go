@@ -197,14 +197,14 @@ type peer struct {
 	data    []*stream
 	goodbye chan struct{} // closed when the peer said goodbye
 
-	out  []byte // header (+ small payload) staging for sends
+	out []byte // header (+ small payload) staging for sends
 	// iov gathers header and payload for one writev; it lives here so
 	// that a send allocates nothing.
 	iov    net.Buffers
 	iovArr [2][]byte
-	in   [transport.HeaderSize]byte
-	inN  uint64 // payload length of the header just received
-	inOK bool
+	in     [transport.HeaderSize]byte
+	inN    uint64 // payload length of the header just received
+	inOK   bool
 
 	// Helpers for streams 1..k-1: one writer and one reader goroutine each.
 	wjobs []chan piece
