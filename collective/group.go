@@ -75,12 +75,13 @@ type call struct {
 }
 
 type group struct {
-	tr   transport.Transport
-	rank int
-	size int
-	cfg  Config
-	ring []int // ring[p] is the rank at ring position p
-	pos  int   // this rank's position
+	tr     transport.Transport
+	poller transport.Poller // tr, if it can poll; else nil
+	rank   int
+	size   int
+	cfg    Config
+	ring   []int // ring[p] is the rank at ring position p
+	pos    int   // this rank's position
 
 	// Calls run one at a time in the order they were made: each takes a
 	// ticket and waits for its turn. mu guards everything down to err.
@@ -176,6 +177,7 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 		sendKick:  make(chan struct{}, 1),
 		recvKick:  make(chan struct{}, 1),
 	}
+	g.poller, _ = tr.(transport.Poller)
 	g.turn = sync.NewCond(&g.mu)
 	g.workers.Add(2)
 	go g.sendLane()
@@ -349,6 +351,7 @@ func (g *group) exec(ctx context.Context, c *call, seq uint64) error {
 			g.sendHdr = *hdr
 			err = g.tr.Send(c.peer, &g.sendHdr, c.send, deadline)
 		} else {
+			g.poll(len(c.recv) <= inlineMax)
 			err = g.recvInto(c.peer, hdr, 0, c.recv, deadline)
 		}
 	default:
@@ -512,7 +515,9 @@ func (g *group) schedule(c *call) *schedule {
 // lanes (sends on the lane goroutine, receives here).
 func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []byte, deadline time.Time) error {
 	scratch := g.scratchBuf(s.scratch)
-	if s.maxMsg <= inlineMax || len(s.sends) == 0 || len(s.recvs) == 0 {
+	inline := s.maxMsg <= inlineMax || len(s.sends) == 0 || len(s.recvs) == 0
+	g.poll(inline && s.maxMsg <= inlineMax)
+	if inline {
 		for i := range s.ops {
 			x := &s.ops[i]
 			var err error
@@ -542,6 +547,14 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 		return rerr
 	}
 	return serr
+}
+
+// poll asks the transport to poll while receiving, for small messages
+// that nothing else runs beside.
+func (g *group) poll(on bool) {
+	if g.poller != nil {
+		g.poller.Poll(on)
+	}
 }
 
 // stopLanes makes the other lane give up: the transport is aborted (so a

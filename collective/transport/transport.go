@@ -67,3 +67,13 @@ type Transport interface {
 type Addresser interface {
 	PeerAddr(peer int) string
 }
+
+// Poller is implemented by transports that can wait for a message by
+// polling instead of sleeping. The layer above turns polling on only while
+// it waits for small messages with nothing else to do (no send running
+// beside the receive), where waking a sleeping thread would be most of the
+// latency, and off for bulk transfers, where polling takes CPU from the
+// copies.
+type Poller interface {
+	Poll(on bool)
+}

@@ -15,10 +15,11 @@ import (
 // reason. Between polls it yields, to the process's other goroutines and
 // to other processes, so polling never starves them.
 //
-// Only the wait for a message header is armed: payload bytes follow their
-// header closely, and polling during bulk transfers measurably took CPU
-// from the copies. Polling pays only while every rank has a core of its
-// own, so the default (SpinFor) turns it off when ranks outnumber cores.
+// It is armed only while the layer above asks for polling (transport.
+// Poller): for small messages received with no send running beside them.
+// Polling during bulk transfers measurably took CPU from the copies, and
+// it pays only while every rank has a core of its own, so the default
+// (SpinFor) turns it off when ranks outnumber cores.
 type spinReader struct {
 	rc    syscall.RawConn
 	spin  time.Duration

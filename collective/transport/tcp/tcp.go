@@ -133,9 +133,6 @@ const deadlineGrain = 50 * time.Millisecond
 // with one write.
 const smallWrite = 16 << 10
 
-// spinPayloadMax: payloads up to this are polled for like headers.
-const spinPayloadMax = 256 << 10
-
 // faultGrace: when a data connection breaks, wait this long for the peer's
 // fault notice, which names the real culprit if the peer was only
 // reacting to someone else's failure.
@@ -155,6 +152,10 @@ type Transport struct {
 	quit    chan struct{} // closed by Close and Kill: helpers exit
 
 	shutOnce sync.Once
+
+	// polling: receives poll before sleeping (see transport.Poller). Set
+	// by the caller that owns the calls, before it receives.
+	polling bool
 
 	wg sync.WaitGroup
 }
@@ -296,6 +297,10 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	}
 	return t, nil
 }
+
+// Poll turns polling on or off for the receives that follow (it has effect
+// only when Config.Spin is positive).
+func (t *Transport) Poll(on bool) { t.polling = on }
 
 func (t *Transport) Rank() int { return t.rank }
 func (t *Transport) Size() int { return t.size }
@@ -535,7 +540,7 @@ func (t *Transport) RecvHeader(p int, h *transport.Header, deadline time.Time) e
 	if err := s0.setRead(roundDeadline(deadline)); err != nil {
 		return t.linkError(pr, "receive", err)
 	}
-	s0.spin.armed = true
+	s0.spin.armed = t.polling
 	_, err = io.ReadFull(s0.reader, pr.in[:])
 	s0.spin.armed = false
 	if err != nil {
@@ -569,9 +574,7 @@ func (t *Transport) RecvPayload(p int, buf []byte, deadline time.Time) error {
 		return t.linkError(pr, "receive", err)
 	}
 	if t.k == 1 || len(buf) < t.stripeMin {
-		// A payload up to spinPayloadMax follows its header within
-		// microseconds: poll for it too. Bulk transfers do not poll.
-		s0.spin.armed = len(buf) <= spinPayloadMax
+		s0.spin.armed = t.polling
 		_, err := io.ReadFull(s0.reader, buf)
 		s0.spin.armed = false
 		if err != nil {
