@@ -12,6 +12,14 @@
 // socket transport stripes for the same reason). Striping is a function of
 // the length alone, so both ends agree without asking each other.
 //
+// Connections keep Go's default TCP_NODELAY and the kernel's buffer
+// autotuning (SocketBuffer pins SO_SNDBUF/SO_RCVBUF instead). A small
+// message goes out with one write or writev, header and payload together.
+// While the layer above waits for small messages with nothing else to do
+// (transport.Poller), a receive polls its socket for up to Config.Spin
+// before sleeping in Go's network poller, as MPI libraries do; SpinFor
+// turns this off when ranks outnumber cores.
+//
 // The control connection carries fault notices and goodbyes. A reader on
 // each one notices a peer's death (EOF without a goodbye) at once, even
 // when no data is flowing to or from that peer, and a fault notice from any
