@@ -38,6 +38,21 @@ func (g *group) checkPair(k opKind, send, recv Buffer) error {
 	return nil
 }
 
+// checkSameShape: send and recv have one dtype and length, and are either
+// the same memory (in place) or disjoint. where prefixes the messages.
+func (g *group) checkSameShape(k opKind, send, recv Buffer, where string) error {
+	if err := g.checkPair(k, send, recv); err != nil {
+		return err
+	}
+	if len(send.data) != len(recv.data) {
+		return g.argErr(k, "%ssend has %d elements but recv has %d; they must match", where, send.Len(), recv.Len())
+	}
+	if overlaps(send.data, recv.data) && !sameMemory(send.data, recv.data) {
+		return g.argErr(k, "%ssend and recv overlap without being the same buffer; pass one buffer for in place", where)
+	}
+	return nil
+}
+
 func (g *group) checkOp(k opKind, d DType, op Op) error {
 	if !Supports(d, op) {
 		return g.argErr(k, "reduction %s is not supported for %s", op, d)
@@ -56,17 +71,11 @@ func (g *group) pickAlgo(bytes int) Algo { return g.cfg.AlgoFor(bytes) }
 
 func (g *group) checkAllReduce(send, recv Buffer, op Op) (call, error) {
 	const k = opAllReduce
-	if err := g.checkPair(k, send, recv); err != nil {
+	if err := g.checkSameShape(k, send, recv, ""); err != nil {
 		return call{}, err
 	}
 	if err := g.checkOp(k, send.dtype, op); err != nil {
 		return call{}, err
-	}
-	if len(send.data) != len(recv.data) {
-		return call{}, g.argErr(k, "send has %d elements but recv has %d; they must match", send.Len(), recv.Len())
-	}
-	if overlaps(send.data, recv.data) && !sameMemory(send.data, recv.data) {
-		return call{}, g.argErr(k, "send and recv overlap without being the same buffer; pass one buffer for in place")
 	}
 	return call{kind: k, dtype: send.dtype, op: op, algo: g.pickAlgo(len(send.data)), root: -1,
 		count: send.Len(), send: send.data, recv: recv.data}, nil
@@ -116,14 +125,8 @@ func (g *group) Broadcast(ctx context.Context, send, recv Buffer, root int) erro
 		return err
 	}
 	if g.rank == root {
-		if err := g.checkPair(k, send, recv); err != nil {
+		if err := g.checkSameShape(k, send, recv, "on the root, "); err != nil {
 			return err
-		}
-		if len(send.data) != len(recv.data) {
-			return g.argErr(k, "on the root, send has %d elements but recv has %d", send.Len(), recv.Len())
-		}
-		if overlaps(send.data, recv.data) && !sameMemory(send.data, recv.data) {
-			return g.argErr(k, "send and recv overlap without being the same buffer")
 		}
 	}
 	c := call{kind: k, dtype: recv.dtype, algo: g.pickAlgo(len(recv.data)), root: root, count: recv.Len(), send: send.data, recv: recv.data}
@@ -142,14 +145,8 @@ func (g *group) Reduce(ctx context.Context, send, recv Buffer, op Op, root int) 
 		return err
 	}
 	if g.rank == root {
-		if err := g.checkPair(k, send, recv); err != nil {
+		if err := g.checkSameShape(k, send, recv, "on the root, "); err != nil {
 			return err
-		}
-		if len(send.data) != len(recv.data) {
-			return g.argErr(k, "on the root, send has %d elements but recv has %d", send.Len(), recv.Len())
-		}
-		if overlaps(send.data, recv.data) && !sameMemory(send.data, recv.data) {
-			return g.argErr(k, "send and recv overlap without being the same buffer")
 		}
 	}
 	c := call{kind: k, dtype: send.dtype, op: op, algo: g.pickAlgo(len(send.data)), root: root, count: send.Len(), send: send.data, recv: recv.data}
