@@ -80,8 +80,7 @@ func (b *builder) send(peer, off, n int) {
 	b.sentTo[peer]++
 	x.dep = b.lastOverlap(b.s.recvs, off, n)
 	b.s.sends = append(b.s.sends, int32(len(b.s.ops)))
-	b.s.ops = append(b.s.ops, x)
-	b.s.maxMsg = max(b.s.maxMsg, n)
+	b.push(x)
 }
 
 // sendAfterAllRecvs is send with an explicit order: it starts only after
@@ -91,26 +90,31 @@ func (b *builder) sendAfterAllRecvs(peer, off, n int) {
 	b.s.ops[len(b.s.ops)-1].dep = int32(len(b.s.recvs))
 }
 
-func (b *builder) recvCopy(peer, off, n int) {
-	x := xfer{kind: xRecvCopy, peer: peer, off: off, n: n, step: b.recvFrom[peer]}
-	b.recvFrom[peer]++
-	x.dep = b.lastOverlap(b.s.sends, off, n)
+// recv appends a receive: it counts its step and waits for the sends still
+// reading the bytes it will overwrite.
+func (b *builder) recv(x xfer) {
+	x.step = b.recvFrom[x.peer]
+	b.recvFrom[x.peer]++
+	x.dep = b.lastOverlap(b.s.sends, x.off, x.n)
 	b.s.recvs = append(b.s.recvs, int32(len(b.s.ops)))
+	b.push(x)
+}
+
+func (b *builder) push(x xfer) {
 	b.s.ops = append(b.s.ops, x)
-	b.s.maxMsg = max(b.s.maxMsg, n)
+	b.s.maxMsg = max(b.s.maxMsg, x.n)
+}
+
+func (b *builder) recvCopy(peer, off, n int) {
+	b.recv(xfer{kind: xRecvCopy, peer: peer, off: off, n: n})
 }
 
 // recvReduce receives n bytes into scratch and combines them into
 // work[off:off+n]. Receives run one after another on their lane, so one
 // scratch region of the largest message is enough.
 func (b *builder) recvReduce(peer, off, n int, recvFirst bool) {
-	x := xfer{kind: xRecvReduce, peer: peer, off: off, n: n, recvFirst: recvFirst, step: b.recvFrom[peer]}
-	b.recvFrom[peer]++
-	x.dep = b.lastOverlap(b.s.sends, off, n)
-	b.s.recvs = append(b.s.recvs, int32(len(b.s.ops)))
-	b.s.ops = append(b.s.ops, x)
+	b.recv(xfer{kind: xRecvReduce, peer: peer, off: off, n: n, recvFirst: recvFirst})
 	b.s.scratch = max(b.s.scratch, n)
-	b.s.maxMsg = max(b.s.maxMsg, n)
 }
 
 // String prints the schedule, one transfer a line, for debugging and tests.
