@@ -3,6 +3,7 @@ package collective_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,6 +80,105 @@ func TestAllReduceSmoke(t *testing.T) {
 					}
 				})
 			}
+		}
+	}
+}
+
+// TestLargeWorlds runs every collective at world sizes beyond the
+// conformance suite's 8, powers of two and not, on the in-process
+// transport, with counts that do not divide evenly.
+func TestLargeWorlds(t *testing.T) {
+	for _, n := range []int{9, 12, 13, 16} {
+		for _, algo := range []collective.Algo{collective.AlgoRing, collective.AlgoRecursiveDoubling} {
+			t.Run(fmt.Sprintf("n%d/%v", n, algo), func(t *testing.T) {
+				cfg := collective.DefaultConfig()
+				cfg.Algo, cfg.ChunkBytes, cfg.Timeout = algo, 64, 10*time.Second
+				comms := inprocGroup(t, n, cfg)
+				const per = 7 // elements per rank for the scatter/gather ops
+				ctx := context.Background()
+				errs := each(comms, func(c collective.Comm) error {
+					r := int64(c.Rank())
+					check := func(what string, got []int64, want func(i int) int64) error {
+						for i, v := range got {
+							if w := want(i); v != w {
+								return fmt.Errorf("%s: rank %d index %d: got %d want %d", what, r, i, v, w)
+							}
+						}
+						return nil
+					}
+					ar := make([]int64, 2*n+3)
+					for i := range ar {
+						ar[i] = r*100 + int64(i)
+					}
+					if err := c.AllReduce(ctx, collective.Int64s(ar), collective.Int64s(ar), collective.Sum); err != nil {
+						return err
+					}
+					sumR := int64(n * (n - 1) / 2)
+					if err := check("AllReduce", ar, func(i int) int64 { return 100*sumR + int64(n*i) }); err != nil {
+						return err
+					}
+					rsIn, rsOut := make([]int64, per*n), make([]int64, per)
+					for i := range rsIn {
+						rsIn[i] = r + int64(i)
+					}
+					if err := c.ReduceScatter(ctx, collective.Int64s(rsIn), collective.Int64s(rsOut), collective.Max); err != nil {
+						return err
+					}
+					if err := check("ReduceScatter", rsOut, func(i int) int64 { return int64(n-1) + r*per + int64(i) }); err != nil {
+						return err
+					}
+					agIn, agOut := make([]int64, per), make([]int64, per*n)
+					for i := range agIn {
+						agIn[i] = r*1000 + int64(i)
+					}
+					if err := c.AllGather(ctx, collective.Int64s(agIn), collective.Int64s(agOut)); err != nil {
+						return err
+					}
+					if err := check("AllGather", agOut, func(i int) int64 { return int64(i/per)*1000 + int64(i%per) }); err != nil {
+						return err
+					}
+					root := n - 1
+					bc := make([]int64, 11)
+					if c.Rank() == root {
+						for i := range bc {
+							bc[i] = int64(i * i)
+						}
+					}
+					if err := c.Broadcast(ctx, collective.Int64s(bc), collective.Int64s(bc), root); err != nil {
+						return err
+					}
+					if err := check("Broadcast", bc, func(i int) int64 { return int64(i * i) }); err != nil {
+						return err
+					}
+					red := []int64{r, 1, -r}
+					out := make([]int64, 3)
+					if err := c.Reduce(ctx, collective.Int64s(red), collective.Int64s(out), collective.Sum, 0); err != nil {
+						return err
+					}
+					if c.Rank() == 0 {
+						if err := check("Reduce", out, func(i int) int64 { return []int64{sumR, int64(n), -sumR}[i] }); err != nil {
+							return err
+						}
+					}
+					return c.Barrier(ctx)
+				})
+				for r, err := range errs {
+					if err != nil {
+						t.Fatalf("rank %d: %v", r, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestScheduleString: a schedule prints one transfer a line, so that an
+// algorithm can be read and debugged without running it.
+func TestScheduleIsPrintable(t *testing.T) {
+	s := collective.DebugSchedule(collective.AlgoRing, 3, 1, 6, collective.Float32, 4)
+	for _, want := range []string{"send   -> 2", "reduce <- 0", "recv   <- 0"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("ring schedule for rank 1 of 3 lacks %q:\n%s", want, s)
 		}
 	}
 }
