@@ -459,19 +459,31 @@ func checkValues(t testing.TB, r int, desc, what string, b collective.Buffer, wa
 	}
 }
 
+// prepare builds every rank's input (input(r)), its send buffer, and a
+// poisoned recv buffer of recvLen elements; in place, recv is send itself,
+// or the part of it that within(r, send) picks.
+func prepare(n int, dt collective.DType, recvLen int, inPlace bool, input func(r int) []float64,
+	within func(r int, send collective.Buffer) collective.Buffer) (in [][]float64, send, recv []collective.Buffer) {
+	in = make([][]float64, n)
+	send, recv = make([]collective.Buffer, n), make([]collective.Buffer, n)
+	for r := range n {
+		in[r] = input(r)
+		send[r], recv[r] = newBuffer(dt, in[r]), newBuffer(dt, filled(recvLen, poison))
+		switch {
+		case inPlace && within != nil:
+			recv[r] = within(r, send[r])
+		case inPlace:
+			recv[r] = send[r]
+		}
+	}
+	return in, send, recv
+}
+
 func checkAllReduce(t testing.TB, g Group, dt collective.DType, op collective.Op, count int, inPlace bool, seed int) bool {
 	t.Helper()
 	n := len(g.Comms)
 	desc := fmt.Sprintf("AllReduce(%v, %v, count %d, %s)", dt, op, count, form(inPlace))
-	in := make([][]float64, n)
-	send, recv := make([]collective.Buffer, n), make([]collective.Buffer, n)
-	for r := range n {
-		in[r] = exactInputs(op, seed, r, count)
-		send[r], recv[r] = newBuffer(dt, in[r]), newBuffer(dt, filled(count, poison))
-		if inPlace {
-			recv[r] = send[r]
-		}
-	}
+	in, send, recv := prepare(n, dt, count, inPlace, func(r int) []float64 { return exactInputs(op, seed, r, count) }, nil)
 	if !runCall(t, g, desc, func(ctx context.Context, r int, c collective.Comm) error {
 		return c.AllReduce(ctx, send[r], recv[r], op)
 	}) {
@@ -491,15 +503,7 @@ func checkReduceScatter(t testing.TB, g Group, dt collective.DType, op collectiv
 	t.Helper()
 	n := len(g.Comms)
 	desc := fmt.Sprintf("ReduceScatter(%v, %v, recv count %d, %s)", dt, op, count, form(inPlace))
-	in := make([][]float64, n)
-	send, recv := make([]collective.Buffer, n), make([]collective.Buffer, n)
-	for r := range n {
-		in[r] = exactInputs(op, seed, r, n*count)
-		send[r], recv[r] = newBuffer(dt, in[r]), newBuffer(dt, filled(count, poison))
-		if inPlace {
-			recv[r] = sub(send[r], r*count, (r+1)*count)
-		}
-	}
+	in, send, recv := prepare(n, dt, count, inPlace, func(r int) []float64 { return exactInputs(op, seed, r, n*count) }, func(r int, s collective.Buffer) collective.Buffer { return sub(s, r*count, (r+1)*count) })
 	if !runCall(t, g, desc, func(ctx context.Context, r int, c collective.Comm) error {
 		return c.ReduceScatter(ctx, send[r], recv[r], op)
 	}) {
@@ -553,16 +557,8 @@ func checkBroadcast(t testing.TB, g Group, dt collective.DType, count, root int,
 	t.Helper()
 	n := len(g.Comms)
 	desc := fmt.Sprintf("Broadcast(%v, count %d, root %d, %s)", dt, count, root, form(inPlace))
-	in := make([][]float64, n)
-	send, recv := make([]collective.Buffer, n), make([]collective.Buffer, n)
-	for r := range n {
-		// Non-roots' send buffers hold other values: they must be ignored.
-		in[r] = exactInputs(collective.Sum, seed+r, r, count)
-		send[r], recv[r] = newBuffer(dt, in[r]), newBuffer(dt, filled(count, poison))
-		if inPlace {
-			recv[r] = send[r]
-		}
-	}
+	// Non-roots' send buffers hold other values: they must be ignored.
+	in, send, recv := prepare(n, dt, count, inPlace, func(r int) []float64 { return exactInputs(collective.Sum, seed+r, r, count) }, nil)
 	if !runCall(t, g, desc, func(ctx context.Context, r int, c collective.Comm) error {
 		return c.Broadcast(ctx, send[r], recv[r], root)
 	}) {
@@ -581,15 +577,7 @@ func checkReduce(t testing.TB, g Group, dt collective.DType, op collective.Op, c
 	t.Helper()
 	n := len(g.Comms)
 	desc := fmt.Sprintf("Reduce(%v, %v, count %d, root %d, %s)", dt, op, count, root, form(inPlace))
-	in := make([][]float64, n)
-	send, recv := make([]collective.Buffer, n), make([]collective.Buffer, n)
-	for r := range n {
-		in[r] = exactInputs(op, seed, r, count)
-		send[r], recv[r] = newBuffer(dt, in[r]), newBuffer(dt, filled(count, poison))
-		if inPlace {
-			recv[r] = send[r]
-		}
-	}
+	in, send, recv := prepare(n, dt, count, inPlace, func(r int) []float64 { return exactInputs(op, seed, r, count) }, nil)
 	if !runCall(t, g, desc, func(ctx context.Context, r int, c collective.Comm) error {
 		return c.Reduce(ctx, send[r], recv[r], op, root)
 	}) {
