@@ -3,52 +3,17 @@ package collective_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/collectivetest"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func tcpGroup(t testing.TB, n int, cfg collective.Config, tcfg tcp.Config) []collective.Comm {
 	t.Helper()
-	addr := freeAddr(t)
-	comms := make([]collective.Comm, n)
-	errs := make([]error, n)
-	done := make(chan struct{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for r := 0; r < n; r++ {
-		go func() {
-			c := tcfg
-			c.Rendezvous, c.Rank, c.Size = addr, r, n
-			comms[r], errs[r] = collective.NewTCP(ctx, c, cfg)
-			done <- struct{}{}
-		}()
-	}
-	for range n {
-		<-done
-	}
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
-	t.Cleanup(func() {
-		each(comms, func(c collective.Comm) error { return c.Close() })
-	})
-	return comms
+	return collectivetest.TCP(t, n, cfg, func(c *tcp.Config) { *c = tcfg }).Comms
 }
 
 func TestTCPAllReduceSmoke(t *testing.T) {

@@ -1,0 +1,69 @@
+package collectivetest
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport"
+	"github.com/ringo-ml/ringo/collective/transport/tcp"
+)
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free loopback port: %v", err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TCP forms a group of n ranks over real loopback TCP sockets, every rank
+// joining from its own goroutine through a rendezvous on a free port.
+// tune, if not nil, adjusts each rank's tcp.Config (sockets per peer,
+// striping) before it joins. Kill drops a rank's sockets without a goodbye,
+// as a crashed process would.
+func TCP(t testing.TB, n int, cfg collective.Config, tune func(*tcp.Config)) Group {
+	t.Helper()
+	addr := freePort(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tts := make([]*tcp.Transport, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := tcp.DefaultConfig()
+			c.Spin = tcp.SpinFor(n) // all n ranks share this machine
+			if tune != nil {
+				tune(&c)
+			}
+			c.Rendezvous, c.Rank, c.Size = addr, r, n
+			tts[r], errs[r] = tcp.Join(ctx, c)
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			for _, tt := range tts {
+				if tt != nil {
+					tt.Close()
+				}
+			}
+			t.Fatalf("rank %d: tcp.Join(%s, size %d): %v", r, addr, n, err)
+		}
+	}
+	trs := make([]transport.Transport, n)
+	for r, tt := range tts {
+		trs[r] = tt
+	}
+	return Form(t, cfg, trs, func(r int) { tts[r].Kill() })
+}
