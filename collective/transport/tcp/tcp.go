@@ -436,7 +436,7 @@ func (t *Transport) linkError(pr *peer, dir string, err error) error {
 			what = "could not send to (it stopped reading)"
 		}
 		f := &transport.Fault{Kind: transport.FaultTimeout, Peer: pr.rank, Reporter: t.rank,
-			Detail: fmt.Sprintf("rank %d %s rank %d (%s) before the deadline", t.rank, what, pr.rank, pr.addr)}
+			Detail: fmt.Sprintf("rank %d %s rank %d (%s) before the deadline: rank %d is stuck, stopped, or slower than the call's timeout (RINGO_TIMEOUT)", t.rank, what, pr.rank, pr.addr, pr.rank)}
 		t.Abort(f)
 		return t.Fault()
 	}
