@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ringo-ml/ringo/collective/transport"
 )
@@ -242,6 +243,46 @@ func (g *group) canceled(kind opKind, seq uint64, ctx context.Context) *transpor
 		Detail: fmt.Sprintf("rank %d's context ended during %s #%d (%v); the group is aborted", g.rank, kind, seq, context.Cause(ctx))}
 }
 
+// explain improves on a timeout: if another peer has already sent a
+// message of this very call with another fingerprint (ranks that disagree
+// on the root wait on different peers, so neither side ever reads the
+// other's message), that disagreement is the real cause.
+func (g *group) explain(err error) error {
+	f, ok := err.(*transport.Fault)
+	pk, can := g.tr.(transport.Peeker)
+	if !ok || !can || f.Kind != transport.FaultTimeout || f.Reporter != g.rank || g.tr.Fault() != nil {
+		return err
+	}
+	var h transport.Header
+	for p := 0; p < g.size; p++ {
+		if p == g.rank || p == f.Peer || !pk.PeekHeader(p, &h) {
+			continue
+		}
+		if h.Seq != g.hdr.Seq || h.Op == uint8(opSend) || g.hdr.Op == uint8(opSend) {
+			continue // another call (or point-to-point traffic): no evidence
+		}
+		if mm := g.checkHeader(p, &h, &g.hdr, h.Step, int(h.Length)); mm != nil {
+			mf := mm.(*transport.Fault)
+			mf.Detail += fmt.Sprintf(" (found while rank %d waited in vain for rank %d)", g.rank, f.Peer)
+			return mf
+		}
+	}
+	// Ranks blocked on one another time out together. Give a peer's
+	// notice, which may carry the cause, a moment to arrive before
+	// publishing a bare timeout.
+	for range timeoutGrace / (10 * time.Millisecond) {
+		if first := g.tr.Fault(); first != nil {
+			return first
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
+}
+
+// timeoutGrace: how long a rank that timed out waits for a better
+// explanation from its peers before it reports the timeout itself.
+const timeoutGrace = 300 * time.Millisecond
+
 // asFault turns any transport error into a Fault.
 func (g *group) asFault(err error) *transport.Fault {
 	var f *transport.Fault
@@ -257,7 +298,7 @@ func (g *group) fail(err error, c *call, seq uint64) error {
 	if errors.Is(err, errLaneStopped) {
 		err = g.tr.Fault()
 	}
-	f := g.asFault(err)
+	f := g.asFault(g.explain(err))
 	g.tr.Abort(f)
 	if first := g.tr.Fault(); first != nil {
 		f = first

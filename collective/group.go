@@ -540,6 +540,7 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 	g.laneStart <- laneJob{s: s, hdr: *hdr, work: work, deadline: deadline}
 	rerr := g.runRecvs(s, hdr, dt, op, work, scratch, deadline)
 	if rerr != nil {
+		rerr = g.explain(rerr)
 		g.stopLanes(rerr)
 	}
 	serr := <-g.laneDone

@@ -2,6 +2,7 @@ package collective_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/transport/inproc"
+	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
 
 func inprocGroup(t testing.TB, n int, cfg collective.Config) []collective.Comm {
@@ -180,5 +182,49 @@ func TestScheduleIsPrintable(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("ring schedule for rank 1 of 3 lacks %q:\n%s", want, s)
 		}
+	}
+}
+
+// TestRootDisagreement: ranks that name different roots wait on different
+// peers, so nobody reads the message that would show the disagreement.
+// The rank that times out must find it (the peer's message is waiting) and
+// report a mismatch naming both calls; every other rank must fail with the
+// same explanation by its next call.
+func TestRootDisagreement(t *testing.T) {
+	for _, tr := range []string{"inproc", "tcp"} {
+		t.Run(tr, func(t *testing.T) {
+			cfg := collective.DefaultConfig()
+			cfg.Timeout = time.Second
+			cfg.Algo = collective.AlgoRecursiveDoubling // binomial trees
+			var comms []collective.Comm
+			if tr == "inproc" {
+				comms = inprocGroup(t, 3, cfg)
+			} else {
+				comms = tcpGroup(t, 3, cfg, tcp.DefaultConfig())
+			}
+			ctx := context.Background()
+			errs := each(comms, func(c collective.Comm) error {
+				root := 0
+				if c.Rank() == 1 {
+					root = 2
+				}
+				buf := make([]float32, 16)
+				err := c.Broadcast(ctx, collective.Float32s(buf), collective.Float32s(buf), root)
+				if err == nil {
+					// Those who finished learn of it at their next call.
+					err = c.Barrier(ctx)
+				}
+				return err
+			})
+			for r, err := range errs {
+				if !errors.Is(err, collective.ErrMismatch) {
+					t.Errorf("rank %d: got %v, want a mismatch", r, err)
+					continue
+				}
+				if msg := err.Error(); !strings.Contains(msg, "root 0") || !strings.Contains(msg, "root 2") {
+					t.Errorf("rank %d: the error does not name both roots: %v", r, err)
+				}
+			}
+		})
 	}
 }

@@ -77,3 +77,12 @@ type Addresser interface {
 type Poller interface {
 	Poll(on bool)
 }
+
+// Peeker is implemented by transports that can show the header of a
+// message that has arrived without consuming it. After a timeout, the layer
+// above looks at what the other peers sent: a message of the same call
+// with another fingerprint (a different root, say) explains the timeout
+// better than "no answer".
+type Peeker interface {
+	PeekHeader(peer int, h *Header) bool
+}

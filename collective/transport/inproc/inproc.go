@@ -31,6 +31,7 @@ func NewWorld(n int) *World {
 			rank:    r,
 			inbox:   make([]chan message, n),
 			pending: make([]message, n),
+			peeked:  make([]*message, n),
 			faulted: make(chan struct{}),
 			gone:    make(chan struct{}),
 		}
@@ -65,7 +66,8 @@ type rankTransport struct {
 	rank  int
 	// inbox[p] holds messages from p to this rank.
 	inbox   []chan message
-	pending []message // header received, payload not yet
+	pending []message  // header received, payload not yet
+	peeked  []*message // arrived and looked at, not yet received
 
 	mu       sync.Mutex
 	fault    *transport.Fault
@@ -168,6 +170,12 @@ func (t *rankTransport) RecvHeader(peer int, h *transport.Header, deadline time.
 	if f := t.Fault(); f != nil {
 		return f
 	}
+	if m := t.peeked[peer]; m != nil {
+		t.peeked[peer] = nil
+		t.pending[peer] = *m
+		*h = m.h
+		return nil
+	}
 	tc, stop := timer(deadline)
 	defer stop()
 	select {
@@ -204,4 +212,22 @@ func (t *rankTransport) RecvPayload(peer int, buf []byte, deadline time.Time) er
 	}
 	copy(buf, m.payload)
 	return nil
+}
+
+// PeekHeader shows the next message's header from peer if it has arrived
+// (transport.Peeker); RecvHeader returns that message next.
+func (t *rankTransport) PeekHeader(peer int, h *transport.Header) bool {
+	if t.checkPeer(peer) != nil {
+		return false
+	}
+	if t.peeked[peer] == nil {
+		select {
+		case m := <-t.inbox[peer]:
+			t.peeked[peer] = &m
+		default:
+			return false
+		}
+	}
+	*h = t.peeked[peer].h
+	return true
 }

@@ -437,8 +437,9 @@ func (t *Transport) linkError(pr *peer, dir string, err error) error {
 		}
 		f := &transport.Fault{Kind: transport.FaultTimeout, Peer: pr.rank, Reporter: t.rank,
 			Detail: fmt.Sprintf("rank %d %s rank %d (%s) before the deadline: rank %d is stuck, stopped, or slower than the call's timeout (RINGO_TIMEOUT)", t.rank, what, pr.rank, pr.addr, pr.rank)}
-		t.Abort(f)
-		return t.Fault()
+		// Not aborted here: the caller may find a better explanation
+		// (PeekHeader) before it aborts the group with one.
+		return f
 	}
 	// The peer may have broken the link because it failed for another
 	// reason; its notice says which. Give it a moment to arrive.
@@ -617,6 +618,30 @@ func collect(done <-chan error, n int, err error) error {
 		err = net.ErrClosed
 	}
 	return err
+}
+
+// peekWait bounds how long PeekHeader waits for bytes already on their way.
+const peekWait = 2 * time.Millisecond
+
+// PeekHeader reports the header of the next message from p if it has
+// already arrived, without consuming it (transport.Peeker). It is for
+// explaining a failure, and leaves the stream's deadline to be reset.
+func (t *Transport) PeekHeader(p int, h *transport.Header) bool {
+	if p < 0 || p >= t.size || t.peers[p] == nil {
+		return false
+	}
+	s0 := t.peers[p].data[0]
+	br, ok := s0.reader.(*bufio.Reader)
+	if !ok {
+		return false
+	}
+	s0.setRead(time.Now().Add(peekWait))
+	s0.rdl = time.Time{} // force the next receive to set its own deadline
+	b, err := br.Peek(transport.HeaderSize)
+	if err != nil {
+		return false
+	}
+	return h.Decode(b) == nil && h.Kind == transport.KindData
 }
 
 // writer and reader move one stream's pieces of striped messages. A helper
