@@ -46,7 +46,9 @@
 // start of the call (RINGO_TIMEOUT). Every message carries the call's
 // sequence number and fingerprint (op, dtype, count, reduction, root,
 // algorithm), so ranks that make different calls fail with ErrMismatch
-// naming both calls. A dead peer (its connection closes without a goodbye)
+// naming both calls; ranks that disagree only on the root wait on different
+// peers, so the rank that times out first looks at what the others already
+// sent and reports the disagreement rather than a bare timeout. A dead peer (its connection closes without a goodbye)
 // or a silent one (nothing by the deadline) fails every live rank with a
 // *PeerError naming it: the rank that notices tells all others at once.
 // After any failure the group is unusable; close it and form a new one.
