@@ -27,10 +27,11 @@ test: vet
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -count=1 ./...
 
-# Longer fuzzing of the wire decoders (the seed corpus runs in `make test`).
+# Longer fuzzing of the decoders (the seed corpus runs in `make test`).
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzHeaderDecode -fuzztime=60s ./collective/transport/
 	$(GO) test -run='^$$' -fuzz=FuzzFaultDecode -fuzztime=60s ./collective/transport/
+	$(GO) test -run='^$$' -fuzz=FuzzParseHeader -fuzztime=60s ./checkpoint/safetensors/
 
 clean:
 	rm -rf $(BIN)
