@@ -190,11 +190,13 @@ func (g *group) Size() int { return g.size }
 
 // begin takes a ticket and waits for its turn. Collective calls get the
 // next group-wide sequence number; point-to-point calls count per peer.
-func (g *group) begin(c *call) (seq uint64, err error) {
+// On a closed group it takes no ticket (ticketed is false), so that the
+// caller must not call end.
+func (g *group) begin(c *call) (seq uint64, ticketed bool, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
-		return 0, &PeerError{Rank: -1, Op: c.kind.String(), Err: fmt.Errorf("rank %d: group is %w", g.rank, ErrClosed)}
+		return 0, false, &PeerError{Rank: -1, Op: c.kind.String(), Err: fmt.Errorf("rank %d: group is %w", g.rank, ErrClosed)}
 	}
 	t := g.next
 	g.next++
@@ -202,7 +204,7 @@ func (g *group) begin(c *call) (seq uint64, err error) {
 	for g.done != t {
 		g.turn.Wait()
 	}
-	return seq, g.err
+	return seq, true, g.err
 }
 
 // nextSeq assigns c's sequence number; mu must be held.
@@ -228,11 +230,13 @@ func (g *group) end() {
 
 // do runs one validated call synchronously.
 func (g *group) do(ctx context.Context, c *call) error {
-	seq, err := g.begin(c)
+	seq, ticketed, err := g.begin(c)
 	if err == nil {
 		err = g.exec(ctx, c, seq)
 	}
-	g.end()
+	if ticketed {
+		g.end()
+	}
 	return err
 }
 
