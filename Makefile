@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzHeaderDecode -fuzztime=60s ./collective/transport/
 	$(GO) test -run='^$$' -fuzz=FuzzFaultDecode -fuzztime=60s ./collective/transport/
 	$(GO) test -run='^$$' -fuzz=FuzzParseHeader -fuzztime=60s ./checkpoint/safetensors/
+	$(GO) test -run='^$$' -fuzz=FuzzParseManifest -fuzztime=60s ./checkpoint/
 
 clean:
 	rm -rf $(BIN)
