@@ -1,0 +1,123 @@
+package checkpoint_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/checkpoint"
+)
+
+const crashDirEnv = "RINGO_TEST_CRASH_DIR"
+
+// stateAt is the single-rank state saved at step: every byte depends on
+// the step, so a checkpoint mixing two saves cannot pass for either.
+func stateAt(step int64) *checkpoint.State {
+	st := stateFor(0, 1, true)
+	for i := range st.Tensors {
+		for j := range st.Tensors[i].Data {
+			st.Tensors[i].Data[j] ^= byte(step) ^ byte(step>>8)
+		}
+	}
+	return st
+}
+
+// TestCrashChild is the child of TestKilledWhileSaving: it saves step
+// after step until it is killed. It does nothing in a normal run.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashDirEnv)
+	if dir == "" {
+		t.Skip("only runs as the child of TestKilledWhileSaving")
+	}
+	step, _, err := checkpoint.Latest(dir)
+	if err != nil && !errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		t.Fatal(err)
+	}
+	for {
+		step++
+		if err := checkpoint.Save(context.Background(), checkpoint.Single{}, dir, step, stateAt(step)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestKilledWhileSaving: a process saving in a loop is killed with
+// SIGKILL at random moments, 50 times; after every kill the newest
+// complete checkpoint loads, passes its checksums, and holds exactly the
+// state saved at its step.
+func TestKilledWhileSaving(t *testing.T) {
+	if os.Getenv(crashDirEnv) != "" {
+		t.Skip("child")
+	}
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(7, 11))
+	kills := 50
+	if testing.Short() {
+		kills = 10
+	}
+	var last int64
+	interrupted := 0 // kills that left a half-written save behind
+	for k := 0; k < kills; k++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
+		cmd.Process.Kill()
+		cmd.Wait()
+
+		if midSave(dir) {
+			interrupted++
+		}
+		step, _, err := checkpoint.Latest(dir)
+		if errors.Is(err, checkpoint.ErrNoCheckpoint) && last == 0 {
+			continue // killed before its first commit
+		}
+		if err != nil {
+			t.Fatalf("kill %d: %v", k, err)
+		}
+		if step < last {
+			t.Fatalf("kill %d: newest checkpoint went back from step %d to %d", k, last, step)
+		}
+		last = step
+		got := stateFor(0, 1, false)
+		if err := checkpoint.Load(context.Background(), dir, step, got); err != nil {
+			t.Fatalf("kill %d: step %d does not load: %v", k, step, err)
+		}
+		want := stateAt(step)
+		for i := range got.Tensors {
+			if !bytes.Equal(got.Tensors[i].Data, want.Tensors[i].Data) {
+				t.Fatalf("kill %d: step %d tensor %q is not the state saved at that step", k, step, got.Tensors[i].Name)
+			}
+		}
+	}
+	if last == 0 {
+		t.Fatal("no checkpoint was ever committed; the children never got to save")
+	}
+	if interrupted == 0 {
+		t.Fatalf("none of %d kills landed in the middle of a save; the test proved nothing", kills)
+	}
+	t.Logf("%d kills, %d of them mid-save; newest step %d", kills, interrupted, last)
+}
+
+// midSave reports whether dir holds the remains of an interrupted save.
+func midSave(dir string) bool {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			return true
+		}
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), checkpoint.ManifestFile)); err != nil {
+			return true
+		}
+	}
+	return false
+}
