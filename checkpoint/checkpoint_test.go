@@ -63,18 +63,6 @@ func global(s spec) []byte {
 	return b
 }
 
-// share is rank r of n's rows of a tensor of rows rows: the first rows%n
-// ranks get one more.
-func share(rows int64, r, n int) checkpoint.Rows {
-	base, extra := rows/int64(n), rows%int64(n)
-	start := int64(r)*base + min(int64(r), extra)
-	end := start + base
-	if int64(r) < extra {
-		end++
-	}
-	return checkpoint.Rows{Start: start, End: end}
-}
-
 // stateFor is rank r of n's part of the state, with data or, for Load,
 // zeroed buffers of the right size.
 func stateFor(r, n int, withData bool) *checkpoint.State {
@@ -83,7 +71,7 @@ func stateFor(r, n int, withData bool) *checkpoint.State {
 		t := checkpoint.Tensor{Name: s.name, DType: s.dtype, Shape: s.shape}
 		g := global(s)
 		if s.split {
-			rows := share(rowsOf(s), r, n)
+			rows := checkpoint.EvenRows(rowsOf(s), r, n)
 			t.Split = &rows
 			g = g[rows.Start*rowBytes(s) : rows.End*rowBytes(s)]
 		}

@@ -30,9 +30,12 @@ type Manifest struct {
 // ManifestTensor is one tensor: its global dtype and shape, and the pieces
 // (row ranges of dim 0) that together hold it, in row order.
 type ManifestTensor struct {
-	DType  safetensors.DType `json:"dtype"`
-	Shape  []int64           `json:"shape"`
-	Pieces []Piece           `json:"pieces"`
+	DType safetensors.DType `json:"dtype"`
+	Shape []int64           `json:"shape"`
+	// Split is true for a tensor whose rows were split across ranks, false
+	// for one replicated on every rank; resharding keeps the distinction.
+	Split  bool    `json:"split"`
+	Pieces []Piece `json:"pieces"`
 }
 
 // Piece is rows [Rows[0], Rows[1]) of a tensor, stored under the tensor's

@@ -134,7 +134,7 @@ func agree(plans []plan) (map[string]ManifestTensor, error) {
 	load := make([]int64, len(plans))
 	var replicated []planEntry
 	for i, e := range ref {
-		mt := ManifestTensor{DType: e.DType, Shape: e.Shape}
+		mt := ManifestTensor{DType: e.DType, Shape: e.Shape, Split: true}
 		if e.Split == nil {
 			replicated = append(replicated, e)
 			continue

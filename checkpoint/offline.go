@@ -1,0 +1,182 @@
+package checkpoint
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/ringo-ml/ringo/checkpoint/safetensors"
+)
+
+// localGroup coordinates goroutines standing in for ranks, for tools that
+// rewrite a checkpoint in one process.
+type localGroup struct {
+	n       int
+	mu      sync.Mutex
+	cond    *sync.Cond
+	gen     int
+	arrived int
+	slots   [][]byte
+	result  [][]byte
+}
+
+func newLocalGroup(n int) *localGroup {
+	g := &localGroup{n: n, slots: make([][]byte, n)}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+func (g *localGroup) gather(rank int, b []byte) [][]byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gen := g.gen
+	g.slots[rank] = b
+	g.arrived++
+	if g.arrived == g.n {
+		g.result, g.slots, g.arrived = g.slots, make([][]byte, g.n), 0
+		g.gen++
+		g.cond.Broadcast()
+	}
+	for gen == g.gen {
+		g.cond.Wait()
+	}
+	return g.result
+}
+
+type localRank struct {
+	g    *localGroup
+	rank int
+}
+
+func (l localRank) Rank() int { return l.rank }
+func (l localRank) Size() int { return l.g.n }
+func (l localRank) Barrier(ctx context.Context) error {
+	_, err := l.AllGather(ctx, nil)
+	return err
+}
+func (l localRank) AllGather(_ context.Context, b []byte) ([][]byte, error) {
+	return l.g.gather(l.rank, b), nil
+}
+
+// EvenRows is rank r of n's share of rows: the first rows%n ranks get one
+// more, like torch.chunk's remainder rule.
+func EvenRows(rows int64, r, n int) Rows {
+	base, extra := rows/int64(n), rows%int64(n)
+	start := int64(r)*base + min(int64(r), extra)
+	end := start + base
+	if int64(r) < extra {
+		end++
+	}
+	return Rows{Start: start, End: end}
+}
+
+// stateForRank is what rank r of n loads from m: split tensors' share of
+// rows, replicated tensors whole, as empty buffers to fill.
+func stateForRank(m *Manifest, r, n int) *State {
+	st := &State{}
+	for _, name := range sortedNames(m) {
+		mt := m.Tensors[name]
+		t := Tensor{Name: name, DType: mt.DType, Shape: mt.Shape}
+		want := Rows{0, rows(mt.Shape)}
+		if mt.Split {
+			want = EvenRows(rows(mt.Shape), r, n)
+			t.Split = &want
+		}
+		t.Data = make([]byte, (want.End-want.Start)*rowBytes(mt.DType, mt.Shape))
+		st.Tensors = append(st.Tensors, t)
+	}
+	return st
+}
+
+// Reshard rewrites checkpoint step of src as the checkpoint a job of world
+// ranks would have saved, into dst: split tensors are cut evenly into world
+// row ranges, replicated ones stay whole. It is what a user runs before
+// restarting on another number of GPUs (Load can also reshard on the fly).
+func Reshard(ctx context.Context, src string, step int64, world int, dst string) error {
+	if world < 1 {
+		return fmt.Errorf("checkpoint: world size %d must be at least 1", world)
+	}
+	m, err := ReadManifest(src, step)
+	if err != nil {
+		return err
+	}
+	g := newLocalGroup(world)
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r := range world {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := stateForRank(m, r, world)
+			if err := Load(ctx, src, step, st); err != nil {
+				errs[r] = err
+				st = nil
+			}
+			if st == nil {
+				// Still take part, declaring the failure, so that the others
+				// do not wait for this rank forever.
+				st = &State{Tensors: []Tensor{{Name: ""}}}
+			}
+			if err := Save(ctx, localRank{g, r}, dst, step, st); err != nil && errs[r] == nil {
+				errs[r] = err
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Export writes checkpoint step of dir as one consolidated safetensors
+// file at out (every tensor whole), which Python's safetensors and
+// Hugging Face tools load directly. The user metadata goes into the file's
+// __metadata__ under "ringo.metadata", and the step under "ringo.step".
+func Export(ctx context.Context, dir string, step int64, out string) error {
+	m, err := ReadManifest(dir, step)
+	if err != nil {
+		return err
+	}
+	st := stateForRank(m, 0, 1)
+	for i := range st.Tensors {
+		st.Tensors[i].Split = nil // whole tensors
+	}
+	if err := Load(ctx, dir, step, st); err != nil {
+		return err
+	}
+	tensors := make([]safetensors.Tensor, 0, len(st.Tensors))
+	for _, t := range st.Tensors {
+		tensors = append(tensors, safetensors.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape, Data: t.Data})
+	}
+	sort.Slice(tensors, func(a, b int) bool { return tensors[a].Name < tensors[b].Name })
+	meta := map[string]string{"format": "pt", "ringo.step": fmt.Sprint(step)}
+	if len(m.Metadata) > 0 {
+		meta["ringo.metadata"] = string(m.Metadata)
+	}
+	tmp := out + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("checkpoint: export: %w", err)
+	}
+	err = safetensors.Write(f, tensors, meta)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, out)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("checkpoint: export to %s: %w", out, err)
+	}
+	return syncDir(filepath.Dir(out))
+}
