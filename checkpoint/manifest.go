@@ -133,7 +133,10 @@ func shardName(rank, world int) string {
 // stepDir is the final directory name of a step.
 func stepDir(step int64) string { return fmt.Sprintf("step-%08d", step) }
 
-// parseStepDir returns the step of a final directory name ("step-00000042").
+// ParseStepDir returns the step of a final step directory's name
+// ("step-00000042"); temporary directories do not parse.
+func ParseStepDir(name string) (int64, bool) { return parseStepDir(name) }
+
 func parseStepDir(name string) (int64, bool) {
 	rest, ok := strings.CutPrefix(name, "step-")
 	if !ok || rest == "" || strings.Contains(rest, ".") {

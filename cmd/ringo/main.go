@@ -22,6 +22,7 @@ type subcommand struct {
 func subcommands() []subcommand {
 	return []subcommand{
 		{"bench", "measure collectives across local worker processes (nccl-tests style)", runBench},
+		{"ckpt", "list, inspect, verify, reshard and export checkpoints", runCkpt},
 		{"version", "print ringo's version", func(context.Context, []string) error {
 			fmt.Println("ringo", version)
 			return nil
