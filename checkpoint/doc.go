@@ -17,8 +17,8 @@
 //
 // manifest.json records the format and version, the step, the world size
 // that saved it, every tensor's dtype and global shape and the pieces it is
-// made of (shard, rows [start, end), SHA-256 of the piece's bytes), every
-// shard's file name, size and SHA-256, and the user's metadata.
+// made of (shard, rows [start, end), XXH64 of the piece's bytes), every
+// shard's file name, size and XXH64, and the user's metadata.
 //
 // # Commit
 //

@@ -1,8 +1,6 @@
 package checkpoint
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/ringo-ml/ringo/checkpoint/safetensors"
 )
@@ -114,11 +114,11 @@ func verifyShard(path string, i int, s ManifestShard, m *Manifest) []string {
 	if fi.Size() != s.Bytes {
 		problems = append(problems, fmt.Sprintf("%s: %d bytes, the manifest says %d (truncated or replaced)", path, fi.Size(), s.Bytes))
 	}
-	h := sha256.New()
+	h := xxhash.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return append(problems, fmt.Sprintf("%s: %v", path, err))
 	}
-	if hex.EncodeToString(h.Sum(nil)) != s.SHA256 {
+	if fmt.Sprintf("%016x", h.Sum64()) != s.Hash {
 		problems = append(problems, fmt.Sprintf("%s: file checksum mismatch", path))
 	}
 	head, err := safetensors.ReadHeader(io.NewSectionReader(f, 0, fi.Size()), fi.Size())
@@ -135,10 +135,10 @@ func verifyShard(path string, i int, s ManifestShard, m *Manifest) []string {
 				problems = append(problems, fmt.Sprintf("%s: tensor %q is missing", path, name))
 				continue
 			}
-			ph := sha256.New()
+			ph := xxhash.New()
 			if _, err := io.Copy(ph, io.NewSectionReader(f, head.DataStart+info.Begin, info.End-info.Begin)); err != nil {
 				problems = append(problems, fmt.Sprintf("%s: tensor %q: %v", path, name, err))
-			} else if hex.EncodeToString(ph.Sum(nil)) != p.SHA256 {
+			} else if fmt.Sprintf("%016x", ph.Sum64()) != p.Hash {
 				problems = append(problems, fmt.Sprintf("%s: tensor %q rows [%d, %d): checksum mismatch", path, name, p.Rows[0], p.Rows[1]))
 			}
 		}

@@ -2,8 +2,6 @@ package checkpoint
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -137,16 +135,26 @@ func Load(ctx context.Context, dir string, step int64, st *State) error {
 			if err != nil {
 				return err
 			}
-			// The whole piece is read so that its checksum can be checked.
-			buf := make([]byte, (p.Rows[1]-p.Rows[0])*rb)
+			// The whole piece is read so that its checksum can be checked:
+			// straight into place when the caller wants all of it, through
+			// a buffer when it wants only some rows (resharding).
+			whole := p.Rows[0] >= want.Start && p.Rows[1] <= want.End
+			var buf []byte
+			if whole {
+				buf = t.Data[(p.Rows[0]-want.Start)*rb : (p.Rows[1]-want.Start)*rb]
+			} else {
+				buf = make([]byte, (p.Rows[1]-p.Rows[0])*rb)
+			}
 			file := filepath.Join(base, m.Shards[p.Shard].File)
 			if err := safetensors.ReadTensor(s.f, s.head, t.Name, buf); err != nil {
 				return fmt.Errorf("checkpoint: %s: %w", file, err)
 			}
-			if sum := sha256.Sum256(buf); hex.EncodeToString(sum[:]) != p.SHA256 {
+			if hashOf(buf) != p.Hash {
 				return fmt.Errorf("checkpoint: %s: tensor %q rows [%d, %d): checksum mismatch, the data is corrupt", file, t.Name, p.Rows[0], p.Rows[1])
 			}
-			copy(t.Data[(lo-want.Start)*rb:(hi-want.Start)*rb], buf[(lo-p.Rows[0])*rb:(hi-p.Rows[0])*rb])
+			if !whole {
+				copy(t.Data[(lo-want.Start)*rb:(hi-want.Start)*rb], buf[(lo-p.Rows[0])*rb:(hi-p.Rows[0])*rb])
+			}
 		}
 	}
 	st.Metadata = m.Metadata

@@ -103,7 +103,7 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 	if err != nil {
 		return err
 	}
-	g := newLocalGroup(world)
+	coords := LocalGroup(world)
 	errs := make([]error, world)
 	var wg sync.WaitGroup
 	for r := range world {
@@ -120,7 +120,7 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 				// do not wait for this rank forever.
 				st = &State{Tensors: []Tensor{{Name: ""}}}
 			}
-			if err := Save(ctx, localRank{g, r}, dst, step, st); err != nil && errs[r] == nil {
+			if err := Save(ctx, coords[r], dst, step, st); err != nil && errs[r] == nil {
 				errs[r] = err
 			}
 		}()
@@ -179,4 +179,16 @@ func Export(ctx context.Context, dir string, step int64, out string) error {
 		return fmt.Errorf("checkpoint: export to %s: %w", out, err)
 	}
 	return syncDir(filepath.Dir(out))
+}
+
+// LocalGroup returns n Coordinators for n goroutines of one process that
+// act as the ranks of a job: for tools and benchmarks that save or reshard
+// a checkpoint without a network.
+func LocalGroup(n int) []Coordinator {
+	g := newLocalGroup(n)
+	out := make([]Coordinator, n)
+	for r := range out {
+		out[r] = localRank{g, r}
+	}
+	return out
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +12,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/ringo-ml/ringo/checkpoint/safetensors"
 )
@@ -58,8 +58,8 @@ type plan struct {
 type shardResult struct {
 	Error  string            `json:"error,omitempty"`
 	Bytes  int64             `json:"bytes"`
-	SHA256 string            `json:"sha256"`
-	Pieces map[string]string `json:"pieces"` // tensor name -> sha256 of its bytes here
+	Hash   string            `json:"hash"`
+	Pieces map[string]string `json:"pieces"` // tensor name -> hash of its bytes here
 }
 
 func rowBytes(d safetensors.DType, shape []int64) int64 {
@@ -239,7 +239,7 @@ func Save(ctx context.Context, coord Coordinator, dir string, step int64, st *St
 	if err != nil {
 		return abort(err)
 	}
-	m := &Manifest{Format: FormatName, Version: FormatVersion, Step: step, WorldSize: size, Checksum: "sha256",
+	m := &Manifest{Format: FormatName, Version: FormatVersion, Step: step, WorldSize: size, Checksum: checksumName,
 		Tensors: layout, Shards: make([]ManifestShard, size), Metadata: st.Metadata}
 	for r, b := range results {
 		var sr shardResult
@@ -250,12 +250,12 @@ func Save(ctx context.Context, coord Coordinator, dir string, step int64, st *St
 			errs = append(errs, fmt.Sprintf("rank %d: %s", r, sr.Error))
 			continue
 		}
-		m.Shards[r] = ManifestShard{File: shardName(r, size), Bytes: sr.Bytes, SHA256: sr.SHA256}
+		m.Shards[r] = ManifestShard{File: shardName(r, size), Bytes: sr.Bytes, Hash: sr.Hash}
 		for name, sum := range sr.Pieces {
 			t := m.Tensors[name]
 			for i := range t.Pieces {
 				if t.Pieces[i].Shard == r {
-					t.Pieces[i].SHA256 = sum
+					t.Pieces[i].Hash = sum
 				}
 			}
 		}
@@ -297,7 +297,7 @@ func prepareDir(dir string, step int64) (string, error) {
 	}
 	var id [6]byte
 	rand.Read(id[:])
-	tmp := final + ".tmp-" + hex.EncodeToString(id[:])
+	tmp := fmt.Sprintf("%s.tmp-%x", final, id[:])
 	if err := os.Mkdir(tmp, 0o755); err != nil {
 		return "", err
 	}
@@ -349,8 +349,7 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 			shape = append([]int64{t.Split.End - t.Split.Start}, t.Shape[1:]...)
 		}
 		tensors = append(tensors, safetensors.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: t.Data})
-		sum := sha256.Sum256(t.Data)
-		res.Pieces[t.Name] = hex.EncodeToString(sum[:])
+		res.Pieces[t.Name] = hashOf(t.Data)
 	}
 	path := filepath.Join(tmp, shardName(rank, size))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
@@ -358,7 +357,7 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 		res.Error = err.Error()
 		return res
 	}
-	h := sha256.New()
+	h := xxhash.New()
 	cw := &countWriter{w: io.MultiWriter(f, h)}
 	err = safetensors.Write(cw, tensors, map[string]string{"format": FormatName, "shard": fmt.Sprint(rank)})
 	if err == nil {
@@ -372,7 +371,7 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 		return res
 	}
 	res.Bytes = cw.n
-	res.SHA256 = hex.EncodeToString(h.Sum(nil))
+	res.Hash = fmt.Sprintf("%016x", h.Sum64())
 	return res
 }
 

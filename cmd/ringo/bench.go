@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
+
+	ckptbench "github.com/ringo-ml/ringo/checkpoint/bench"
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/bench"
@@ -41,7 +44,7 @@ func runBench(ctx context.Context, args []string) error {
 
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: ringo bench %s [flags]\n\n", strings.Join(bench.Ops, "|"))
+		fmt.Fprintf(fs.Output(), "Usage: ringo bench %s [flags]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n\n", strings.Join(bench.Ops, "|"))
 		fmt.Fprintf(fs.Output(), "Starts --np local worker processes that form a TCP group, sweeps sizes from\n--min-bytes to --max-bytes, checks every result and prints nccl-tests style rows.\nExits non-zero if any result is wrong or any worker fails.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -69,6 +72,9 @@ func runBench(ctx context.Context, args []string) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		op, args = args[0], args[1:]
 	}
+	if op == "ckpt" {
+		return runBenchCkpt(ctx, args)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -90,4 +96,35 @@ func runBench(ctx context.Context, args []string) error {
 	}
 	c.Coll.SmallBytes, c.Coll.ChunkBytes = int(smallB), int(chunk)
 	return bench.Run(ctx, c, os.Stdout, os.Stderr)
+}
+
+func runBenchCkpt(ctx context.Context, args []string) error {
+	c := ckptbench.Config{Bytes: 1 << 30, NP: 4, Dir: os.TempDir()}
+	fs := flag.NewFlagSet("bench ckpt", flag.ContinueOnError)
+	fs.Var(byteFlag{&c.Bytes}, "size", "total checkpoint size (accepts K, M, G)")
+	fs.IntVar(&c.NP, "np", c.NP, "ranks saving together (goroutines of this process)")
+	fs.StringVar(&c.Dir, "dir", c.Dir, "directory on the disk to measure")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	r, err := ckptbench.Run(ctx, c)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		b, _ := json.Marshal(r)
+		fmt.Println(string(b))
+		return nil
+	}
+	fmt.Printf("# ringo bench ckpt: %d bytes from %d ranks in %s\n", r.Bytes, r.NP, c.Dir)
+	fmt.Printf("plain write (fsync)  %7.3f GB/s\n", r.PlainWrite)
+	fmt.Printf("checkpoint save      %7.3f GB/s  (%.0f%% of plain write)\n", r.Save, 100*r.Save/r.PlainWrite)
+	fmt.Printf("plain read           %7.3f GB/s\n", r.PlainRead)
+	fmt.Printf("checkpoint load      %7.3f GB/s  (%.0f%% of plain read)\n", r.Load, 100*r.Load/r.PlainRead)
+	fmt.Printf("async save blocks    %7.0f us    (%.2fx a plain copy of the state by all ranks: %.0f us, %.2f GB/s)\n", r.AsyncBlockUS, r.AsyncBlockUS/r.MemcpyUS, r.MemcpyUS, r.Memcpy)
+	return nil
 }
