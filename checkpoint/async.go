@@ -34,6 +34,10 @@ type Options struct {
 	KeepLast int
 	// ...except those whose step is a multiple of KeepEvery, when positive.
 	KeepEvery int64
+	// ReplicateTo, when set, receives a verified copy of every committed
+	// checkpoint (see Replicate); a failed copy fails the save's report
+	// but never the checkpoint itself.
+	ReplicateTo string
 }
 
 // NewSaver returns a Saver writing into dir.
@@ -122,7 +126,12 @@ func (s *Saver) save(ctx context.Context, step int64, st *State) error {
 	if err := Save(ctx, s.coord, s.dir, step, st); err != nil {
 		return err
 	}
-	if s.coord.Rank() == 0 && (s.opts.KeepLast > 0) {
+	if s.coord.Rank() == 0 && s.opts.ReplicateTo != "" {
+		if err := Replicate(ctx, s.dir, step, s.opts.ReplicateTo); err != nil {
+			return fmt.Errorf("checkpoint: step %d committed, but %w", step, err)
+		}
+	}
+	if s.coord.Rank() == 0 && s.opts.KeepLast > 0 {
 		if _, err := Retain(s.dir, s.opts.KeepLast, s.opts.KeepEvery); err != nil {
 			return fmt.Errorf("checkpoint: step %d committed, but pruning old ones failed: %w", step, err)
 		}
