@@ -165,12 +165,7 @@ func Export(ctx context.Context, dir string, step int64, out string) error {
 		return fmt.Errorf("checkpoint: export: %w", err)
 	}
 	err = safetensors.Write(f, tensors, meta)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err = finishFile(f, err)
 	if err == nil {
 		err = os.Rename(tmp, out)
 	}

@@ -78,11 +78,6 @@ func copyFileSync(from, to string) error {
 		return err
 	}
 	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	err = finishFile(out, err)
 	return err
 }

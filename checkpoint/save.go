@@ -360,12 +360,7 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 	h := xxhash.New()
 	cw := &countWriter{w: io.MultiWriter(f, h)}
 	err = safetensors.Write(cw, tensors, map[string]string{"format": FormatName, "shard": fmt.Sprint(rank)})
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err = finishFile(f, err)
 	if err != nil {
 		res.Error = fmt.Sprintf("writing %s: %v", path, err)
 		return res
@@ -414,12 +409,7 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	_, err = io.Copy(f, bytes.NewReader(b))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err = finishFile(f, err)
 	return err
 }
 
@@ -430,4 +420,16 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// finishFile fsyncs and closes f, and returns err, or else the first error
+// of those two: a file is durable, or the caller hears why not.
+func finishFile(f *os.File, err error) error {
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
