@@ -34,6 +34,12 @@ type Options struct {
 	KeepLast int
 	// ...except those whose step is a multiple of KeepEvery, when positive.
 	KeepEvery int64
+	// Compress stores every tensor zstd-compressed after shuffling its
+	// byte planes (raw float32 barely compresses without the shuffle).
+	Compress bool
+	// Encrypt seals every tensor with AES-256-GCM under the key in
+	// RINGO_CKPT_KEY or RINGO_CKPT_KEY_FILE; Load needs the same key.
+	Encrypt bool
 	// ReplicateTo, when set, receives a verified copy of every committed
 	// checkpoint (see Replicate); a failed copy fails the save's report
 	// but never the checkpoint itself.
@@ -123,7 +129,7 @@ func (s *Saver) Save(ctx context.Context, step int64, st *State) error {
 }
 
 func (s *Saver) save(ctx context.Context, step int64, st *State) error {
-	if err := Save(ctx, s.coord, s.dir, step, st); err != nil {
+	if err := SaveWith(ctx, s.coord, s.dir, step, st, s.opts); err != nil {
 		return err
 	}
 	if s.coord.Rank() == 0 && s.opts.ReplicateTo != "" {

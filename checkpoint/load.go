@@ -73,6 +73,10 @@ func Load(ctx context.Context, dir string, step int64, st *State) error {
 	if err != nil {
 		return err
 	}
+	enc, err := codecFor(m.Encoding)
+	if err != nil {
+		return fmt.Errorf("checkpoint: step %d in %s: %w", step, dir, err)
+	}
 	base := filepath.Join(dir, stepDir(step))
 	shards := map[int]*shardFile{}
 	defer func() {
@@ -138,12 +142,16 @@ func Load(ctx context.Context, dir string, step int64, st *State) error {
 			// The whole piece is read so that its checksum can be checked:
 			// straight into place when the caller wants all of it, through
 			// a buffer when it wants only some rows (resharding).
-			whole := p.Rows[0] >= want.Start && p.Rows[1] <= want.End
+			plainLen := (p.Rows[1] - p.Rows[0]) * rb
+			whole := p.Rows[0] >= want.Start && p.Rows[1] <= want.End && !enc.active()
 			var buf []byte
-			if whole {
+			switch info, ok := s.head.Find(t.Name); {
+			case whole:
 				buf = t.Data[(p.Rows[0]-want.Start)*rb : (p.Rows[1]-want.Start)*rb]
-			} else {
-				buf = make([]byte, (p.Rows[1]-p.Rows[0])*rb)
+			case ok && enc.active():
+				buf = make([]byte, info.End-info.Begin) // the stored blob
+			default:
+				buf = make([]byte, plainLen)
 			}
 			file := filepath.Join(base, m.Shards[p.Shard].File)
 			if err := safetensors.ReadTensor(s.f, s.head, t.Name, buf); err != nil {
@@ -151,6 +159,11 @@ func Load(ctx context.Context, dir string, step int64, st *State) error {
 			}
 			if hashOf(buf) != p.Hash {
 				return fmt.Errorf("checkpoint: %s: tensor %q rows [%d, %d): checksum mismatch, the data is corrupt", file, t.Name, p.Rows[0], p.Rows[1])
+			}
+			if enc.active() {
+				if buf, err = enc.decode(buf, t.DType.Size(), plainLen); err != nil {
+					return fmt.Errorf("checkpoint: %s: tensor %q: %w", file, t.Name, err)
+				}
 			}
 			if !whole {
 				copy(t.Data[(lo-want.Start)*rb:(hi-want.Start)*rb], buf[(lo-p.Rows[0])*rb:(hi-p.Rows[0])*rb])

@@ -19,14 +19,19 @@ const (
 
 // Manifest is the content of manifest.json.
 type Manifest struct {
-	Format    string                    `json:"format"`
-	Version   int                       `json:"version"`
-	Step      int64                     `json:"step"`
-	WorldSize int                       `json:"world_size"`
-	Checksum  string                    `json:"checksum"` // "xxh64"
-	Tensors   map[string]ManifestTensor `json:"tensors"`
-	Shards    []ManifestShard           `json:"shards"`
-	Metadata  json.RawMessage           `json:"metadata,omitempty"`
+	Format    string `json:"format"`
+	Version   int    `json:"version"`
+	Step      int64  `json:"step"`
+	WorldSize int    `json:"world_size"`
+	Checksum  string `json:"checksum"` // "xxh64"
+	// Encoding is empty for plain safetensors shards, else a
+	// comma-separated list of "zstd+shuffle" and "aes-256-gcm": each tensor
+	// is then stored as a U8 blob of its encoded bytes, and checksums cover
+	// the stored bytes.
+	Encoding string                    `json:"encoding,omitempty"`
+	Tensors  map[string]ManifestTensor `json:"tensors"`
+	Shards   []ManifestShard           `json:"shards"`
+	Metadata json.RawMessage           `json:"metadata,omitempty"`
 }
 
 // ManifestTensor is one tensor: its global dtype and shape, and the pieces
@@ -87,6 +92,9 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Checksum != checksumName {
 		return fmt.Errorf("manifest checksum %q; this ringo knows %s", m.Checksum, checksumName)
+	}
+	if _, _, err := parseEncoding(m.Encoding); err != nil {
+		return fmt.Errorf("manifest: %w", err)
 	}
 	if m.WorldSize < 1 || len(m.Shards) != m.WorldSize {
 		return fmt.Errorf("manifest says world size %d but lists %d shards", m.WorldSize, len(m.Shards))

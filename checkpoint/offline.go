@@ -103,6 +103,8 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 	if err != nil {
 		return err
 	}
+	compress, encrypt, _ := parseEncoding(m.Encoding)
+	opts := Options{Compress: compress, Encrypt: encrypt} // keep the source's encoding
 	coords := LocalGroup(world)
 	errs := make([]error, world)
 	var wg sync.WaitGroup
@@ -120,7 +122,7 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 				// do not wait for this rank forever.
 				st = &State{Tensors: []Tensor{{Name: ""}}}
 			}
-			if err := Save(ctx, coords[r], dst, step, st); err != nil && errs[r] == nil {
+			if err := SaveWith(ctx, coords[r], dst, step, st, opts); err != nil && errs[r] == nil {
 				errs[r] = err
 			}
 		}()

@@ -188,10 +188,20 @@ func agree(plans []plan) (map[string]ManifestTensor, error) {
 // with its own part of the state; it returns when the checkpoint is
 // committed (or has failed) on every rank, with the same error everywhere.
 func Save(ctx context.Context, coord Coordinator, dir string, step int64, st *State) error {
+	return SaveWith(ctx, coord, dir, step, st, Options{})
+}
+
+// SaveWith is Save with options (compression, encryption; retention and
+// replication apply only through a Saver).
+func SaveWith(ctx context.Context, coord Coordinator, dir string, step int64, st *State, opts Options) error {
 	rank, size := coord.Rank(), coord.Size()
 	fail := func(err error) error { return fmt.Errorf("checkpoint: saving step %d in %s: %w", step, dir, err) }
 
 	p := st.plan()
+	enc, err := newCodec(opts.Compress, opts.Encrypt)
+	if err != nil {
+		p.Error = fmt.Sprintf("rank %d: %v", rank, err)
+	}
 	if err := st.check(); err != nil {
 		p.Error = fmt.Sprintf("rank %d: %v", rank, err)
 	}
@@ -233,13 +243,13 @@ func Save(ctx context.Context, coord Coordinator, dir string, step int64, st *St
 		return abort(err)
 	}
 
-	res := writeShard(tmp, rank, size, st, layout)
+	res := writeShard(tmp, rank, size, st, layout, enc)
 	rb, _ := json.Marshal(res)
 	results, err := coord.AllGather(ctx, rb)
 	if err != nil {
 		return abort(err)
 	}
-	m := &Manifest{Format: FormatName, Version: FormatVersion, Step: step, WorldSize: size, Checksum: checksumName,
+	m := &Manifest{Format: FormatName, Version: FormatVersion, Step: step, WorldSize: size, Checksum: checksumName, Encoding: enc.name(),
 		Tensors: layout, Shards: make([]ManifestShard, size), Metadata: st.Metadata}
 	for r, b := range results {
 		var sr shardResult
@@ -333,7 +343,7 @@ func exists(path string) bool {
 
 // writeShard writes this rank's shard: its slices of split tensors and
 // the replicated tensors assigned to it. The file is fsynced.
-func writeShard(tmp string, rank, size int, st *State, layout map[string]ManifestTensor) shardResult {
+func writeShard(tmp string, rank, size int, st *State, layout map[string]ManifestTensor, enc codec) shardResult {
 	res := shardResult{Pieces: map[string]string{}}
 	var tensors []safetensors.Tensor
 	for _, t := range st.Tensors {
@@ -348,8 +358,17 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 		if t.Split != nil {
 			shape = append([]int64{t.Split.End - t.Split.Start}, t.Shape[1:]...)
 		}
-		tensors = append(tensors, safetensors.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: t.Data})
-		res.Pieces[t.Name] = hashOf(t.Data)
+		stored := safetensors.Tensor{Name: t.Name, DType: t.DType, Shape: shape, Data: t.Data}
+		if enc.active() {
+			blob, err := enc.encode(t.Data, t.DType.Size())
+			if err != nil {
+				res.Error = fmt.Sprintf("encoding tensor %q: %v", t.Name, err)
+				return res
+			}
+			stored = safetensors.Tensor{Name: t.Name, DType: safetensors.U8, Shape: []int64{int64(len(blob))}, Data: blob}
+		}
+		tensors = append(tensors, stored)
+		res.Pieces[t.Name] = hashOf(stored.Data)
 	}
 	path := filepath.Join(tmp, shardName(rank, size))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)

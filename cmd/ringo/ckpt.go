@@ -145,7 +145,11 @@ func ckptInspect(dir string, step int64, asJSON bool) error {
 	}
 	fmt.Printf("checkpoint %s, step %d: format %s v%d, saved by %d ranks, checksums %s\n",
 		filepath.Join(dir, fmt.Sprintf("step-%08d", step)), m.Step, m.Format, m.Version, m.WorldSize, m.Checksum)
-	fmt.Println("shards are plain safetensors files (no compression, no encryption)")
+	if m.Encoding == "" {
+		fmt.Println("shards are plain safetensors files (no compression, no encryption)")
+	} else {
+		fmt.Printf("shards are encoded (%s): each tensor is stored as a U8 blob, not readable by plain safetensors tools; `ringo ckpt export` writes a plain file\n", m.Encoding)
+	}
 	names := make([]string, 0, len(m.Tensors))
 	for n := range m.Tensors {
 		names = append(names, n)
