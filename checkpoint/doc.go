@@ -29,6 +29,16 @@
 // checkpoint is therefore either complete or invisible, whenever a process
 // dies.
 //
+// # Options
+//
+// SaveWith can store tensors zstd-compressed after shuffling their byte
+// planes, and sealed with AES-256-GCM under a key from RINGO_CKPT_KEY or
+// RINGO_CKPT_KEY_FILE; the manifest records both, and such shards hold U8
+// blobs that only ringo reads (`ringo ckpt export` writes a plain file). A
+// Saver saves in the background (SaveAsync copies the state, then returns),
+// keeps the newest K checkpoints plus every M-th, and can replicate each
+// committed checkpoint to a second directory, verified before it appears.
+//
 // Save needs only a Coordinator (rank, size, barrier, all-gather of
 // bytes); FromComm adapts a collective.Comm. Load needs none: each rank
 // reads the rows it asks for, from whichever shards hold them, and checks
