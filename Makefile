@@ -33,6 +33,9 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzFaultDecode -fuzztime=60s ./collective/transport/
 	$(GO) test -run='^$$' -fuzz=FuzzParseHeader -fuzztime=60s ./checkpoint/safetensors/
 	$(GO) test -run='^$$' -fuzz=FuzzParseManifest -fuzztime=60s ./checkpoint/
+	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=60s ./dataloader/shard/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeFields -fuzztime=60s ./dataloader/shard/
+	$(GO) test -run='^$$' -fuzz=FuzzParseIndex -fuzztime=60s ./dataloader/
 
 clean:
 	rm -rf $(BIN)

@@ -23,6 +23,7 @@ func subcommands() []subcommand {
 	return []subcommand{
 		{"bench", "measure collectives across local worker processes (nccl-tests style)", runBench},
 		{"ckpt", "list, inspect, verify, reshard and export checkpoints", runCkpt},
+		{"data", "pack, inspect and verify sharded datasets", runData},
 		{"version", "print ringo's version", func(context.Context, []string) error {
 			fmt.Println("ringo", version)
 			return nil

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/ringo-ml/ringo/dataloader"
+	"github.com/ringo-ml/ringo/dataloader/shard"
+	"github.com/ringo-ml/ringo/dataloader/source"
+)
+
+const dataUsage = `Usage: ringo data <command> ...
+
+Commands:
+  pack --from mnist IMAGES LABELS --out DIR [--shard-size 64MB] [--level N] [--block-size 1MB]
+  pack --from jsonl|csv|dir SRC --out DIR [...]
+                            build a dataset (shards + index.json)
+  inspect DIR|URL           counts, sizes, compression ratio, a few records
+  verify DIR|URL            every shard hash and block checksum; exit 1 naming bad shards and blocks
+
+URLs: http(s)://host/prefix, s3://bucket/prefix (RINGO_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+`
+
+func runData(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stderr, dataUsage)
+		if len(args) == 0 {
+			return errors.New("missing command")
+		}
+		return nil
+	}
+	switch args[0] {
+	case "pack":
+		return dataPack(args[1:])
+	case "inspect":
+		return dataInspect(ctx, args[1:])
+	case "verify":
+		return dataVerify(ctx, args[1:])
+	}
+	return fmt.Errorf("unknown command %q\n\n%s", args[0], dataUsage)
+}
+
+func dataPack(args []string) error {
+	fs := flag.NewFlagSet("data pack", flag.ContinueOnError)
+	from := fs.String("from", "", "input format: mnist, jsonl, csv or dir")
+	out := fs.String("out", "", "dataset directory to create")
+	opts := dataloader.DefaultPackOptions()
+	fs.Var(byteFlag{&opts.ShardBytes}, "shard-size", "raw bytes per shard (accepts K, M, G)")
+	block := int64(opts.Shard.BlockSize)
+	fs.Var(byteFlag{&block}, "block-size", "raw bytes per block")
+	fs.IntVar(&opts.Shard.Level, "level", opts.Shard.Level, "zstd level per block, 0 for none")
+	// Flags and inputs may come in any order.
+	var inputs []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		inputs = append(inputs, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	opts.Shard.BlockSize = int(block)
+	if *out == "" {
+		return errors.New("pack needs --out DIR")
+	}
+	if isTerminal(os.Stderr) {
+		opts.Progress = func(n int64) { fmt.Fprintf(os.Stderr, "\rpacked %d records", n) }
+		defer fmt.Fprintln(os.Stderr)
+	}
+	var ix *dataloader.Index
+	var err error
+	switch {
+	case *from == "mnist" && len(inputs) == 2:
+		ix, err = dataloader.PackMNIST(inputs[0], inputs[1], *out, opts)
+	case *from == "jsonl" && len(inputs) == 1:
+		ix, err = dataloader.PackJSONL(inputs[0], *out, opts)
+	case *from == "csv" && len(inputs) == 1:
+		ix, err = dataloader.PackCSV(inputs[0], *out, opts)
+	case *from == "dir" && len(inputs) == 1:
+		ix, err = dataloader.PackDir(inputs[0], *out, opts)
+	default:
+		return fmt.Errorf("pack --from %q with %d inputs: want mnist IMAGES LABELS, or jsonl|csv|dir SRC\n\n%s", *from, len(inputs), dataUsage)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("packed %d records into %d shards in %s\n", ix.Records, len(ix.Shards), *out)
+	return nil
+}
+
+func openDataset(ctx context.Context, loc string) (*dataloader.Dataset, error) {
+	src, err := source.Parse(loc)
+	if err != nil {
+		return nil, err
+	}
+	return dataloader.Open(ctx, src)
+}
+
+func dataInspect(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return errors.New("inspect needs one DIR or URL")
+	}
+	ds, err := openDataset(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	var bytes, raw int64
+	var blocks int
+	var sample [][]byte
+	for i, s := range ds.Index.Shards {
+		bytes += s.Bytes
+		r, obj, err := ds.OpenShard(ctx, i)
+		if err != nil {
+			return err
+		}
+		blocks += r.Blocks()
+		for b := 0; b < r.Blocks(); b++ {
+			raw += r.Block(b).Raw
+		}
+		if len(sample) < 3 && r.Blocks() > 0 {
+			recs, err := r.ReadBlock(0)
+			if err != nil {
+				obj.Close()
+				return err
+			}
+			sample = append(sample, recs[:min(3-len(sample), len(recs))]...)
+		}
+		obj.Close()
+	}
+	fmt.Printf("dataset %s: %d records in %d shards, %d blocks\n", args[0], ds.Index.Records, len(ds.Index.Shards), blocks)
+	fmt.Printf("stored %s, raw %s, compression ratio %.2f\n", humanBytes(bytes), humanBytes(raw), float64(raw)/float64(max(bytes, 1)))
+	if len(ds.Index.Metadata) > 0 {
+		fmt.Printf("metadata: %s\n", compactJSON(ds.Index.Metadata))
+	}
+	for i, rec := range sample {
+		fmt.Printf("record %d: %s\n", i, describeRecord(rec))
+	}
+	return nil
+}
+
+// describeRecord shows a record as its fields when it has them, else as
+// text or a byte count.
+func describeRecord(rec []byte) string {
+	if json.Valid(rec) {
+		return truncate(string(rec), 120)
+	}
+	if f, err := shard.DecodeFields(rec); err == nil && len(f) > 0 {
+		var parts []string
+		for _, k := range sortedKeys(f) {
+			v := f[k]
+			if len(v) <= 16 && isPrintable(v) {
+				parts = append(parts, fmt.Sprintf("%s=%q", k, v))
+			} else {
+				parts = append(parts, fmt.Sprintf("%s=<%d bytes>", k, len(v)))
+			}
+		}
+		return strings.Join(parts, " ")
+	}
+	return fmt.Sprintf("<%d bytes>", len(rec))
+}
+
+func sortedKeys(m map[string][]byte) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func isPrintable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func dataVerify(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return errors.New("verify needs one DIR or URL")
+	}
+	ds, err := openDataset(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	var progress func(done, total int)
+	if isTerminal(os.Stderr) {
+		progress = func(done, total int) {
+			fmt.Fprintf(os.Stderr, "\rverified %d/%d shards", done, total)
+			if done == total {
+				fmt.Fprintln(os.Stderr)
+			}
+		}
+	}
+	problems, err := ds.Verify(ctx, progress)
+	if err != nil {
+		return err
+	}
+	for _, p := range problems {
+		fmt.Println("BAD", p)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s: %d problems", args[0], len(problems))
+	}
+	fmt.Printf("%s: %d shards, every hash and block checksum matches\n", args[0], len(ds.Index.Shards))
+	return nil
+}

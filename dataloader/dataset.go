@@ -1,0 +1,114 @@
+package dataloader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ringo-ml/ringo/dataloader/shard"
+	"github.com/ringo-ml/ringo/dataloader/source"
+)
+
+// Dataset is an opened dataset: its index and where its shards live.
+type Dataset struct {
+	Src   source.Source
+	Index *Index
+}
+
+// Open reads index.json from src.
+func Open(ctx context.Context, src source.Source) (*Dataset, error) {
+	obj, err := src.Open(ctx, IndexFile)
+	if err != nil {
+		return nil, fmt.Errorf("dataloader: %s has no readable %s: %w", src, IndexFile, err)
+	}
+	defer obj.Close()
+	if obj.Size() > maxIndexBytes {
+		return nil, fmt.Errorf("dataloader: %s/%s is %d bytes, over the %d limit", src, IndexFile, obj.Size(), maxIndexBytes)
+	}
+	b := make([]byte, obj.Size())
+	if _, err := obj.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("dataloader: reading %s/%s: %w", src, IndexFile, err)
+	}
+	ix, err := ParseIndex(b)
+	if err != nil {
+		return nil, fmt.Errorf("dataloader: %s/%s: %w", src, IndexFile, err)
+	}
+	if ix.Records == 0 {
+		return nil, fmt.Errorf("dataloader: %s is an empty dataset (no records)", src)
+	}
+	return &Dataset{Src: src, Index: ix}, nil
+}
+
+// OpenShard opens shard i and checks it against the index (size and
+// record count; the hash is checked by Verify and by cached sources).
+// The caller closes the returned object when done with the reader.
+func (d *Dataset) OpenShard(ctx context.Context, i int) (*shard.Reader, source.Object, error) {
+	info := d.Index.Shards[i]
+	obj, err := d.Src.Open(ctx, info.Name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dataloader: shard %s: %w", info.Name, err)
+	}
+	if obj.Size() != info.Bytes {
+		obj.Close()
+		return nil, nil, fmt.Errorf("dataloader: shard %s at %s is %d bytes, the index says %d (truncated or replaced)", info.Name, d.Src, obj.Size(), info.Bytes)
+	}
+	r, err := shard.Open(obj, obj.Size(), info.Name)
+	if err != nil {
+		obj.Close()
+		return nil, nil, err
+	}
+	if r.Records() != info.Records {
+		obj.Close()
+		return nil, nil, fmt.Errorf("dataloader: shard %s holds %d records, the index says %d", info.Name, r.Records(), info.Records)
+	}
+	return r, obj, nil
+}
+
+// Verify reads every shard whole: its hash against the index, then every
+// block's checksum. It returns one line per problem, naming shard and
+// block.
+func (d *Dataset) Verify(ctx context.Context, progress func(done, total int)) ([]string, error) {
+	var problems []string
+	for i, info := range d.Index.Shards {
+		if err := ctx.Err(); err != nil {
+			return problems, err
+		}
+		if progress != nil {
+			progress(i, len(d.Index.Shards))
+		}
+		obj, err := d.Src.Open(ctx, info.Name)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("shard %s: %v", info.Name, err))
+			continue
+		}
+		h := xxhash.New()
+		_, err = io.Copy(h, io.NewSectionReader(obj, 0, obj.Size()))
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("shard %s: reading: %v", info.Name, err))
+		case obj.Size() != info.Bytes:
+			problems = append(problems, fmt.Sprintf("shard %s: %d bytes, the index says %d", info.Name, obj.Size(), info.Bytes))
+		case fmt.Sprintf("%016x", h.Sum64()) != info.XXH64:
+			problems = append(problems, fmt.Sprintf("shard %s: XXH64 %016x, the index says %s", info.Name, h.Sum64(), info.XXH64))
+		}
+		r, err := shard.Open(obj, obj.Size(), info.Name)
+		if err != nil {
+			problems = append(problems, err.Error())
+			obj.Close()
+			continue
+		}
+		for b := 0; b < r.Blocks(); b++ {
+			if _, err := r.ReadBlock(b); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+		obj.Close()
+	}
+	if progress != nil {
+		progress(len(d.Index.Shards), len(d.Index.Shards))
+	}
+	return problems, nil
+}
