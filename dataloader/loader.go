@@ -80,7 +80,7 @@ type Loader[T any] struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	blocks *blockCache
+	blocks *recordStore
 
 	budget   *byteBudget
 	statsMu  sync.Mutex
@@ -106,10 +106,20 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	if err != nil {
 		return nil, fmt.Errorf("dataloader: %w", err)
 	}
+	// Walk this rank's whole epoch once to know which records it needs.
+	walk, _ := ord.Cursor(cfg.State, cfg.Rank, cfg.World)
+	var plan []order.Sample
+	for {
+		b, ok := walk.Next()
+		if !ok {
+			break
+		}
+		plan = append(plan, b...)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	l := &Loader[T]{ds: ds, cfg: cfg, decode: decode, cursor: cur,
 		ready: make(chan *pending[T], 64), jobs: make(chan job[T], 4*cfg.Workers), cancel: cancel,
-		blocks: newBlockCache(ds, 2*cfg.Workers+4), budget: newByteBudget(cfg.MaxInFlight), started: time.Now()}
+		blocks: newRecordStore(ds, plan), budget: newByteBudget(cfg.MaxInFlight), started: time.Now()}
 	l.wg.Add(1 + cfg.Workers)
 	go l.produce(ctx)
 	for range cfg.Workers {
@@ -308,16 +318,19 @@ func (b *byteBudget) give(n int64) {
 	b.mu.Unlock()
 }
 
-// blockCache keeps the most recently read blocks, so that samples of one
-// block cost one read however the window shuffled them.
-type blockCache struct {
-	ds  *Dataset
-	max int
+// recordStore reads each block at most once per loader and keeps, of
+// its records, only those this rank still needs, until they are used.
+// The shuffle window means the samples of one block are spread over many
+// batches (a few stay in the window for long), so caching whole blocks by
+// recency would read a block again for every straggler; knowing the rank's
+// whole epoch in advance avoids that.
+type recordStore struct {
+	ds *Dataset
 
 	mu      sync.Mutex
 	readers map[int]*openShard
-	blocks  map[[2]int]*cachedBlock
-	tick    int64
+	need    map[[2]int]map[int64]int // (shard, block) -> record -> uses left
+	blocks  map[[2]int]*storedBlock
 }
 
 type openShard struct {
@@ -325,93 +338,113 @@ type openShard struct {
 	obj source.Object
 }
 
-type cachedBlock struct {
+type storedBlock struct {
 	ready chan struct{}
-	recs  [][]byte
+	recs  map[int64][]byte
 	err   error
-	used  int64
 }
 
-func newBlockCache(ds *Dataset, max int) *blockCache {
-	return &blockCache{ds: ds, max: max, readers: map[int]*openShard{}, blocks: map[[2]int]*cachedBlock{}}
+// newRecordStore plans from the samples the rank will read, in order.
+func newRecordStore(ds *Dataset, samples []order.Sample) *recordStore {
+	rs := &recordStore{ds: ds, readers: map[int]*openShard{}, need: map[[2]int]map[int64]int{}, blocks: map[[2]int]*storedBlock{}}
+	// Blocks are not known until a shard is opened, so needs are kept by
+	// shard first and split per block on first use.
+	for _, smp := range samples {
+		k := [2]int{smp.Shard, -1}
+		if rs.need[k] == nil {
+			rs.need[k] = map[int64]int{}
+		}
+		rs.need[k][smp.Index]++
+	}
+	return rs
 }
 
-func (c *blockCache) shard(ctx context.Context, i int) (*shard.Reader, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s, ok := c.readers[i]; ok {
+func (rs *recordStore) shard(ctx context.Context, i int) (*shard.Reader, error) {
+	if s, ok := rs.readers[i]; ok {
 		return s.r, nil
 	}
-	r, obj, err := c.ds.OpenShard(ctx, i)
+	r, obj, err := rs.ds.OpenShard(ctx, i)
 	if err != nil {
 		return nil, err
 	}
-	c.readers[i] = &openShard{r, obj}
+	rs.readers[i] = &openShard{r, obj}
+	// Split this shard's needs by block.
+	for idx, n := range rs.need[[2]int{i, -1}] {
+		b := blockOf(r, idx)
+		k := [2]int{i, b}
+		if rs.need[k] == nil {
+			rs.need[k] = map[int64]int{}
+		}
+		rs.need[k][idx] += n
+	}
+	delete(rs.need, [2]int{i, -1})
 	return r, nil
 }
 
-func (c *blockCache) record(ctx context.Context, s order.Sample) ([]byte, error) {
-	r, err := c.shard(ctx, s.Shard)
+func blockOf(r *shard.Reader, idx int64) int {
+	return sort.Search(r.Blocks(), func(i int) bool {
+		bi := r.Block(i)
+		return bi.First+int64(bi.Records) > idx
+	})
+}
+
+func (rs *recordStore) record(ctx context.Context, s order.Sample) ([]byte, error) {
+	rs.mu.Lock()
+	r, err := rs.shard(ctx, s.Shard)
 	if err != nil {
+		rs.mu.Unlock()
 		return nil, err
 	}
-	b := sort.Search(r.Blocks(), func(i int) bool {
-		bi := r.Block(i)
-		return bi.First+int64(bi.Records) > s.Index
-	})
+	b := blockOf(r, s.Index)
 	if b >= r.Blocks() {
-		return nil, fmt.Errorf("dataloader: shard %s has no record %d", c.ds.Index.Shards[s.Shard].Name, s.Index)
+		rs.mu.Unlock()
+		return nil, fmt.Errorf("dataloader: shard %s has no record %d", rs.ds.Index.Shards[s.Shard].Name, s.Index)
 	}
 	key := [2]int{s.Shard, b}
-	c.mu.Lock()
-	cb, ok := c.blocks[key]
-	c.tick++
-	if ok {
-		cb.used = c.tick
-		c.mu.Unlock()
-		<-cb.ready
+	sb, ok := rs.blocks[key]
+	if !ok {
+		sb = &storedBlock{ready: make(chan struct{})}
+		rs.blocks[key] = sb
+		rs.mu.Unlock()
+		recs, err := r.ReadBlock(b)
+		first := r.Block(b).First
+		rs.mu.Lock()
+		sb.err = err
+		if err == nil {
+			sb.recs = map[int64][]byte{}
+			for idx := range rs.need[key] {
+				// A copy, so the block's buffer can go at once.
+				sb.recs[idx] = append([]byte(nil), recs[idx-first]...)
+			}
+		}
+		close(sb.ready)
+		rs.mu.Unlock()
 	} else {
-		cb = &cachedBlock{ready: make(chan struct{}), used: c.tick}
-		c.blocks[key] = cb
-		c.evict()
-		c.mu.Unlock()
-		cb.recs, cb.err = r.ReadBlock(b)
-		close(cb.ready)
+		rs.mu.Unlock()
 	}
-	if cb.err != nil {
-		return nil, cb.err
+	<-sb.ready
+	if sb.err != nil {
+		return nil, sb.err
 	}
-	return cb.recs[s.Index-r.Block(b).First], nil
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rec := sb.recs[s.Index]
+	if rs.need[key][s.Index]--; rs.need[key][s.Index] <= 0 {
+		delete(rs.need[key], s.Index)
+		delete(sb.recs, s.Index)
+		if len(rs.need[key]) == 0 {
+			delete(rs.need, key)
+			delete(rs.blocks, key)
+		}
+	}
+	return rec, nil
 }
 
-// evict drops the least recently used finished blocks beyond max; mu held.
-func (c *blockCache) evict() {
-	for len(c.blocks) > c.max {
-		var oldest [2]int
-		var found bool
-		var t int64
-		for k, b := range c.blocks {
-			select {
-			case <-b.ready:
-			default:
-				continue // still being read
-			}
-			if !found || b.used < t {
-				oldest, t, found = k, b.used, true
-			}
-		}
-		if !found {
-			return
-		}
-		delete(c.blocks, oldest)
-	}
-}
-
-func (c *blockCache) close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, s := range c.readers {
+func (rs *recordStore) close() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, s := range rs.readers {
 		s.obj.Close()
 	}
-	c.readers = map[int]*openShard{}
+	rs.readers = map[int]*openShard{}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	ckptbench "github.com/ringo-ml/ringo/checkpoint/bench"
+	databench "github.com/ringo-ml/ringo/dataloader/bench"
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/bench"
@@ -44,7 +45,7 @@ func runBench(ctx context.Context, args []string) error {
 
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: ringo bench %s [flags]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n\n", strings.Join(bench.Ops, "|"))
+		fmt.Fprintf(fs.Output(), "Usage: ringo bench %s [flags]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n       ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]\n\n", strings.Join(bench.Ops, "|"))
 		fmt.Fprintf(fs.Output(), "Starts --np local worker processes that form a TCP group, sweeps sizes from\n--min-bytes to --max-bytes, checks every result and prints nccl-tests style rows.\nExits non-zero if any result is wrong or any worker fails.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -72,8 +73,11 @@ func runBench(ctx context.Context, args []string) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		op, args = args[0], args[1:]
 	}
-	if op == "ckpt" {
+	switch op {
+	case "ckpt":
 		return runBenchCkpt(ctx, args)
+	case "data":
+		return runBenchData(ctx, args)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -126,5 +130,58 @@ func runBenchCkpt(ctx context.Context, args []string) error {
 	fmt.Printf("plain read           %7.3f GB/s\n", r.PlainRead)
 	fmt.Printf("checkpoint load      %7.3f GB/s  (%.0f%% of plain read)\n", r.Load, 100*r.Load/r.PlainRead)
 	fmt.Printf("async save blocks    %7.0f us    (%.2fx a plain copy of the state by all ranks: %.0f us, %.2f GB/s)\n", r.AsyncBlockUS, r.AsyncBlockUS/r.MemcpyUS, r.MemcpyUS, r.Memcpy)
+	return nil
+}
+
+func runBenchData(ctx context.Context, args []string) error {
+	c := databench.Config{NP: 4, BatchSize: 64, Window: 16384, Workers: 4}
+	fs := flag.NewFlagSet("bench data", flag.ContinueOnError)
+	fs.IntVar(&c.NP, "np", c.NP, "ranks reading together (loaders in this process)")
+	fs.IntVar(&c.BatchSize, "batch", c.BatchSize, "samples per rank per batch")
+	fs.IntVar(&c.Window, "window", c.Window, "shuffle window, samples")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "fetch and decode goroutines per loader")
+	fs.DurationVar(&c.Consumer, "consumer", 0, "also run with a consumer spending this long per batch, and report its stall")
+	var size int64
+	fs.Var(byteFlag{&size}, "make", "first pack a synthetic dataset of this size into DIR")
+	recSize := fs.Int("record", 4096, "with --make: bytes per record")
+	level := fs.Int("level", 0, "with --make: zstd level of its blocks (0: none)")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	var loc string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		loc, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if loc == "" && fs.NArg() > 0 {
+		loc = fs.Arg(0)
+	}
+	if loc == "" {
+		return errors.New("bench data needs a dataset DIR or URL (with --make SIZE, a directory to create it in)")
+	}
+	if size > 0 {
+		if err := databench.MakeSynthetic(loc, size, *recSize, *level); err != nil {
+			return err
+		}
+	}
+	c.Location = loc
+	r, err := databench.Run(ctx, c)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		b, _ := json.Marshal(r)
+		fmt.Println(string(b))
+		return nil
+	}
+	fmt.Printf("# ringo bench data: %s, %d records, %s, %d ranks, batch %d, window %d\n", loc, r.Records, humanBytes(r.FileBytes), c.NP, c.BatchSize, c.Window)
+	fmt.Printf("plain sequential read   %7.3f GB/s\n", r.RawGBps)
+	fmt.Printf("ringo streaming         %7.3f GB/s of files (%.0f%% of plain), %.3f GB/s of records, %.0f samples/s\n", r.StreamFileGBps, 100*r.StreamFileGBps/r.RawGBps, r.StreamGBps, r.SamplesPerSec)
+	if c.Consumer > 0 {
+		fmt.Printf("stall with a consumer of %v per batch: %.1f%%\n", c.Consumer, 100*r.Stall)
+	}
 	return nil
 }
