@@ -1,16 +1,24 @@
 package dataloader
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/ringo-ml/ringo/dataloader/shard"
 	"github.com/ringo-ml/ringo/dataloader/source"
@@ -252,4 +260,94 @@ func FuzzParseIndex(f *testing.F) {
 			t.Fatalf("accepted counts that do not add up")
 		}
 	})
+}
+
+func TestPackWebDatasetTar(t *testing.T) {
+	tarPath := filepath.Join(t.TempDir(), "shard-000.tar")
+	f, _ := os.Create(tarPath)
+	tw := tar.NewWriter(f)
+	for _, m := range []struct{ name, body string }{
+		{"s/0001.jpg", "img1"}, {"s/0001.cls", "1"}, {"s/0002.jpg", "img2"}, {"s/0002.cls", "2"}, {"s/0002.json", "{}"},
+	} {
+		tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.body)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(m.body))
+	}
+	tw.Close()
+	f.Close()
+	out := t.TempDir()
+	ix, err := PackTar([]string{tarPath}, out, DefaultPackOptions())
+	if err != nil || ix.Records != 2 {
+		t.Fatalf("tar: %+v %v", ix, err)
+	}
+	ds, _ := Open(context.Background(), source.Local(out))
+	recs := readAll(t, ds)
+	if f, _ := shard.DecodeFields(recs[1]); string(f["__key__"]) != "s/0002" || string(f["json"]) != "{}" || string(f["cls"]) != "2" {
+		t.Errorf("sample 2: %q", f)
+	}
+	b, _ := os.ReadFile(tarPath)
+	os.WriteFile(tarPath, b[:2*1024+512+2], 0o644) // inside the second sample's image
+	if _, err := PackTar([]string{tarPath}, t.TempDir(), DefaultPackOptions()); err == nil || !strings.Contains(err.Error(), "shard-000.tar") {
+		t.Errorf("truncated tar: got %v", err)
+	}
+}
+
+func TestSameSamplesFromS3(t *testing.T) {
+	images, labels := mnist(t, 120)
+	out := t.TempDir()
+	opts := DefaultPackOptions()
+	opts.ShardBytes = 32 << 10
+	if _, err := PackMNIST(images, labels, out, opts); err != nil {
+		t.Fatal(err)
+	}
+	local, _ := Open(context.Background(), source.Local(out))
+	want := readAll(t, local)
+
+	srv := httptest.NewServer(gofakes3.New(s3mem.New()).Server())
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	c, _ := minio.New(u.Host, &minio.Options{Creds: credentials.NewStaticV4("k", "s", "")})
+	ctx := context.Background()
+	c.MakeBucket(ctx, "dsets", minio.MakeBucketOptions{})
+	entries, _ := os.ReadDir(out)
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(out, e.Name()))
+		if _, err := c.PutObject(ctx, "dsets", "mnist/"+e.Name(), bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{DisableContentSha256: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, _ := source.S3(u.Host, "dsets", "mnist", "k", "s", true, source.DefaultRetry)
+	remote, err := Open(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, remote)
+	if len(got) != len(want) {
+		t.Fatalf("S3 gave %d records, local %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("record %d differs from S3", i)
+		}
+	}
+}
+
+func TestIndexDisagreeingWithShards(t *testing.T) {
+	images, labels := mnist(t, 40)
+	out := t.TempDir()
+	if _, err := PackMNIST(images, labels, out, DefaultPackOptions()); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(out, IndexFile))
+	ix, _ := ParseIndex(b)
+	ix.Shards[0].Records++
+	ix.Records++
+	nb, _ := json.Marshal(ix)
+	os.WriteFile(filepath.Join(out, IndexFile), nb, 0o644)
+	ds, err := Open(context.Background(), source.Local(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ds.OpenShard(context.Background(), 0); err == nil || !strings.Contains(err.Error(), "the index says") {
+		t.Errorf("record count mismatch: got %v", err)
+	}
 }

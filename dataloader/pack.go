@@ -1,6 +1,7 @@
 package dataloader
 
 import (
+	"archive/tar"
 	"bufio"
 	"compress/gzip"
 	"encoding/binary"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -361,4 +363,72 @@ func PackDir(in, out string, opts PackOptions) (*Index, error) {
 		}
 	}
 	return p.Close(map[string]any{"source": "directory"})
+}
+
+// PackTar packs WebDataset-style tar shards: consecutive files sharing a
+// basename (the path up to the first dot of its last element) form one
+// sample, with a field per extension and "__key__" the basename.
+func PackTar(inputs []string, out string, opts PackOptions) (*Index, error) {
+	p, err := NewPacker(out, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, in := range inputs {
+		if err := packOneTar(p, in); err != nil {
+			return nil, err
+		}
+	}
+	return p.Close(map[string]any{"source": "webdataset"})
+}
+
+func packOneTar(p *Packer, in string) error {
+	r, err := openMaybeGzip(in)
+	if err != nil {
+		return fmt.Errorf("dataloader: %w", err)
+	}
+	defer r.Close()
+	tr := tar.NewReader(r)
+	var key string
+	var fields map[string][]byte
+	flush := func() error {
+		if fields == nil {
+			return nil
+		}
+		err := p.Add(shard.EncodeFields(fields))
+		fields = nil
+		return err
+	}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("dataloader: %s: %w (truncated or not a tar file?)", in, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		dir, base := path.Split(h.Name)
+		k, ext, _ := strings.Cut(base, ".")
+		k = dir + k
+		if k != key {
+			if err := flush(); err != nil {
+				return err
+			}
+			key, fields = k, map[string][]byte{"__key__": []byte(k)}
+		}
+		if ext == "" {
+			ext = "data"
+		}
+		if h.Size > 1<<30 {
+			return fmt.Errorf("dataloader: %s: member %s is %d bytes, over 1 GiB", in, h.Name, h.Size)
+		}
+		b, err := io.ReadAll(io.LimitReader(tr, h.Size))
+		if err != nil {
+			return fmt.Errorf("dataloader: %s: member %s: %w", in, h.Name, err)
+		}
+		fields[ext] = b
+	}
+	return flush()
 }

@@ -20,6 +20,7 @@ const dataUsage = `Usage: ringo data <command> ...
 Commands:
   pack --from mnist IMAGES LABELS --out DIR [--shard-size 64MB] [--level N] [--block-size 1MB]
   pack --from jsonl|csv|dir SRC --out DIR [...]
+  pack --from tar SHARD.tar... --out DIR [...]   (WebDataset: files grouped by basename)
                             build a dataset (shards + index.json)
   inspect DIR|URL           counts, sizes, compression ratio, a few records
   verify DIR|URL            every shard hash and block checksum; exit 1 naming bad shards and blocks
@@ -48,7 +49,7 @@ func runData(ctx context.Context, args []string) error {
 
 func dataPack(args []string) error {
 	fs := flag.NewFlagSet("data pack", flag.ContinueOnError)
-	from := fs.String("from", "", "input format: mnist, jsonl, csv or dir")
+	from := fs.String("from", "", "input format: mnist, jsonl, csv, dir or tar")
 	out := fs.String("out", "", "dataset directory to create")
 	opts := dataloader.DefaultPackOptions()
 	fs.Var(byteFlag{&opts.ShardBytes}, "shard-size", "raw bytes per shard (accepts K, M, G)")
@@ -89,8 +90,10 @@ func dataPack(args []string) error {
 		ix, err = dataloader.PackCSV(inputs[0], *out, opts)
 	case *from == "dir" && len(inputs) == 1:
 		ix, err = dataloader.PackDir(inputs[0], *out, opts)
+	case *from == "tar" && len(inputs) > 0:
+		ix, err = dataloader.PackTar(inputs, *out, opts)
 	default:
-		return fmt.Errorf("pack --from %q with %d inputs: want mnist IMAGES LABELS, or jsonl|csv|dir SRC\n\n%s", *from, len(inputs), dataUsage)
+		return fmt.Errorf("pack --from %q with %d inputs: want mnist IMAGES LABELS, jsonl|csv|dir SRC, or tar SHARDS...\n\n%s", *from, len(inputs), dataUsage)
 	}
 	if err != nil {
 		return err
