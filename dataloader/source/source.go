@@ -161,20 +161,13 @@ func (o *httpObject) Size() int64  { return o.size }
 func (o *httpObject) Close() error { return nil }
 
 func (o *httpObject) ReadAt(p []byte, off int64) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if off >= o.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), o.size-off)
-	var n int
-	err := o.src.retry.do(o.ctx, func() (bool, error) {
+	return readRange(o.ctx, o.src.retry, o.size, p, off, func(off int64, dst []byte) (bool, error) {
 		req, err := http.NewRequestWithContext(o.ctx, http.MethodGet, o.url, nil)
 		if err != nil {
 			return true, err
 		}
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+want-1))
+		end := off + int64(len(dst)) - 1
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end))
 		resp, err := o.src.client.Do(req)
 		if err != nil {
 			return false, err
@@ -186,19 +179,31 @@ func (o *httpObject) ReadAt(p []byte, off int64) (int, error) {
 		case resp.StatusCode != http.StatusPartialContent:
 			return true, fmt.Errorf("%s: range request answered %s (the server must support ranges)", o.url, resp.Status)
 		}
-		n, err = io.ReadFull(resp.Body, p[:want])
-		if err != nil {
-			return false, fmt.Errorf("%s: reading bytes %d-%d: %w", o.url, off, off+want-1, err)
+		if _, err := io.ReadFull(resp.Body, dst); err != nil {
+			return false, fmt.Errorf("%s: reading bytes %d-%d: %w", o.url, off, end, err)
 		}
 		return false, nil
 	})
-	if err != nil {
-		return n, fmt.Errorf("source: %w", err)
+}
+
+// readRange fills p from offset off of an object of size bytes, calling
+// get (with retries) for the bytes that exist; like io.ReaderAt, a read
+// that reaches the end returns io.EOF with what it got.
+func readRange(ctx context.Context, retry Retry, size int64, p []byte, off int64, get func(off int64, dst []byte) (permanent bool, err error)) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
 	}
-	if int64(n) < int64(len(p)) {
-		return n, io.EOF
+	if off >= size {
+		return 0, io.EOF
 	}
-	return n, nil
+	want := min(int64(len(p)), size-off)
+	if err := retry.do(ctx, func() (bool, error) { return get(off, p[:want]) }); err != nil {
+		return 0, fmt.Errorf("source: %w", err)
+	}
+	if want < int64(len(p)) {
+		return int(want), io.EOF
+	}
+	return int(want), nil
 }
 
 // ---- S3 ----
@@ -263,17 +268,10 @@ func (o *s3Object) Size() int64  { return o.size }
 func (o *s3Object) Close() error { return nil }
 
 func (o *s3Object) ReadAt(p []byte, off int64) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if off >= o.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), o.size-off)
-	var n int
-	err := o.src.retry.do(o.ctx, func() (bool, error) {
+	return readRange(o.ctx, o.src.retry, o.size, p, off, func(off int64, dst []byte) (bool, error) {
+		end := off + int64(len(dst)) - 1
 		opts := minio.GetObjectOptions{}
-		if err := opts.SetRange(off, off+want-1); err != nil {
+		if err := opts.SetRange(off, end); err != nil {
 			return true, err
 		}
 		obj, err := o.src.client.GetObject(o.ctx, o.src.bucket, o.key, opts)
@@ -281,19 +279,11 @@ func (o *s3Object) ReadAt(p []byte, off int64) (int, error) {
 			return false, err
 		}
 		defer obj.Close()
-		n, err = io.ReadFull(obj, p[:want])
-		if err != nil {
-			return false, fmt.Errorf("s3://%s/%s: reading bytes %d-%d: %w", o.src.bucket, o.key, off, off+want-1, err)
+		if _, err := io.ReadFull(obj, dst); err != nil {
+			return false, fmt.Errorf("s3://%s/%s: reading bytes %d-%d: %w", o.src.bucket, o.key, off, end, err)
 		}
 		return false, nil
 	})
-	if err != nil {
-		return n, fmt.Errorf("source: %w", err)
-	}
-	if int64(n) < int64(len(p)) {
-		return n, io.EOF
-	}
-	return n, nil
 }
 
 // Environment variables Parse reads for S3.
