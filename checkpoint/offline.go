@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"context"
 	"fmt"
+	"github.com/ringo-ml/ringo/internal/iox"
 	"os"
 	"path/filepath"
 	"sort"
@@ -167,7 +168,7 @@ func Export(ctx context.Context, dir string, step int64, out string) error {
 		return fmt.Errorf("checkpoint: export: %w", err)
 	}
 	err = safetensors.Write(f, tensors, meta)
-	err = finishFile(f, err)
+	err = iox.SyncClose(f, err)
 	if err == nil {
 		err = os.Rename(tmp, out)
 	}

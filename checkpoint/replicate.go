@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"context"
 	"fmt"
+	"github.com/ringo-ml/ringo/internal/iox"
 	"io"
 	"os"
 	"path/filepath"
@@ -78,6 +79,6 @@ func copyFileSync(from, to string) error {
 		return err
 	}
 	_, err = io.Copy(out, in)
-	err = finishFile(out, err)
+	err = iox.SyncClose(out, err)
 	return err
 }

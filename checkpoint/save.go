@@ -16,6 +16,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/ringo-ml/ringo/checkpoint/safetensors"
+	"github.com/ringo-ml/ringo/internal/iox"
 )
 
 // Tensor is one named tensor of the state.
@@ -377,27 +378,16 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 		return res
 	}
 	h := xxhash.New()
-	cw := &countWriter{w: io.MultiWriter(f, h)}
+	cw := &iox.CountingWriter{W: io.MultiWriter(f, h)}
 	err = safetensors.Write(cw, tensors, map[string]string{"format": FormatName, "shard": fmt.Sprint(rank)})
-	err = finishFile(f, err)
+	err = iox.SyncClose(f, err)
 	if err != nil {
 		res.Error = fmt.Sprintf("writing %s: %v", path, err)
 		return res
 	}
-	res.Bytes = cw.n
+	res.Bytes = cw.N
 	res.Hash = fmt.Sprintf("%016x", h.Sum64())
 	return res
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // commit writes and fsyncs the manifest, renames tmp to final and fsyncs
@@ -428,7 +418,7 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	_, err = io.Copy(f, bytes.NewReader(b))
-	err = finishFile(f, err)
+	err = iox.SyncClose(f, err)
 	return err
 }
 
@@ -439,16 +429,4 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// finishFile fsyncs and closes f, and returns err, or else the first error
-// of those two: a file is durable, or the caller hears why not.
-func finishFile(f *os.File, err error) error {
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/ringo-ml/ringo/dataloader/shard"
+	"github.com/ringo-ml/ringo/internal/iox"
 )
 
 // PackOptions tune packing.
@@ -46,20 +47,9 @@ type Packer struct {
 	f      *os.File
 	w      *shard.Writer
 	hash   *xxhash.Digest
-	count  *countingWriter
+	count  *iox.CountingWriter
 	raw    int64
 	closed bool
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // NewPacker starts a dataset in dir, which must not hold one already.
@@ -85,7 +75,7 @@ func (p *Packer) Add(rec []byte) error {
 			return fmt.Errorf("dataloader: %w", err)
 		}
 		p.f, p.hash = f, xxhash.New()
-		p.count = &countingWriter{w: io.MultiWriter(f, p.hash)}
+		p.count = &iox.CountingWriter{W: io.MultiWriter(f, p.hash)}
 		if p.w, err = shard.NewWriter(p.count, p.opts.Shard); err != nil {
 			f.Close()
 			return err
@@ -111,18 +101,12 @@ func (p *Packer) finishShard() error {
 	if p.w == nil {
 		return nil
 	}
-	err := p.w.Close()
-	if err == nil {
-		err = p.f.Sync()
-	}
-	if cerr := p.f.Close(); err == nil {
-		err = cerr
-	}
+	err := iox.SyncClose(p.f, p.w.Close())
 	s := &p.index.Shards[len(p.index.Shards)-1]
 	if err != nil {
 		return fmt.Errorf("dataloader: shard %s: %w", s.Name, err)
 	}
-	s.Bytes, s.Records, s.XXH64 = p.count.n, p.w.Records(), fmt.Sprintf("%016x", p.hash.Sum64())
+	s.Bytes, s.Records, s.XXH64 = p.count.N, p.w.Records(), fmt.Sprintf("%016x", p.hash.Sum64())
 	p.w = nil
 	return nil
 }

@@ -17,7 +17,4 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s bandwidth %v was not measured", name, v)
 		}
 	}
-	if r.AsyncBlockUS <= 0 && r.MemcpyUS <= 0 {
-		t.Errorf("async blocking time not measured: %+v", r)
-	}
 }

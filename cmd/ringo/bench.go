@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -120,8 +119,7 @@ func runBenchCkpt(ctx context.Context, args []string) error {
 		return err
 	}
 	if *asJSON {
-		b, _ := json.Marshal(r)
-		fmt.Println(string(b))
+		printJSON(r)
 		return nil
 	}
 	fmt.Printf("# ringo bench ckpt: %d bytes from %d ranks in %s\n", r.Bytes, r.NP, c.Dir)
@@ -146,18 +144,9 @@ func runBenchData(ctx context.Context, args []string) error {
 	recSize := fs.Int("record", 4096, "with --make: bytes per record")
 	level := fs.Int("level", 0, "with --make: zstd level of its blocks (0: none)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	var loc string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		loc, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	loc, helped, err := parseWithTarget(fs, args)
+	if helped || err != nil {
 		return err
-	}
-	if loc == "" && fs.NArg() > 0 {
-		loc = fs.Arg(0)
 	}
 	if loc == "" {
 		return errors.New("bench data needs a dataset DIR or URL (with --make SIZE, a directory to create it in)")
@@ -173,8 +162,7 @@ func runBenchData(ctx context.Context, args []string) error {
 		return err
 	}
 	if *asJSON {
-		b, _ := json.Marshal(r)
-		fmt.Println(string(b))
+		printJSON(r)
 		return nil
 	}
 	fmt.Printf("# ringo bench data: %s, %d records, %s, %d ranks, batch %d, window %d\n", loc, r.Records, humanBytes(r.FileBytes), c.NP, c.BatchSize, c.Window)

@@ -30,31 +30,17 @@ Without /step-N, the newest complete checkpoint in DIR is used.
 `
 
 func runCkpt(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(os.Stderr, ckptUsage)
-		if len(args) == 0 {
-			return errors.New("missing command")
-		}
-		return nil
+	if done, err := usageIfAsked(args, ckptUsage); done {
+		return err
 	}
 	cmd, args := args[0], args[1:]
 	fs := flag.NewFlagSet("ckpt "+cmd, flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "inspect: print the manifest as JSON")
 	world := fs.Int("world-size", 0, "restore: the number of ranks to reshard for")
 	out := fs.String("out", "", "restore: the directory to write; export: the file to write")
-	// Accept the path before or after the flags.
-	var path string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		path, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	path, helped, err := parseWithTarget(fs, args)
+	if helped || err != nil {
 		return err
-	}
-	if path == "" && fs.NArg() > 0 {
-		path = fs.Arg(0)
 	}
 	if path == "" {
 		return fmt.Errorf("%s needs a checkpoint directory\n\n%s", cmd, ckptUsage)

@@ -29,12 +29,8 @@ URLs: http(s)://host/prefix, s3://bucket/prefix (RINGO_S3_ENDPOINT, AWS_ACCESS_K
 `
 
 func runData(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(os.Stderr, dataUsage)
-		if len(args) == 0 {
-			return errors.New("missing command")
-		}
-		return nil
+	if done, err := usageIfAsked(args, dataUsage); done {
+		return err
 	}
 	switch args[0] {
 	case "pack":
