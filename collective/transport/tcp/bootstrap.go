@@ -12,6 +12,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/ringo-ml/ringo/internal/auth"
 )
 
 type registration struct {
@@ -37,7 +39,7 @@ const bootstrapVersion = 1
 // serveRendezvous runs on rank 0: it collects one registration per rank and
 // answers all of them with the table. It returns when every rank has been
 // answered, ctx ends, or registrations conflict.
-func serveRendezvous(ctx context.Context, ln net.Listener, size int) error {
+func serveRendezvous(ctx context.Context, ln net.Listener, size int, token auth.Token) error {
 	type client struct {
 		conn net.Conn
 		reg  registration
@@ -72,6 +74,11 @@ func serveRendezvous(ctx context.Context, ln net.Listener, size int) error {
 			return fmt.Errorf("rendezvous: accept: %w", err)
 		}
 		all = append(all, conn)
+		if err := auth.Accept(conn, token, time.Now().Add(10*time.Second)); err != nil {
+			conn.Close()
+			all = all[:len(all)-1]
+			continue // without the token it learns nothing and changes nothing
+		}
 		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		line, err := bufio.NewReader(conn).ReadBytes('\n')
 		if err != nil {
@@ -126,6 +133,9 @@ func register(ctx context.Context, cfg Config) (table, net.Listener, error) {
 		}
 	}
 	defer conn.Close()
+	if err := auth.Dial(conn, cfg.Token, deadlineOf(ctx)); err != nil {
+		return table{}, nil, fmt.Errorf("rank %d: the rendezvous at %s refused this rank (a different job's token, or none?): %w", cfg.Rank, cfg.Rendezvous, err)
+	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
@@ -166,6 +176,14 @@ func register(ctx context.Context, cfg Config) (table, net.Listener, error) {
 		return table{}, nil, fmt.Errorf("rank %d: rendezvous answered a table of %d ranks and %d sockets", cfg.Rank, len(t.Addrs), t.Sockets)
 	}
 	return t, ln, nil
+}
+
+// deadlineOf bounds a handshake by ctx's deadline, or 10 s without one.
+func deadlineOf(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(10 * time.Second)
 }
 
 const helloSize = 24
@@ -241,6 +259,10 @@ func connectMesh(ctx context.Context, cfg Config, t table, ln net.Listener) ([][
 				return
 			}
 			tc := c.(*net.TCPConn)
+			if err := auth.Accept(tc, cfg.Token, time.Now().Add(10*time.Second)); err != nil {
+				tc.Close()
+				continue
+			}
 			tc.SetReadDeadline(time.Now().Add(10 * time.Second))
 			from, idx, err := readHello(tc, t.Nonce)
 			if err != nil || from <= cfg.Rank {
@@ -267,6 +289,11 @@ func connectMesh(ctx context.Context, cfg Config, t table, ln net.Listener) ([][
 					return
 				}
 				tc := c.(*net.TCPConn)
+				if err := auth.Dial(tc, cfg.Token, deadlineOf(ctx)); err != nil {
+					tc.Close()
+					errc <- fmt.Errorf("rank %d: rank %d at %s refused this rank's token: %v", cfg.Rank, p, t.Addrs[p], err)
+					return
+				}
 				if err := writeHello(tc, t.Nonce, cfg.Rank, i); err != nil {
 					tc.Close()
 					errc <- fmt.Errorf("rank %d: greeting rank %d at %s: %v", cfg.Rank, p, t.Addrs[p], err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective/transport"
+	"github.com/ringo-ml/ringo/internal/auth"
 )
 
 // Config says how to join a group. Build it with DefaultConfig.
@@ -37,6 +38,11 @@ type Config struct {
 	// ListenHost is the address this rank listens on and advertises; empty
 	// means the local address of the connection to the rendezvous.
 	ListenHost string
+	// Token, when set, is the job's secret: every connection of the group,
+	// the bootstrap included, starts with an HMAC challenge–response on it
+	// (package internal/auth), so a process without it can neither join
+	// nor inject bytes into a collective.
+	Token auth.Token
 }
 
 // Environment variables read by FromEnv.
@@ -234,7 +240,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 		serveErr = make(chan error, 1)
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		go func() { serveErr <- serveRendezvous(sctx, ln, cfg.Size) }()
+		go func() { serveErr <- serveRendezvous(sctx, ln, cfg.Size, cfg.Token) }()
 	}
 	tab, ln, err := register(ctx, cfg)
 	if serveErr != nil {
