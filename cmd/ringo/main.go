@@ -4,10 +4,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/ringo-ml/ringo/runtime/launch"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -21,6 +24,7 @@ type subcommand struct {
 
 func subcommands() []subcommand {
 	return []subcommand{
+		{"launch", "start and supervise data-parallel workers (torchrun-compatible)", runLaunch},
 		{"bench", "measure collectives across local worker processes (nccl-tests style)", runBench},
 		{"ckpt", "list, inspect, verify, reshard and export checkpoints", runCkpt},
 		{"data", "pack, inspect and verify sharded datasets", runData},
@@ -53,6 +57,10 @@ func main() {
 		if s.name == os.Args[1] {
 			if err := s.run(ctx, os.Args[2:]); err != nil {
 				fmt.Fprintf(os.Stderr, "ringo %s: %v\n", s.name, err)
+				var ee *launch.ExitError
+				if errors.As(err, &ee) {
+					os.Exit(ee.Code)
+				}
 				os.Exit(1)
 			}
 			return

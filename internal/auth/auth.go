@@ -34,11 +34,12 @@ func (t Token) String() string {
 	return "token(redacted)"
 }
 
-// NewToken returns a fresh random 32-byte token.
+// NewToken returns a fresh token: 32 random bytes, hex-encoded so that
+// it survives a round trip through a token file unchanged.
 func NewToken() Token {
 	b := make([]byte, 32)
 	rand.Read(b)
-	return b
+	return Token(hex.EncodeToString(b))
 }
 
 // ReadTokenFile reads a token file: its contents with surrounding white
@@ -63,9 +64,10 @@ func ReadTokenFile(path string) (Token, error) {
 	return Token(s), nil
 }
 
-// WriteTokenFile writes t to path with mode 0600, hex-encoded.
+// WriteTokenFile writes t to path with mode 0600, in the form
+// ReadTokenFile reads back.
 func WriteTokenFile(path string, t Token) error {
-	return os.WriteFile(path, []byte(hex.EncodeToString(t)+"\n"), 0o600)
+	return os.WriteFile(path, append(append([]byte(nil), t...), '\n'), 0o600)
 }
 
 func proof(t Token, role string, theirs, mine []byte) []byte {

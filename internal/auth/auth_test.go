@@ -78,7 +78,7 @@ func TestTokenFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 64 {
+	if string(got) != string(tok) || len(got) != 64 {
 		t.Fatalf("hex token of %d chars", len(got))
 	}
 	os.Chmod(p, 0o644)

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/runtime/launch"
+)
+
+const launchUsage = `Usage: ringo launch [flags] -- PROGRAM [ARGS...]
+
+Starts data-parallel workers on this node, one per GPU or CPU slot, gives
+them torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...),
+supervises them and restarts the job from its last checkpoint on failure.
+Every flag can also be set as RINGO_<FLAG>, e.g. RINGO_NPROC_PER_NODE=4.
+
+  ringo launch --nproc-per-node 4 -- ./train --epochs 3
+  ringo launch --nnodes 2:4 --nproc-per-node gpu --rdzv-backend etcd \
+    --rdzv-endpoint etcd-0:2379 --rdzv-id job42 --token-file job.token \
+    --max-restarts 3 -- python3 train.py
+
+Flags:
+`
+
+// launchFlags are the flags of `ringo launch`, mapped one to one onto
+// launch.Config.
+type launchFlags struct {
+	nproc, nnodes, backend, endpoint, runID, logDir, tee string
+	masterAddr, tokenFile, localAddr                       string
+	nodeRank, maxRestarts, masterPort                      int
+	standalone                                             bool
+	monitor, hang, lastCall, joinTimeout, nodeTimeout      secondsFlag
+	stopGrace                                              secondsFlag
+}
+
+// secondsFlag is a duration given as Go duration ("500ms", "2m") or as
+// seconds, the way torchrun takes them ("5", "0.5").
+type secondsFlag struct{ d *time.Duration }
+
+func (s secondsFlag) String() string {
+	if s.d == nil {
+		return ""
+	}
+	return s.d.String()
+}
+
+func (s secondsFlag) Set(v string) error {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		*s.d = time.Duration(f * float64(time.Second))
+	} else if d, err := time.ParseDuration(v); err == nil {
+		*s.d = d
+	} else {
+		return fmt.Errorf("%q is not a duration (e.g. 30s, 500ms, or seconds: 5)", v)
+	}
+	if *s.d < 0 {
+		return fmt.Errorf("%q is negative", v)
+	}
+	return nil
+}
+
+func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
+	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
+	f := &launchFlags{}
+	fs.StringVar(&f.nproc, "nproc-per-node", "1", "workers on this node: a number, gpu (one per GPU), cpu (one per core) or auto (GPUs if any, else cores)")
+	fs.StringVar(&f.nnodes, "nnodes", "1", "number of nodes, MIN[:MAX] for an elastic job")
+	fs.IntVar(&f.nodeRank, "node-rank", -1, "this node's rank (static rendezvous; elsewhere a preference)")
+	fs.StringVar(&f.backend, "rdzv-backend", launch.BackendEmbedded, "where nodes meet: embedded (node 0 serves the store), etcd, or static")
+	fs.StringVar(&f.endpoint, "rdzv-endpoint", "", "HOST:PORT of the rendezvous store (etcd: comma-separated endpoints)")
+	fs.StringVar(&f.runID, "rdzv-id", "none", "job id; nodes with the same id form one job")
+	fs.BoolVar(&f.standalone, "standalone", false, "one node, a private store on a free loopback port, a random job id")
+	fs.IntVar(&f.maxRestarts, "max-restarts", 0, "restarts of the whole job after a failure before giving up")
+	f.monitor = secondsFlag{&cfg.MonitorInterval}
+	fs.Var(f.monitor, "monitor-interval", "how often to check liveness, hangs and waiting nodes (exits are seen at once)")
+	fs.StringVar(&f.logDir, "log-dir", "", "write each worker's output to DIR/<rdzv-id>/<attempt>/rank-N.{out,err}")
+	fs.StringVar(&f.tee, "tee", "", "with --log-dir, also show these streams on the console: none, out, err or all")
+	fs.StringVar(&f.masterAddr, "master-addr", "", "node 0's address for the static rendezvous (torchrun's flag)")
+	fs.IntVar(&f.masterPort, "master-port", 29500, "node 0's store port for the static rendezvous")
+	f.hang = secondsFlag{&cfg.HangTimeout}
+	fs.Var(f.hang, "hang-timeout", "restart when a heartbeating worker makes no progress this long (0: off)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file (mode 0600) with the job's secret; required on several nodes, generated for one")
+	fs.StringVar(&f.localAddr, "local-addr", "", "the address other nodes reach this node at (default: the route to the store)")
+	f.lastCall = secondsFlag{&cfg.Nodes.LastCall}
+	fs.Var(f.lastCall, "rdzv-last-call", "with MIN nodes joined, how long to wait for more before starting")
+	f.joinTimeout = secondsFlag{&cfg.JoinTimeout}
+	fs.Var(f.joinTimeout, "rdzv-timeout", "how long to wait for the store and for MIN nodes")
+	f.nodeTimeout = secondsFlag{&cfg.NodeTimeout}
+	fs.Var(f.nodeTimeout, "node-timeout", "a node whose launcher is silent this long is lost, and the job re-forms")
+	f.stopGrace = secondsFlag{&cfg.StopGrace}
+	fs.Var(f.stopGrace, "stop-grace", "time between SIGTERM and SIGKILL when stopping workers")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), launchUsage)
+		fs.PrintDefaults()
+	}
+	return fs, f
+}
+
+// envFlagName is the RINGO_<FLAG> variable of a flag.
+func envFlagName(flagName string) string {
+	return "RINGO_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// flagsFromEnv sets every flag not given on the command line from its
+// RINGO_<FLAG> variable.
+func flagsFromEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		if v, ok := os.LookupEnv(envFlagName(f.Name)); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %v", envFlagName(f.Name), v, e)
+			}
+			given[f.Name] = true
+		}
+	})
+	return err
+}
+
+func runLaunch(ctx context.Context, args []string) error {
+	cfg := launch.DefaultConfig()
+	fs, f := newLaunchFlags(&cfg)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	if err := flagsFromEnv(fs); err != nil {
+		return err
+	}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	slurmDefaults(f, given)
+	cfg.Argv = fs.Args()
+	if err := f.apply(&cfg, given); err != nil {
+		return err
+	}
+	cfg.Env = os.Environ()
+
+	// Signals: the launcher forwards SIGINT and SIGTERM to its workers and
+	// exits 130 or 143, so it handles them itself rather than through the
+	// context main gives every command.
+	lctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(launch.Signaled{Sig: s.(syscall.Signal)})
+		case <-lctx.Done():
+		}
+	}()
+	return launch.Run(lctx, cfg)
+}
+
+// apply moves the flags into cfg, checking each.
+func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
+	min, max, err := parseNNodes(f.nnodes)
+	if err != nil {
+		return err
+	}
+	cfg.Nodes.Min, cfg.Nodes.Max = min, max
+	cfg.NodeRank, cfg.MaxRestarts = f.nodeRank, f.maxRestarts
+	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
+	cfg.LogDir, cfg.Host = f.logDir, f.localAddr
+	if cfg.Tee, err = launch.ParseTee(f.tee); err != nil {
+		return err
+	}
+	if f.standalone {
+		if max > 1 {
+			return fmt.Errorf("--standalone runs one node, but --nnodes is %s", f.nnodes)
+		}
+		b := make([]byte, 6)
+		rand.Read(b)
+		cfg.Backend, cfg.Endpoint, cfg.RunID = launch.BackendEmbedded, "", "standalone-"+hex.EncodeToString(b)
+	}
+	// torchrun: --master-addr/--master-port without an endpoint mean the
+	// static rendezvous at node 0.
+	if (given["master-addr"] || f.masterAddr != "") && cfg.Endpoint == "" {
+		cfg.Endpoint = fmt.Sprintf("%s:%d", f.masterAddr, f.masterPort)
+		if !given["rdzv-backend"] {
+			cfg.Backend = launch.BackendStatic
+		}
+	}
+	if cfg.Backend == launch.BackendStatic && cfg.Endpoint == "" {
+		return errors.New("--rdzv-backend static needs --master-addr and --master-port (or --rdzv-endpoint)")
+	}
+	if f.tokenFile != "" {
+		if cfg.Token, err = auth.ReadTokenFile(f.tokenFile); err != nil {
+			return err
+		}
+		cfg.TokenFile = f.tokenFile
+	} else if max == 1 {
+		cfg.Token = auth.NewToken() // one node: the launcher makes one
+	}
+	devs, n, err := slots(f.nproc)
+	if err != nil {
+		return err
+	}
+	cfg.NProc, cfg.Devices = n, devs
+	return nil
+}
+
+// parseNNodes reads --nnodes N or MIN:MAX.
+func parseNNodes(s string) (int, int, error) {
+	lo, hi, ranged := strings.Cut(s, ":")
+	min, err := strconv.Atoi(lo)
+	max := min
+	if err == nil && ranged {
+		max, err = strconv.Atoi(hi)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("--nnodes %q: want N or MIN:MAX", s)
+	}
+	if min < 1 {
+		return 0, 0, fmt.Errorf("--nnodes %q: need at least one node", s)
+	}
+	if min > max {
+		return 0, 0, fmt.Errorf("--nnodes %s: MIN %d is larger than MAX %d", s, min, max)
+	}
+	return min, max, nil
+}
+
+// slots reads --nproc-per-node: a number, or gpu/cpu/auto resolved on
+// this machine. With GPUs it also returns one CUDA_VISIBLE_DEVICES value
+// per worker, taken from the user's CUDA_VISIBLE_DEVICES when set.
+func slots(s string) ([]string, int, error) {
+	switch s {
+	case "gpu", "auto", "cpu":
+	default:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return nil, 0, fmt.Errorf("--nproc-per-node %q: want a number, gpu, cpu or auto", s)
+		}
+		if n < 1 {
+			return nil, 0, fmt.Errorf("--nproc-per-node %d: need at least one worker", n)
+		}
+		gpus := gpuIDs()
+		if len(gpus) >= n {
+			return gpus[:n], n, nil
+		}
+		return nil, n, nil
+	}
+	if s == "cpu" {
+		return nil, runtime.NumCPU(), nil
+	}
+	gpus := gpuIDs()
+	if len(gpus) > 0 {
+		return gpus, len(gpus), nil
+	}
+	if s == "gpu" {
+		return nil, 0, fmt.Errorf("--nproc-per-node gpu: %s", noGPUReason())
+	}
+	return nil, runtime.NumCPU(), nil
+}
+
+// slurmDefaults fills --nnodes, --node-rank, --rdzv-endpoint and --rdzv-id
+// from Slurm's variables under srun, when they were not given.
+func slurmDefaults(f *launchFlags, given map[string]bool) {
+	if os.Getenv("SLURM_JOB_ID") == "" {
+		return
+	}
+	n := os.Getenv("SLURM_JOB_NUM_NODES")
+	if n == "" {
+		n = os.Getenv("SLURM_NNODES")
+	}
+	if !given["nnodes"] && n != "" {
+		f.nnodes = n
+	}
+	if !given["node-rank"] {
+		if r, err := strconv.Atoi(os.Getenv("SLURM_NODEID")); err == nil {
+			f.nodeRank = r
+		}
+	}
+	if !given["rdzv-endpoint"] && !given["master-addr"] {
+		if host := firstSlurmHost(os.Getenv("SLURM_JOB_NODELIST")); host != "" {
+			f.endpoint = host + ":29400"
+		}
+	}
+	if !given["rdzv-id"] {
+		f.runID = "slurm-" + os.Getenv("SLURM_JOB_ID")
+	}
+}
+
+// firstSlurmHost returns the first host of a Slurm hostlist such as
+// "gpu[03-05,07],cpu01" (gpu03).
+func firstSlurmHost(list string) string {
+	list = strings.TrimSpace(list)
+	if list == "" {
+		return ""
+	}
+	open := strings.IndexByte(list, '[')
+	comma := strings.IndexByte(list, ',')
+	if open < 0 || (comma >= 0 && comma < open) {
+		if comma >= 0 {
+			return list[:comma]
+		}
+		return list
+	}
+	prefix, rest := list[:open], list[open+1:]
+	end := strings.IndexAny(rest, ",-]")
+	if end < 0 {
+		return ""
+	}
+	return prefix + rest[:end]
+}

@@ -1,0 +1,14 @@
+// Package runtime is the worker's side of `ringo launch`: Init reads the
+// environment the launcher set, joins the job's collective group and
+// returns a *Group, the handle a training loop uses for collectives,
+// ranks and heartbeats.
+//
+// Run outside the launcher, Init forms a group of one, so the same
+// program runs alone on a laptop and as one of many workers.
+//
+// The launcher itself lives in runtime/launch and the rendezvous store
+// the launchers meet in in runtime/rendezvous. The worker environment
+// is torchrun's contract (RANK, LOCAL_RANK, WORLD_SIZE,
+// LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT,
+// TORCHELASTIC_RESTART_COUNT, ...) plus the RINGO_* variables in env.go.
+package runtime

@@ -1,0 +1,36 @@
+package runtime
+
+// The environment `ringo launch` gives each worker beyond torchrun's
+// contract (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK,
+// MASTER_ADDR, MASTER_PORT, TORCHELASTIC_*). Init reads these; programs
+// in other languages may ignore them.
+const (
+	// EnvHeartbeatFD names the file descriptor of the pipe that
+	// Heartbeat writes to.
+	EnvHeartbeatFD = "RINGO_HEARTBEAT_FD"
+	// EnvCollectiveAddr is host:port where rank 0 serves the bootstrap of
+	// the collective group (the tcp transport's rendezvous).
+	EnvCollectiveAddr = "RINGO_COLLECTIVE_ADDR"
+	// EnvTokenFile names a file (mode 0600) that holds the job token; the
+	// token itself never travels in the environment or in argv.
+	EnvTokenFile = "RINGO_TOKEN_FILE"
+	// EnvGeneration is the rendezvous generation the worker belongs to.
+	EnvGeneration = "RINGO_GENERATION"
+	// EnvRdzvEndpoint is where the launchers meet (for logs and tools).
+	EnvRdzvEndpoint = "RINGO_RDZV_ENDPOINT"
+	// EnvNodeAddr is the address other nodes reach this worker's node at.
+	EnvNodeAddr = "RINGO_NODE_ADDR"
+	// EnvNNodes is the number of nodes in the round.
+	EnvNNodes = "RINGO_NNODES"
+)
+
+// Heartbeat wire, from worker to launcher over the pipe: 9 bytes per
+// message, a kind byte then the step as a little-endian int64. BeatInit
+// (step unused) says the worker is a Go program that called Init, which
+// the launcher sends SIGQUIT before stopping it for a hang so that its
+// goroutine stacks land in its log; BeatGo reports progress.
+const (
+	BeatSize = 9
+	BeatInit = 'i'
+	BeatGo   = 'g'
+)

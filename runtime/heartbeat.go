@@ -1,0 +1,70 @@
+package runtime
+
+import (
+	"encoding/binary"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// beatEvery bounds how often a worker writes to the launcher: a training
+// loop may call Heartbeat thousands of times a second.
+const beatEvery = 50 * time.Millisecond
+
+// beater passes the latest step to the launcher through the heartbeat
+// pipe. The step is written only when it changed, so the launcher's time
+// of the last beat is the time of the last progress, give or take
+// beatEvery, and the step it reports for a hang is exact.
+type beater struct {
+	step    atomic.Int64
+	started atomic.Bool
+	quit    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func (b *beater) set(step int64) { b.step.Store(step) }
+
+func (b *beater) start(f *os.File) {
+	b.step.Store(-1)
+	b.quit = make(chan struct{})
+	b.started.Store(true)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		defer f.Close()
+		var buf [BeatSize]byte
+		// The first message only says this is a Go worker; the hang clock
+		// starts at its first Heartbeat, not at Init, so that a long
+		// set-up (loading data, restoring a checkpoint) is not a hang.
+		buf[0] = BeatInit
+		if _, err := f.Write(buf[:]); err != nil {
+			return
+		}
+		last := int64(-1)
+		t := time.NewTicker(beatEvery)
+		defer t.Stop()
+		for {
+			if s := b.step.Load(); s != last && s >= 0 {
+				last = s
+				buf[0] = BeatGo
+				binary.LittleEndian.PutUint64(buf[1:], uint64(s))
+				if _, err := f.Write(buf[:]); err != nil {
+					return // the launcher is gone: nothing to tell
+				}
+			}
+			select {
+			case <-t.C:
+			case <-b.quit:
+				return
+			}
+		}
+	}()
+}
+
+func (b *beater) close() {
+	if b.started.CompareAndSwap(true, false) {
+		close(b.quit)
+		b.wg.Wait()
+	}
+}

@@ -1,0 +1,147 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/tcp"
+	"github.com/ringo-ml/ringo/internal/auth"
+)
+
+// Group is a worker's place in the job: its collective group, its ranks,
+// and the launcher's restart count.
+type Group struct {
+	collective.Comm
+	// LocalRank and LocalSize are this worker's place on its node.
+	LocalRank, LocalSize int
+	// NodeRank is its node's rank (torchrun's GROUP_RANK), Nodes the
+	// number of nodes.
+	NodeRank, Nodes int
+	// Restarts is how often the job has restarted after a failure
+	// (TORCHELASTIC_RESTART_COUNT); Generation counts every re-formation.
+	Restarts, Generation int
+	// RunID names the job (TORCHELASTIC_RUN_ID).
+	RunID string
+	// Launched is true under `ringo launch`, false for a group of one
+	// made because the program ran alone.
+	Launched bool
+
+	beat beater
+}
+
+// Heartbeat tells the launcher the worker made progress: step is the
+// training step just finished. A worker that has called it and then makes
+// no progress for --hang-timeout is reported as hung and restarted. It
+// only stores the step; a goroutine passes changes on to the launcher at
+// most every 50 ms, so calling it every step costs nothing, and outside
+// the launcher it does nothing.
+func (g *Group) Heartbeat(step int64) { g.beat.set(step) }
+
+// Close leaves the collective group.
+func (g *Group) Close() error {
+	g.beat.close()
+	return g.Comm.Close()
+}
+
+// Options adjust Init; the zero value uses the launcher's environment and
+// collective.DefaultConfig overridden by RINGO_* variables.
+type Options struct {
+	// Collective, if set, replaces collective.DefaultConfig().FromEnv().
+	Collective *collective.Config
+}
+
+// Init joins the job this process was launched into and returns its
+// Group. Every worker calls it at start; it returns when the whole group
+// has joined or ctx ends. Outside `ringo launch` (no RANK and WORLD_SIZE
+// in the environment) it returns a group of one.
+func Init(ctx context.Context, opts ...Options) (*Group, error) {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	ccfg := collective.DefaultConfig()
+	if o.Collective != nil {
+		ccfg = *o.Collective
+	} else {
+		var err error
+		if ccfg, err = ccfg.FromEnv(); err != nil {
+			return nil, err
+		}
+	}
+	e, err := readEnv()
+	if err != nil {
+		return nil, err
+	}
+	g := &Group{LocalRank: e.localRank, LocalSize: e.localSize, NodeRank: e.nodeRank, Nodes: e.nodes,
+		Restarts: e.restarts, Generation: e.gen, RunID: e.runID, Launched: e.launched}
+	tcfg := tcp.DefaultConfig()
+	tcfg.SocketsPerPeer = tcp.SocketsFor(e.localSize)
+	tcfg.Spin = tcp.SpinFor(e.localSize)
+	if tcfg, err = tcfg.FromEnv(); err != nil {
+		return nil, err
+	}
+	tcfg.Rendezvous, tcfg.Rank, tcfg.Size, tcfg.ListenHost = e.collAddr, e.rank, e.size, e.nodeAddr
+	if e.tokenFile != "" {
+		if tcfg.Token, err = auth.ReadTokenFile(e.tokenFile); err != nil {
+			return nil, fmt.Errorf("rank %d: %w", e.rank, err)
+		}
+	}
+	if g.Comm, err = collective.NewTCP(ctx, tcfg, ccfg); err != nil {
+		return nil, fmt.Errorf("rank %d of %d: joining the collective group at %s: %w", e.rank, e.size, e.collAddr, err)
+	}
+	if e.beatFD > 0 {
+		g.beat.start(os.NewFile(uintptr(e.beatFD), "ringo-heartbeat"))
+	}
+	return g, nil
+}
+
+type workerEnv struct {
+	launched                       bool
+	rank, size, localRank, localSize int
+	nodeRank, nodes, restarts, gen int
+	runID, collAddr, nodeAddr      string
+	tokenFile                      string
+	beatFD                         int
+}
+
+func readEnv() (workerEnv, error) {
+	e := workerEnv{size: 1, localSize: 1, nodes: 1, runID: "none"}
+	if os.Getenv("RANK") == "" && os.Getenv("WORLD_SIZE") == "" {
+		return e, nil
+	}
+	e.launched = true
+	var firstErr error
+	num := func(name string, def int) int {
+		v := os.Getenv(name)
+		if v == "" {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("%s=%q is not a number", name, v)
+		}
+		return n
+	}
+	e.rank, e.size = num("RANK", 0), num("WORLD_SIZE", 1)
+	e.localRank, e.localSize = num("LOCAL_RANK", 0), num("LOCAL_WORLD_SIZE", 1)
+	e.nodeRank, e.nodes = num("GROUP_RANK", 0), num(EnvNNodes, 1)
+	e.restarts, e.gen = num("TORCHELASTIC_RESTART_COUNT", 0), num(EnvGeneration, 0)
+	e.beatFD = num(EnvHeartbeatFD, 0)
+	if firstErr != nil {
+		return e, firstErr
+	}
+	if v := os.Getenv("TORCHELASTIC_RUN_ID"); v != "" {
+		e.runID = v
+	}
+	e.collAddr, e.nodeAddr, e.tokenFile = os.Getenv(EnvCollectiveAddr), os.Getenv(EnvNodeAddr), os.Getenv(EnvTokenFile)
+	switch {
+	case e.size < 1 || e.rank < 0 || e.rank >= e.size:
+		return e, fmt.Errorf("RANK=%d and WORLD_SIZE=%d do not make a rank of a group", e.rank, e.size)
+	case e.size > 1 && e.collAddr == "":
+		return e, fmt.Errorf("rank %d of %d: %s is not set; start this program with `ringo launch` (torchrun does not set up ringo's collective group)", e.rank, e.size, EnvCollectiveAddr)
+	}
+	return e, nil
+}

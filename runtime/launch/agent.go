@@ -1,0 +1,346 @@
+package launch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ringo-ml/ringo/internal/auth"
+	ringo "github.com/ringo-ml/ringo/runtime"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
+)
+
+// Signaled is the cancel cause a caller gives Run's context when the
+// launcher got a signal: workers get the same signal, and Run returns an
+// *ExitError with 128+signal.
+type Signaled struct{ Sig syscall.Signal }
+
+func (s Signaled) Error() string { return "received " + s.Sig.String() }
+
+// ExitError carries the launcher's exit status and why.
+type ExitError struct {
+	Code int
+	Msg  string
+}
+
+func (e *ExitError) Error() string { return e.Msg }
+
+// agent is one Run: the launcher of this node.
+type agent struct {
+	cfg     Config
+	store   rendezvous.Store
+	server  *rendezvous.Server // when this node serves the embedded store
+	m       rendezvous.Membership
+	me      rendezvous.Node
+	console *console
+	privDir string // holds the token file written for workers
+	attempt int
+}
+
+// Run launches the job on this node and supervises it until it succeeds,
+// fails past its restarts, or ctx ends. It returns nil when every worker
+// of the final generation exited 0.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	a := &agent{cfg: cfg, console: &console{out: cfg.Stdout, err: cfg.Stderr}}
+	if a.console.out == nil {
+		a.console.out = os.Stdout
+	}
+	if a.console.err == nil {
+		a.console.err = os.Stderr
+	}
+	a.m = cfg.Nodes
+	a.m.Prefix = "ringo/" + cfg.RunID + "/"
+	a.m.Static = cfg.Backend == BackendStatic
+	defer a.close()
+	if err := a.openStore(ctx); err != nil {
+		return err
+	}
+	if err := a.prepareToken(); err != nil {
+		return err
+	}
+	return a.loop(ctx)
+}
+
+func (a *agent) close() {
+	if a.store != nil {
+		a.store.Close()
+	}
+	if a.server != nil {
+		a.server.Close()
+	}
+	if a.privDir != "" {
+		os.RemoveAll(a.privDir)
+	}
+}
+
+func (a *agent) logf(format string, args ...any) {
+	a.console.line(true, "[ringo] ", []byte(fmt.Sprintf(format, args...)))
+}
+
+func (a *agent) event(e Event) {
+	if a.cfg.OnEvent != nil {
+		e.At = time.Now()
+		a.cfg.OnEvent(e)
+	}
+}
+
+// openStore connects to the job's store, serving it first when this is
+// the node it belongs to: the only node for a one-node job, and for a
+// several-node embedded job the node that can listen on the endpoint
+// (torchrun's c10d backend decides the same way).
+func (a *agent) openStore(ctx context.Context) error {
+	c := a.cfg
+	jctx, cancel := context.WithTimeout(ctx, c.JoinTimeout)
+	defer cancel()
+	if c.Backend == BackendEtcd {
+		s, err := rendezvous.NewEtcd(jctx, rendezvous.EtcdConfig{Endpoints: strings.Split(c.Endpoint, ","), Prefix: "/", Token: c.Token, DialTimeout: 10 * time.Second})
+		if err != nil {
+			return err
+		}
+		a.store = s
+		return a.findHost(c.Endpoint)
+	}
+	endpoint := c.Endpoint
+	if endpoint == "" {
+		endpoint = "127.0.0.1:0"
+	}
+	if c.Nodes.Max == 1 || c.NodeRank == 0 || isLocal(endpoint) {
+		srv, err := rendezvous.NewServer(endpoint, c.Token)
+		switch {
+		case err == nil:
+			a.server = srv
+			endpoint = srv.Addr()
+		case c.Nodes.Max == 1 || c.NodeRank == 0:
+			return fmt.Errorf("serving the rendezvous store: %w", err)
+		}
+		// Another launcher on this host serves it: connect like any node.
+	}
+	s, err := rendezvous.Dial(jctx, endpoint, c.Token)
+	if err != nil {
+		return err
+	}
+	a.store = s
+	a.cfg.Endpoint = endpoint
+	return a.findHost(endpoint)
+}
+
+// findHost settles the address others reach this node at: the one given,
+// or the local address of a route to the store.
+func (a *agent) findHost(endpoint string) error {
+	if a.cfg.Host != "" {
+		return nil
+	}
+	first, _, _ := strings.Cut(endpoint, ",")
+	first = strings.TrimPrefix(strings.TrimPrefix(first, "http://"), "https://")
+	conn, err := net.Dial("udp", first) // no packet is sent; this only picks a route
+	if err != nil {
+		return fmt.Errorf("finding this node's address towards %s: %v (set --local-addr)", first, err)
+	}
+	defer conn.Close()
+	a.cfg.Host = conn.LocalAddr().(*net.UDPAddr).IP.String()
+	return nil
+}
+
+// isLocal says whether host:port names an address of this machine.
+func isLocal(endpoint string) bool {
+	host, _, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return false
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ip := range ips {
+		if ip.IsLoopback() {
+			return true
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// prepareToken makes sure workers can read the token from a private file:
+// the user's --token-file, or one this launcher writes into a directory
+// only its user can enter, removed when it exits.
+func (a *agent) prepareToken() error {
+	if len(a.cfg.Token) == 0 || a.cfg.TokenFile != "" {
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "ringo-launch-")
+	if err != nil {
+		return err
+	}
+	a.privDir = dir
+	a.cfg.TokenFile = filepath.Join(dir, "token")
+	return auth.WriteTokenFile(a.cfg.TokenFile, a.cfg.Token)
+}
+
+func freePort(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func newNodeID(host string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s/%s/%d/%s", h, host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// loop runs rendezvous, workers and restarts until the job ends.
+func (a *agent) loop(ctx context.Context) error {
+	a.me = rendezvous.Node{ID: newNodeID(a.cfg.Host), Host: a.cfg.Host, NProc: a.cfg.NProc, Rank: a.cfg.NodeRank}
+	lastGen, lastNodes := 0, 0
+	for a.attempt = 0; ; a.attempt++ {
+		var err error
+		if a.me.MasterPort, err = freePort(a.cfg.Host); err != nil {
+			return fmt.Errorf("finding a free port on %s: %w", a.cfg.Host, err)
+		}
+		if a.me.CollectivePort, err = freePort(a.cfg.Host); err != nil {
+			return fmt.Errorf("finding a free port on %s: %w", a.cfg.Host, err)
+		}
+		jctx, cancel := context.WithTimeout(ctx, a.cfg.JoinTimeout)
+		round, err := a.m.Join(jctx, a.store, a.me)
+		cancel()
+		if errors.Is(err, rendezvous.ErrJobFailed) {
+			return a.failed(ctx, lastGen, lastNodes, err)
+		}
+		if err != nil {
+			if sig, ok := context.Cause(ctx).(Signaled); ok {
+				return &ExitError{Code: 128 + int(sig.Sig), Msg: "stopped by " + sig.Sig.String() + " while waiting for nodes"}
+			}
+			return fmt.Errorf("rendezvous %q at %s: %w", a.cfg.RunID, a.cfg.Endpoint, err)
+		}
+		lastGen, lastNodes = round.Gen, len(round.Nodes)
+		end, err := a.generation(ctx, round)
+		if err != nil {
+			return err
+		}
+		if end.Kind == "success" {
+			return nil
+		}
+		if err := a.m.Next(context.WithoutCancel(ctx), a.store, round.Gen, end, a.cfg.MaxRestarts); err != nil {
+			return fmt.Errorf("opening the next round: %w", err)
+		}
+		if end.Kind == "failure" && round.Restarts < a.cfg.MaxRestarts {
+			a.logf("generation %d failed: %s; restarting (%d of %d restarts)", round.Gen, end.Reason, round.Restarts+1, a.cfg.MaxRestarts)
+		} else if end.Kind == "membership" {
+			a.logf("generation %d: %s; re-forming", round.Gen, end.Reason)
+		}
+		a.event(Event{Kind: "restarting", Gen: round.Gen})
+	}
+}
+
+// failed prints the root cause of the job's failure and returns the error
+// the launcher exits with.
+func (a *agent) failed(ctx context.Context, gen, nodes int, cause error) error {
+	fs, _ := a.m.Failures(context.WithoutCancel(ctx), a.store, gen, nodes)
+	msg := fmt.Sprintf("job %q failed: %v", a.cfg.RunID, strings.TrimPrefix(cause.Error(), rendezvous.ErrJobFailed.Error()+": "))
+	if len(fs) > 0 {
+		a.console.line(true, "", []byte(rootCause(fs)))
+	}
+	return &ExitError{Code: 1, Msg: msg}
+}
+
+// env builds a worker's environment: torchrun's contract plus ringo's.
+func (a *agent) env(r *rendezvous.Round, local int) []string {
+	node0 := r.Nodes[0]
+	first := r.FirstRank()
+	set := map[string]string{
+		"RANK":                       strconv.Itoa(first + local),
+		"LOCAL_RANK":                 strconv.Itoa(local),
+		"WORLD_SIZE":                 strconv.Itoa(r.World()),
+		"LOCAL_WORLD_SIZE":           strconv.Itoa(a.cfg.NProc),
+		"GROUP_RANK":                 strconv.Itoa(r.NodeRank),
+		"GROUP_WORLD_SIZE":           strconv.Itoa(len(r.Nodes)),
+		"ROLE_RANK":                  strconv.Itoa(first + local),
+		"ROLE_WORLD_SIZE":            strconv.Itoa(r.World()),
+		"ROLE_NAME":                  "default",
+		"MASTER_ADDR":                node0.Host,
+		"MASTER_PORT":                strconv.Itoa(node0.MasterPort),
+		"TORCHELASTIC_RESTART_COUNT": strconv.Itoa(r.Restarts),
+		"TORCHELASTIC_MAX_RESTARTS":  strconv.Itoa(a.cfg.MaxRestarts),
+		"TORCHELASTIC_RUN_ID":        a.cfg.RunID,
+		"TORCHELASTIC_USE_AGENT_STORE": "False",
+		ringo.EnvCollectiveAddr:      net.JoinHostPort(node0.Host, strconv.Itoa(node0.CollectivePort)),
+		ringo.EnvGeneration:          strconv.Itoa(r.Gen),
+		ringo.EnvRdzvEndpoint:        a.cfg.Endpoint,
+		ringo.EnvNodeAddr:            a.cfg.Host,
+		ringo.EnvNNodes:              strconv.Itoa(len(r.Nodes)),
+		ringo.EnvTokenFile:           a.cfg.TokenFile,
+	}
+	if a.cfg.Devices != nil {
+		set["CUDA_VISIBLE_DEVICES"] = a.cfg.Devices[local]
+	}
+	env := make([]string, 0, len(a.cfg.Env)+len(set)+1)
+	for _, kv := range a.cfg.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ours := set[k]; ours || k == ringo.EnvHeartbeatFD {
+			continue
+		}
+		if k == "OMP_NUM_THREADS" {
+			set["OMP_NUM_THREADS"] = "" // the user's wins
+		}
+		env = append(env, kv)
+	}
+	// torchrun's default: one OpenMP thread per worker when several share
+	// a node, so that they do not oversubscribe its cores.
+	if v, ok := set["OMP_NUM_THREADS"]; !ok && a.cfg.NProc > 1 {
+		set["OMP_NUM_THREADS"] = "1"
+	} else if ok && v == "" {
+		delete(set, "OMP_NUM_THREADS")
+	}
+	for k, v := range set {
+		if v != "" || k == ringo.EnvTokenFile {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// startAll starts this node's workers for round r; on a failure it stops
+// those already started.
+func (a *agent) startAll(r *rendezvous.Round) ([]*worker, error) {
+	dir := ""
+	if a.cfg.LogDir != "" {
+		dir = filepath.Join(a.cfg.LogDir, a.cfg.RunID, strconv.Itoa(a.attempt))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("--log-dir: %w", err)
+		}
+	}
+	ws := make([]*worker, 0, a.cfg.NProc)
+	for local := range a.cfg.NProc {
+		w, err := start(spawnSpec{argv: a.cfg.Argv, env: a.env(r, local), dir: dir, tee: a.cfg.Tee,
+			console: a.console, rank: r.FirstRank() + local, local: local})
+		if err != nil {
+			for _, w := range ws {
+				w.stop(syscall.SIGKILL, 0)
+			}
+			return nil, err
+		}
+		ws = append(ws, w)
+	}
+	return ws, nil
+}

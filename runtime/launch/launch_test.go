@@ -1,0 +1,268 @@
+package launch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/internal/auth"
+)
+
+// workerBin is testdata/worker, built once for all tests.
+var workerBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ringo-launch-test-")
+	if err != nil {
+		panic(err)
+	}
+	workerBin = filepath.Join(dir, "worker")
+	if out, err := exec.Command("go", "build", "-o", workerBin, "./testdata/worker").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the test worker: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer is a console the test can read while the launcher writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type job struct {
+	cfg    Config
+	out    *syncBuffer
+	mu     sync.Mutex
+	events []Event
+	evc    chan Event
+}
+
+func newJob(t *testing.T, nproc int, args ...string) *job {
+	t.Helper()
+	j := &job{out: &syncBuffer{}, evc: make(chan Event, 64)}
+	j.cfg = DefaultConfig()
+	j.cfg.NProc = nproc
+	j.cfg.Argv = append([]string{workerBin}, args...)
+	j.cfg.Token = auth.NewToken()
+	j.cfg.Env = os.Environ()
+	j.cfg.Stdout, j.cfg.Stderr = j.out, j.out
+	j.cfg.MonitorInterval = 100 * time.Millisecond
+	j.cfg.JoinTimeout = 30 * time.Second
+	j.cfg.RunID = strings.ReplaceAll(t.Name(), "/", "-")
+	j.cfg.OnEvent = func(e Event) {
+		j.mu.Lock()
+		j.events = append(j.events, e)
+		j.mu.Unlock()
+		select {
+		case j.evc <- e:
+		default:
+		}
+	}
+	return j
+}
+
+func (j *job) run(t *testing.T) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	err := Run(ctx, j.cfg)
+	t.Logf("launcher output:\n%s", j.out.String())
+	return err
+}
+
+// waitEvent returns the next event of the given kind.
+func (j *job) waitEvent(t *testing.T, kind string) Event {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case e := <-j.evc:
+			if e.Kind == kind {
+				return e
+			}
+		case <-timeout:
+			t.Errorf("no %q event within 60s", kind)
+			return Event{}
+		}
+	}
+}
+
+var doneLine = regexp.MustCompile(`\[rank (\d+)\] rank \d+ of (\d+): done (\d+) steps, last sum (\S+), restarts (\d+)`)
+
+// results returns, per rank, the worker's final line fields.
+func results(out string) map[string][]string {
+	m := map[string][]string{}
+	for _, g := range doneLine.FindAllStringSubmatch(out, -1) {
+		m[g[1]] = g[2:]
+	}
+	return m
+}
+
+func TestFourWorkersAllReduceTheSame(t *testing.T) {
+	j := newJob(t, 4, "--steps", "20", "--step-time", "1ms")
+	if err := j.run(t); err != nil {
+		t.Fatal(err)
+	}
+	res := results(j.out.String())
+	if len(res) != 4 {
+		t.Fatalf("%d of 4 ranks reported a result", len(res))
+	}
+	for r, f := range res {
+		// world 4, 20 steps, sum at step 20 = 4*5/2 + 4*20 = 90
+		if f[0] != "4" || f[1] != "20" || f[2] != "90" || f[3] != "0" {
+			t.Errorf("rank %s: world %s steps %s sum %s restarts %s; want 4 20 90 0", r, f[0], f[1], f[2], f[3])
+		}
+	}
+}
+
+func TestKilledWorkerRestartsTheGeneration(t *testing.T) {
+	j := newJob(t, 3, "--steps", "40", "--step-time", "20ms")
+	j.cfg.MaxRestarts = 1
+	errc := make(chan error, 1)
+	go func() { errc <- j.run(t) }()
+	e := j.waitEvent(t, "started")
+	time.Sleep(300 * time.Millisecond) // mid-run
+	syscall.Kill(e.PIDs[1], syscall.SIGKILL)
+	j.waitEvent(t, "started") // the second generation
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	out := j.out.String()
+	res := results(out)
+	if len(res) != 3 {
+		t.Fatalf("%d of 3 ranks finished after the restart", len(res))
+	}
+	for r, f := range res {
+		if f[3] != "1" {
+			t.Errorf("rank %s saw TORCHELASTIC_RESTART_COUNT %s, want 1", r, f[3])
+		}
+	}
+	if !strings.Contains(out, "rank 1 (local rank 1, pid "+fmt.Sprint(e.PIDs[1])+")") || !strings.Contains(out, "killed by signal 9") {
+		t.Errorf("the restart message does not name the killed rank and its signal")
+	}
+}
+
+func TestNoRestartsLeftReportsTheRootCause(t *testing.T) {
+	j := newJob(t, 3, "--steps", "40", "--fail-rank", "2", "--at", "3")
+	err := j.run(t)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 1 {
+		t.Fatalf("launcher returned %v, want exit 1", err)
+	}
+	out := j.out.String()
+	for _, want := range []string{"root cause", "rank:       2 (local rank 2)", "exit:       exit code 3",
+		"| rank 2: something went wrong at step 3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	// The root cause is rank 2, not the ranks that failed because of it.
+	if i := strings.Index(out, "root cause"); i >= 0 && strings.Contains(out[i:], "rank:       0") {
+		t.Error("report blames rank 0")
+	}
+}
+
+func TestHungWorkerIsReportedAndRestarted(t *testing.T) {
+	j := newJob(t, 2, "--steps", "30", "--step-time", "10ms", "--hang-rank", "1", "--at", "4")
+	j.cfg.MaxRestarts = 1
+	j.cfg.HangTimeout = time.Second
+	if err := j.run(t); err != nil {
+		t.Fatal(err)
+	}
+	out := j.out.String()
+	if !regexp.MustCompile(`hung: no progress for \S+ after step 3; stalled: .*rank 1 \(pid \d+\) at step 3`).MatchString(out) {
+		t.Error("no hang report naming rank 1 and its last step")
+	}
+	if !strings.Contains(out, "[rank 1] goroutine ") {
+		t.Error("the hung Go worker's goroutine stacks (SIGQUIT) are not in its output")
+	}
+	if len(results(out)) != 2 {
+		t.Error("the job did not finish after the restart")
+	}
+}
+
+func TestLogDirAndTee(t *testing.T) {
+	j := newJob(t, 2, "--steps", "3", "--step-time", "1ms")
+	j.cfg.LogDir = t.TempDir()
+	j.cfg.Tee = teeErr
+	if err := j.run(t); err != nil {
+		t.Fatal(err)
+	}
+	for r := range 2 {
+		b, err := os.ReadFile(filepath.Join(j.cfg.LogDir, j.cfg.RunID, "0", fmt.Sprintf("rank-%d.out", r)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), fmt.Sprintf("rank %d of 2: done 3 steps", r)) {
+			t.Errorf("rank-%d.out: %q", r, b)
+		}
+	}
+	if strings.Contains(j.out.String(), "done 3 steps") {
+		t.Error("stdout reached the console though --tee is err")
+	}
+}
+
+func TestProgramNotFound(t *testing.T) {
+	j := newJob(t, 2)
+	j.cfg.Argv = []string{filepath.Join(t.TempDir(), "no-such-program")}
+	err := j.run(t)
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("got %v", err)
+	}
+	j.cfg.Argv = []string{"no-such-program-in-path"}
+	if err := j.run(t); err == nil || !strings.Contains(err.Error(), "not found in PATH") {
+		t.Fatalf("got %v", err)
+	}
+	notExec := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	j.cfg.Argv = []string{notExec}
+	if err := j.run(t); err == nil || !strings.Contains(err.Error(), "not executable") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	base := newJob(t, 1).cfg
+	for _, tc := range []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.NProc = 0 }, "--nproc-per-node 0"},
+		{func(c *Config) { c.Nodes.Min, c.Nodes.Max = 3, 2 }, "minimum is larger"},
+		{func(c *Config) { c.Argv = nil }, "no program"},
+		{func(c *Config) { c.Nodes.Max = 2 }, "needs --rdzv-endpoint"},
+		{func(c *Config) { c.Nodes.Max, c.Endpoint, c.Token = 2, "127.0.0.1:1", nil }, "--token-file"},
+		{func(c *Config) { c.Backend = "zookeeper" }, "--rdzv-backend"},
+	} {
+		c := base
+		tc.mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want an error with %q, got %v", tc.want, err)
+		}
+	}
+}

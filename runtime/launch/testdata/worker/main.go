@@ -1,0 +1,72 @@
+// Command worker is the test program the launcher's tests start: it joins
+// the group with runtime.Init, all-reduces for a number of steps with a
+// heartbeat each, and can be told to die, hang or fail on the first
+// attempt, to exercise the launcher's supervision.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	ringo "github.com/ringo-ml/ringo/runtime"
+)
+
+func main() {
+	steps := flag.Int("steps", 20, "all-reduce steps")
+	stepTime := flag.Duration("step-time", 10*time.Millisecond, "sleep per step")
+	dieRank := flag.Int("die-rank", -1, "on the first attempt, this rank kills itself with SIGKILL")
+	hangRank := flag.Int("hang-rank", -1, "on the first attempt, this rank stops making progress")
+	failRank := flag.Int("fail-rank", -1, "on the first attempt, this rank exits 3 after a message on stderr")
+	at := flag.Int("at", 5, "the step at which --die-rank, --hang-rank or --fail-rank act")
+	always := flag.Bool("always", false, "act on every attempt, not just the first")
+	flag.Parse()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	g, err := ringo.Init(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "init:", err)
+		os.Exit(1)
+	}
+	defer g.Close()
+	first := g.Restarts == 0 || *always
+	n := g.Size()
+	buf := make([]float32, 1024)
+	for step := 1; step <= *steps; step++ {
+		if first && step == *at {
+			switch g.Rank() {
+			case *dieRank:
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			case *hangRank:
+				fmt.Fprintf(os.Stderr, "rank %d: hanging at step %d\n", g.Rank(), step)
+				select {}
+			case *failRank:
+				fmt.Fprintf(os.Stderr, "rank %d: something went wrong at step %d\n", g.Rank(), step)
+				os.Exit(3)
+			}
+		}
+		for i := range buf {
+			buf[i] = float32(g.Rank() + 1 + step)
+		}
+		if err := g.AllReduce(ctx, collective.Float32s(buf), collective.Float32s(buf), collective.Sum); err != nil {
+			fmt.Fprintf(os.Stderr, "rank %d step %d: %v\n", g.Rank(), step, err)
+			os.Exit(1)
+		}
+		want := float32(n*(n+1)/2 + n*step)
+		for i, v := range buf {
+			if v != want {
+				fmt.Fprintf(os.Stderr, "rank %d step %d: element %d is %v, want %v\n", g.Rank(), step, i, v, want)
+				os.Exit(1)
+			}
+		}
+		g.Heartbeat(int64(step))
+		time.Sleep(*stepTime)
+	}
+	fmt.Printf("rank %d of %d: done %d steps, last sum %v, restarts %d, generation %d, local %d/%d, node %d/%d\n",
+		g.Rank(), n, *steps, buf[0], g.Restarts, g.Generation, g.LocalRank, g.LocalSize, g.NodeRank, g.Nodes)
+}
