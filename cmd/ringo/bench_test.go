@@ -18,6 +18,9 @@ import (
 
 var ringoBin string
 
+// workerBin is the launcher's test worker (runtime/launch/testdata/worker).
+var workerBin string
+
 // TestMain builds the real binary once; the tests run it as a user would.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ringo-cmd-test")
@@ -28,6 +31,11 @@ func TestMain(m *testing.M) {
 	out, err := exec.Command("go", "build", "-o", ringoBin, ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building ringo: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	workerBin = filepath.Join(dir, "worker")
+	if out, err := exec.Command("go", "build", "-o", workerBin, "../../runtime/launch/testdata/worker").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the test worker: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()

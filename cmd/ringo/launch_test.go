@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// children returns the pids of a process's children.
+func children(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+func alive(pid int) bool {
+	// A zombie has been reaped by nobody yet but is gone for our purpose.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}
+
+// startLaunch starts `ringo launch` with n long-running workers and
+// returns once all n are running.
+func startLaunch(t *testing.T, n int, extraEnv ...string) (*exec.Cmd, *bytes.Buffer, []int) {
+	t.Helper()
+	cmd := exec.Command(ringoBin, "launch", "--nproc-per-node", strconv.Itoa(n), "--",
+		workerBin, "--steps", "100000", "--step-time", "10ms")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(os.Environ(), extraEnv...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if kids := children(cmd.Process.Pid); len(kids) == n {
+			return cmd, &out, kids
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%d workers did not start; output:\n%s", n, out.String())
+	return nil, nil, nil
+}
+
+func waitGone(t *testing.T, pids []int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		left := 0
+		for _, p := range pids {
+			if alive(p) {
+				left++
+			}
+		}
+		if left == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("workers %v outlived the launcher", pids)
+}
+
+func TestLaunchForwardsSIGTERM(t *testing.T) {
+	cmd, out, kids := startLaunch(t, 2)
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 143 {
+		t.Fatalf("launcher exit: %v (want 143)\n%s", err, out)
+	}
+	waitGone(t, kids)
+}
+
+func TestLaunchForwardsSIGINT(t *testing.T) {
+	cmd, out, kids := startLaunch(t, 2)
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("launcher exit: %v (want 130)\n%s", err, out)
+	}
+	waitGone(t, kids)
+}
+
+// A launcher killed with SIGKILL cannot stop its workers; the kernel does
+// (parent-death signal), so none is orphaned.
+func TestNoOrphansAfterTheLauncherIsKilled(t *testing.T) {
+	cmd, _, kids := startLaunch(t, 3)
+	cmd.Process.Kill()
+	cmd.Wait()
+	waitGone(t, kids)
+}
+
+// The job token reaches workers as a private file, never in their
+// command line or environment, where ps and /proc would show it.
+func TestTokenNotInArgvOrEnvironment(t *testing.T) {
+	_, out, kids := startLaunch(t, 2)
+	for _, pid := range kids {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tokenFile string
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if v, ok := bytes.CutPrefix(kv, []byte("RINGO_TOKEN_FILE=")); ok {
+				tokenFile = string(v)
+			}
+		}
+		if tokenFile == "" {
+			t.Fatalf("worker %d has no RINGO_TOKEN_FILE\n%s", pid, out)
+		}
+		fi, err := os.Stat(tokenFile)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("token file %s: %v mode %v", tokenFile, err, fi.Mode())
+		}
+		tok, _ := os.ReadFile(tokenFile)
+		tok = bytes.TrimSpace(tok)
+		argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if len(tok) < 16 || bytes.Contains(env, tok) || bytes.Contains(argv, tok) {
+			t.Fatalf("worker %d: the token shows in its environment or argv", pid)
+		}
+	}
+}
+
+func TestLaunchBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"--nproc-per-node", "0", "--", "true"}, nil, "--nproc-per-node 0"},
+		{[]string{"--nproc-per-node", "lots", "--", "true"}, nil, `want a number, gpu, cpu or auto`},
+		{[]string{"--nnodes", "3:2", "--", "true"}, nil, "MIN 3 is larger than MAX 2"},
+		{[]string{"--nnodes", "2", "--", "true"}, nil, "needs --rdzv-endpoint"},
+		{[]string{"--", "/no/such/program"}, nil, `"/no/such/program" does not exist`},
+		{[]string{"--"}, nil, "no program to launch"},
+		{[]string{"--tee", "sometimes", "--", "true"}, nil, "--tee"},
+		{[]string{"--", "true"}, []string{"RINGO_NPROC_PER_NODE=-3"}, "--nproc-per-node -3"},
+		{[]string{"--monitor-interval", "soon", "--", "true"}, nil, "not a duration"},
+	} {
+		cmd := exec.Command(ringoBin, append([]string{"launch"}, tc.args...)...)
+		cmd.Env = append(os.Environ(), tc.env...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("ringo launch %v (env %v): %v\n%s\nwant %q", tc.args, tc.env, err, out, tc.want)
+		}
+	}
+}
+
+// A node that cannot reach the store, or holds another job's token, fails
+// within the join timeout with an error that names the endpoint.
+func TestLaunchUnreachableOrWrongToken(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "tok")
+	os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	start := time.Now()
+	out, err := exec.Command(ringoBin, "launch", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:1", "--node-rank", "1",
+		"--token-file", tok, "--rdzv-timeout", "2s", "--", "true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "127.0.0.1:1") {
+		t.Fatalf("unreachable endpoint: %v\n%s", err, out)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("took %v to give up with a 2s join timeout", d)
+	}
+
+	// A real job serves its store on a known port; a second launcher with
+	// another token is refused.
+	port := freeTCPPort(t)
+	ep := fmt.Sprintf("127.0.0.1:%d", port)
+	host := exec.Command(ringoBin, "launch", "--nnodes", "2", "--rdzv-endpoint", ep, "--node-rank", "0",
+		"--token-file", tok, "--rdzv-timeout", "20s", "--", "true")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { host.Process.Kill(); host.Wait() }()
+	other := filepath.Join(dir, "other")
+	os.WriteFile(other, []byte("fedcba9876543210fedcba9876543210\n"), 0o600)
+	time.Sleep(300 * time.Millisecond)
+	out, err = exec.Command(ringoBin, "launch", "--nnodes", "2", "--rdzv-endpoint", ep, "--node-rank", "1",
+		"--token-file", other, "--rdzv-timeout", "5s", "--", "true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), ep) || !strings.Contains(string(out), "token") {
+		t.Fatalf("wrong token: %v\n%s", err, out)
+	}
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestFirstSlurmHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"node01":              "node01",
+		"gpu[03-05,07],cpu01": "gpu03",
+		"a01,b[1-2]":          "a01",
+		"rack1-n[7]":          "rack1-n7",
+		"":                    "",
+	} {
+		if got := firstSlurmHost(in); got != want {
+			t.Errorf("firstSlurmHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestLaunchHelpNamesEveryFlag(t *testing.T) {
+	out, _ := exec.Command(ringoBin, "launch", "--help").CombinedOutput()
+	for _, f := range []string{"nproc-per-node", "nnodes", "node-rank", "rdzv-backend", "rdzv-endpoint", "rdzv-id",
+		"standalone", "max-restarts", "monitor-interval", "log-dir", "tee", "master-addr", "master-port",
+		"hang-timeout", "token-file", "RINGO_<FLAG>"} {
+		if !strings.Contains(string(out), f) {
+			t.Errorf("--help does not mention %s", f)
+		}
+	}
+}
