@@ -239,3 +239,25 @@ func TestLaunchHelpNamesEveryFlag(t *testing.T) {
 		}
 	}
 }
+
+// A PyTorch DDP script written for torchrun runs under ringo launch
+// unchanged (gloo on CPU here).
+func TestLaunchPyTorchDDP(t *testing.T) {
+	if err := exec.Command("/usr/bin/python3", "-c", "import torch.distributed as d; assert d.is_gloo_available()").Run(); err != nil {
+		t.Skip("skipped: /usr/bin/python3 has no torch with gloo (apt-get install python3-torch)")
+	}
+	out, err := exec.Command(ringoBin, "launch", "--nproc-per-node", "2", "--",
+		"/usr/bin/python3", "../../examples/pytorch-ddp/train.py", "--steps", "10").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for r := range 2 {
+		want := fmt.Sprintf("ddp rank %d/2 local %d backend gloo", r, r)
+		if !strings.Contains(string(out), want) {
+			t.Errorf("no line %q", want)
+		}
+	}
+	if strings.Count(string(out), "replicas identical True restarts 0") != 2 {
+		t.Errorf("replicas differ or the restart count is wrong:\n%s", out)
+	}
+}
