@@ -38,11 +38,11 @@ Flags:
 // launch.Config.
 type launchFlags struct {
 	nproc, nnodes, backend, endpoint, runID, logDir, tee string
-	masterAddr, tokenFile, localAddr                       string
-	nodeRank, maxRestarts, masterPort                      int
-	standalone                                             bool
-	monitor, hang, lastCall, joinTimeout, nodeTimeout      secondsFlag
-	stopGrace                                              secondsFlag
+	masterAddr, tokenFile, localAddr                     string
+	nodeRank, maxRestarts, masterPort                    int
+	standalone                                           bool
+	monitor, hang, lastCall, joinTimeout, nodeTimeout    secondsFlag
+	stopGrace                                            secondsFlag
 }
 
 // secondsFlag is a duration given as Go duration ("500ms", "2m") or as
