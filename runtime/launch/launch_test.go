@@ -266,3 +266,21 @@ func TestBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// A worker without the job token cannot join the collective group: the
+// job fails naming it, instead of letting it read or inject data.
+func TestWorkerWithoutTheTokenIsRefused(t *testing.T) {
+	j := newJob(t, 2, "--steps", "5", "--no-token-rank", "1")
+	err := j.run(t)
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("launcher returned %v, want a failed job", err)
+	}
+	out := j.out.String()
+	if !strings.Contains(out, "rank:       1") || !strings.Contains(out, "refused") {
+		t.Errorf("the report does not name rank 1 as refused")
+	}
+	if len(results(out)) != 0 {
+		t.Error("a rank finished in a group with an intruder")
+	}
+}

@@ -36,12 +36,12 @@ type worker struct {
 	lastBeat time.Time
 	lastStep int64
 	beats    int64
-	goProc   bool // it heartbeats through runtime.Init, so it is a Go program
+	goProc   bool        // it heartbeats through runtime.Init, so it is a Go program
 	reaped   *exitStatus // set as soon as the process is reaped, before output drains
 
-	pumps sync.WaitGroup // output and heartbeat readers
-	done  chan struct{}  // closed when the process has been reaped
-	exit  exitStatus
+	pumps   sync.WaitGroup // output and heartbeat readers
+	done    chan struct{}  // closed when the process has been reaped
+	exit    exitStatus
 	errFile string
 }
 
@@ -89,13 +89,13 @@ func (c *console) line(toErr bool, prefix string, b []byte) {
 
 // spawnSpec is what start needs beyond the environment.
 type spawnSpec struct {
-	argv     []string
-	env      []string
-	dir      string // log directory for this attempt, "" for none
-	tee      teeMode
-	console  *console
-	rank     int
-	local    int
+	argv    []string
+	env     []string
+	dir     string // log directory for this attempt, "" for none
+	tee     teeMode
+	console *console
+	rank    int
+	local   int
 }
 
 // start launches one worker in its own process group, with a pipe for

@@ -159,6 +159,9 @@ func register(ctx context.Context, cfg Config) (table, net.Listener, error) {
 		ln.Close()
 		if ctx.Err() != nil {
 			err = context.Cause(ctx)
+		} else if len(cfg.Token) == 0 {
+			// Rank 0 drops a rank that fails its challenge without a word.
+			return table{}, nil, fmt.Errorf("rank %d: the rendezvous at %s refused this rank, which has no job token (is RINGO_TOKEN_FILE set?): %w", cfg.Rank, cfg.Rendezvous, err)
 		}
 		return table{}, nil, fmt.Errorf("rank %d: waiting at the rendezvous %s for all %d ranks: %w", cfg.Rank, cfg.Rendezvous, cfg.Size, err)
 	}

@@ -24,7 +24,11 @@ func main() {
 	failRank := flag.Int("fail-rank", -1, "on the first attempt, this rank exits 3 after a message on stderr")
 	at := flag.Int("at", 5, "the step at which --die-rank, --hang-rank or --fail-rank act")
 	always := flag.Bool("always", false, "act on every attempt, not just the first")
+	noToken := flag.Int("no-token-rank", -1, "this rank joins without the job token, as an intruder would")
 	flag.Parse()
+	if os.Getenv("RANK") == fmt.Sprint(*noToken) {
+		os.Unsetenv("RINGO_TOKEN_FILE")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
