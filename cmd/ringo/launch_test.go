@@ -261,3 +261,87 @@ func TestLaunchPyTorchDDP(t *testing.T) {
 		t.Errorf("replicas differ or the restart count is wrong:\n%s", out)
 	}
 }
+
+// Every worker gets torchrun's environment, ringo's own variables, and one
+// GPU each from CUDA_VISIBLE_DEVICES.
+func TestLaunchWorkerEnvironment(t *testing.T) {
+	cmd := exec.Command(ringoBin, "launch", "--nproc-per-node", "gpu", "--max-restarts", "2", "--rdzv-id", "envjob", "--",
+		"sh", "-c", `echo "R=$RANK L=$LOCAL_RANK W=$WORLD_SIZE LW=$LOCAL_WORLD_SIZE G=$GROUP_RANK RR=$ROLE_RANK MA=$MASTER_ADDR MP=$MASTER_PORT RC=$TORCHELASTIC_RESTART_COUNT MR=$TORCHELASTIC_MAX_RESTARTS ID=$TORCHELASTIC_RUN_ID CUDA=$CUDA_VISIBLE_DEVICES GEN=$RINGO_GENERATION COLL=$RINGO_COLLECTIVE_ADDR HB=$RINGO_HEARTBEAT_FD OMP=$OMP_NUM_THREADS"`)
+	cmd.Env = append(os.Environ(), "CUDA_VISIBLE_DEVICES=3,5")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for r, gpu := range []string{"3", "5"} {
+		want := fmt.Sprintf("[rank %d] R=%d L=%d W=2 LW=2 G=0 RR=%d MA=127.0.0.1 MP=", r, r, r, r)
+		if !strings.Contains(string(out), want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+		want = fmt.Sprintf("RC=0 MR=2 ID=envjob CUDA=%s GEN=1 COLL=127.0.0.1:", gpu)
+		if !strings.Contains(string(out), want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+	if !strings.Contains(string(out), "HB=3 OMP=1") {
+		t.Errorf("heartbeat fd or OMP_NUM_THREADS missing:\n%s", out)
+	}
+}
+
+// Under srun, the job id and node count come from Slurm.
+func TestLaunchUnderSlurm(t *testing.T) {
+	cmd := exec.Command(ringoBin, "launch", "--", "sh", "-c", `echo "ID=$TORCHELASTIC_RUN_ID W=$WORLD_SIZE"`)
+	cmd.Env = append(os.Environ(), "SLURM_JOB_ID=4242", "SLURM_JOB_NUM_NODES=1", "SLURM_NODEID=0", "SLURM_JOB_NODELIST=localhost")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ID=slurm-4242 W=1") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// torchrun's static rendezvous: --master-addr and --master-port with fixed
+// node ranks; node 0 serves the store on that port.
+func TestLaunchStaticTwoNodes(t *testing.T) {
+	tok := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	port := fmt.Sprint(freeTCPPort(t))
+	var cmds []*exec.Cmd
+	var outs []*bytes.Buffer
+	for i := range 2 {
+		c := exec.Command(ringoBin, "launch", "--nnodes", "2", "--node-rank", fmt.Sprint(i), "--nproc-per-node", "2",
+			"--master-addr", "127.0.0.1", "--master-port", port, "--token-file", tok, "--rdzv-timeout", "30s", "--",
+			workerBin, "--steps", "10", "--step-time", "1ms")
+		var b bytes.Buffer
+		c.Stdout, c.Stderr = &b, &b
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, c), append(outs, &b)
+	}
+	for i, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatalf("node %d: %v\n%s", i, err, outs[i])
+		}
+	}
+	for i, b := range outs {
+		for l := range 2 {
+			want := fmt.Sprintf("rank %d of 4: done 10 steps", 2*i+l)
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("node %d: no %q in\n%s", i, want, b)
+			}
+		}
+	}
+}
+
+func TestLaunchPortInUse(t *testing.T) {
+	l, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	tok := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	out, err := exec.Command(ringoBin, "launch", "--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", l.Addr().String(),
+		"--token-file", tok, "--", "true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use") || !strings.Contains(string(out), l.Addr().String()) {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}

@@ -116,7 +116,9 @@ func (a *agent) openStore(ctx context.Context) error {
 	if endpoint == "" {
 		endpoint = "127.0.0.1:0"
 	}
-	if c.Nodes.Max == 1 || c.NodeRank == 0 || isLocal(endpoint) {
+	// With node ranks given, node 0 serves; without, whichever launcher
+	// on the endpoint's host binds first.
+	if c.Nodes.Max == 1 || c.NodeRank == 0 || (c.NodeRank < 0 && isLocal(endpoint)) {
 		srv, err := rendezvous.NewServer(endpoint, c.Token)
 		switch {
 		case err == nil:
