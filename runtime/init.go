@@ -99,12 +99,12 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 }
 
 type workerEnv struct {
-	launched                       bool
+	launched                         bool
 	rank, size, localRank, localSize int
-	nodeRank, nodes, restarts, gen int
-	runID, collAddr, nodeAddr      string
-	tokenFile                      string
-	beatFD                         int
+	nodeRank, nodes, restarts, gen   int
+	runID, collAddr, nodeAddr        string
+	tokenFile                        string
+	beatFD                           int
 }
 
 func readEnv() (workerEnv, error) {

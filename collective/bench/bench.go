@@ -58,8 +58,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--factor %d must be at least 2", c.Factor)
 	case c.Iters < 1 || c.Warmup < 0:
 		return fmt.Errorf("--iters %d must be positive and --warmup %d not negative", c.Iters, c.Warmup)
-	case c.Transport != "tcp":
-		return fmt.Errorf("--transport %q: only tcp exists so far", c.Transport)
+	case c.Transport != "tcp" && c.Transport != "shm":
+		return fmt.Errorf("--transport %q: want tcp or shm (shared memory, one host)", c.Transport)
 	case c.Root < 0 || c.Root >= c.NP:
 		return fmt.Errorf("--root %d is outside 0..%d", c.Root, c.NP-1)
 	case !collective.Supports(c.DType, c.RedOp):

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/shm"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
 
@@ -47,16 +48,8 @@ func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 }
 
 func runWorker(ctx context.Context, c Config, rank int, addr string, stdout io.Writer) error {
-	tcfg := tcp.DefaultConfig()
-	tcfg.Rendezvous, tcfg.Rank, tcfg.Size = addr, rank, c.NP
-	tcfg.SocketsPerPeer = c.Sockets
-	tcfg.Spin = tcp.SpinFor(c.NP)
-	tcfg, err := tcfg.FromEnv()
-	if err != nil {
-		return err
-	}
 	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
-	comm, err := collective.NewTCP(jctx, tcfg, c.Coll)
+	comm, err := join(jctx, c, rank, addr)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("rank %d: forming the group: %w", rank, err)
@@ -68,6 +61,38 @@ func runWorker(ctx context.Context, c Config, rank int, addr string, stdout io.W
 		return fmt.Errorf("rank %d: %w", rank, werr)
 	}
 	return comm.Close()
+}
+
+// join forms this worker's group over c.Transport.
+func join(ctx context.Context, c Config, rank int, addr string) (collective.Comm, error) {
+	if c.Transport == "shm" {
+		scfg := shm.DefaultConfig()
+		scfg.Rendezvous, scfg.Rank, scfg.Size = addr, rank, c.NP
+		scfg.Spin, scfg.Yield = shm.SpinFor(c.NP), shm.YieldFor(c.NP)
+		scfg, err := scfg.FromEnv()
+		if err != nil {
+			return nil, err
+		}
+		tr, err := shm.Join(ctx, scfg)
+		if err != nil {
+			return nil, err
+		}
+		comm, err := collective.New(tr, c.Coll)
+		if err != nil {
+			tr.Close()
+			return nil, err
+		}
+		return comm, nil
+	}
+	tcfg := tcp.DefaultConfig()
+	tcfg.Rendezvous, tcfg.Rank, tcfg.Size = addr, rank, c.NP
+	tcfg.SocketsPerPeer = c.Sockets
+	tcfg.Spin = tcp.SpinFor(c.NP)
+	tcfg, err := tcfg.FromEnv()
+	if err != nil {
+		return nil, err
+	}
+	return collective.NewTCP(ctx, tcfg, c.Coll)
 }
 
 func freeLoopbackAddr() (string, error) {

@@ -97,9 +97,9 @@ func (a *agent) event(e Event) {
 }
 
 // openStore connects to the job's store, serving it first when this is
-// the node it belongs to: the only node for a one-node job, and for a
-// several-node embedded job the node that can listen on the endpoint
-// (torchrun's c10d backend decides the same way).
+// the node it belongs to: the only node of a one-node job; node 0 when
+// node ranks are given; otherwise the launcher that can listen on the
+// endpoint (torchrun's c10d backend decides the same way).
 func (a *agent) openStore(ctx context.Context) error {
 	c := a.cfg
 	jctx, cancel := context.WithTimeout(ctx, c.JoinTimeout)
