@@ -28,9 +28,13 @@ const (
 // message, a kind byte then the step as a little-endian int64. BeatInit
 // (step unused) says the worker is a Go program that called Init, which
 // the launcher sends SIGQUIT before stopping it for a hang so that its
-// goroutine stacks land in its log; BeatGo reports progress.
+// goroutine stacks land in its log; BeatGo reports progress; BeatFault
+// (step: the rank blamed, -1 for none) says the worker's group failed
+// because of that rank, so that the launcher does not report the worker
+// as the root cause when it exits in reaction.
 const (
-	BeatSize = 9
-	BeatInit = 'i'
-	BeatGo   = 'g'
+	BeatSize  = 9
+	BeatInit  = 'i'
+	BeatGo    = 'g'
+	BeatFault = 'f'
 )

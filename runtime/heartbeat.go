@@ -17,6 +17,8 @@ const beatEvery = 50 * time.Millisecond
 // of the last beat is the time of the last progress, give or take
 // beatEvery, and the step it reports for a hang is exact.
 type beater struct {
+	mu      sync.Mutex // one message at a time on the pipe
+	f       *os.File
 	step    atomic.Int64
 	started atomic.Bool
 	quit    chan struct{}
@@ -27,18 +29,17 @@ func (b *beater) set(step int64) { b.step.Store(step) }
 
 func (b *beater) start(f *os.File) {
 	b.step.Store(-1)
+	b.f = f
 	b.quit = make(chan struct{})
 	b.started.Store(true)
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		defer f.Close()
-		var buf [BeatSize]byte
+		defer b.closeFile()
 		// The first message only says this is a Go worker; the hang clock
 		// starts at its first Heartbeat, not at Init, so that a long
 		// set-up (loading data, restoring a checkpoint) is not a hang.
-		buf[0] = BeatInit
-		if _, err := f.Write(buf[:]); err != nil {
+		if !b.send(BeatInit, 0) {
 			return
 		}
 		last := int64(-1)
@@ -47,9 +48,7 @@ func (b *beater) start(f *os.File) {
 		for {
 			if s := b.step.Load(); s != last && s >= 0 {
 				last = s
-				buf[0] = BeatGo
-				binary.LittleEndian.PutUint64(buf[1:], uint64(s))
-				if _, err := f.Write(buf[:]); err != nil {
+				if !b.send(BeatGo, s) {
 					return // the launcher is gone: nothing to tell
 				}
 			}
@@ -60,6 +59,40 @@ func (b *beater) start(f *os.File) {
 			}
 		}
 	}()
+}
+
+// send writes one message; false when the launcher is gone.
+func (b *beater) send(kind byte, v int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.f == nil {
+		return false
+	}
+	var buf [BeatSize]byte
+	buf[0] = kind
+	binary.LittleEndian.PutUint64(buf[1:], uint64(v))
+	if _, err := b.f.Write(buf[:]); err != nil {
+		b.f.Close()
+		b.f = nil
+		return false
+	}
+	return true
+}
+
+// fault tells the launcher, at once, whom this worker's group blames.
+func (b *beater) fault(peer int) {
+	if b.started.Load() {
+		b.send(BeatFault, int64(peer))
+	}
+}
+
+func (b *beater) closeFile() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.f != nil {
+		b.f.Close()
+		b.f = nil
+	}
 }
 
 func (b *beater) close() {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 	"github.com/ringo-ml/ringo/internal/auth"
 )
@@ -89,11 +90,15 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 			return nil, fmt.Errorf("rank %d: %w", e.rank, err)
 		}
 	}
-	if g.Comm, err = collective.NewTCP(ctx, tcfg, ccfg); err != nil {
-		return nil, fmt.Errorf("rank %d of %d: joining the collective group at %s: %w", e.rank, e.size, e.collAddr, err)
-	}
 	if e.beatFD > 0 {
+		// Started before the group forms, so that a failure to join is
+		// reported too.
 		g.beat.start(os.NewFile(uintptr(e.beatFD), "ringo-heartbeat"))
+		tcfg.OnFault = func(f *transport.Fault) { g.beat.fault(f.Peer) }
+	}
+	if g.Comm, err = collective.NewTCP(ctx, tcfg, ccfg); err != nil {
+		g.beat.close()
+		return nil, fmt.Errorf("rank %d of %d: joining the collective group at %s: %w", e.rank, e.size, e.collAddr, err)
 	}
 	return g, nil
 }

@@ -284,3 +284,20 @@ func TestWorkerWithoutTheTokenIsRefused(t *testing.T) {
 		t.Error("a rank finished in a group with an intruder")
 	}
 }
+
+// A Go worker that panics: the report shows the panic message, which
+// comes before the goroutine stacks and so is not among the last lines.
+func TestPanicShowsInTheReport(t *testing.T) {
+	j := newJob(t, 2, "--steps", "20", "--panic-rank", "1", "--at", "2")
+	err := j.run(t)
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("launcher returned %v, want a failed job", err)
+	}
+	out := j.out.String()
+	i := strings.Index(out, "root cause")
+	if i < 0 || !strings.Contains(out[i:], "it panicked:\n    | panic: rank 1: index out of range at step 2") ||
+		!strings.Contains(out[i:], "rank:       1") || !strings.Contains(out[i:], "exit code 2") {
+		t.Errorf("the report does not show rank 1's panic")
+	}
+}

@@ -70,9 +70,9 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 		}
 		return won
 	}
-	fail := func(w *worker, how string, at time.Time) rendezvous.End {
-		f := rendezvous.Failure{Time: at, Node: a.me.ID, Host: a.cfg.Host, Rank: w.rank, Local: w.local, PID: w.pid,
-			Exit: how, Tail: w.stderrTail(), LogFile: w.errFile, Attempt: a.attempt, Restarts: r.Restarts}
+	fail := func(w *worker, how string, at time.Time, primary bool) rendezvous.End {
+		f := rendezvous.Failure{Primary: primary, Time: at, Node: a.me.ID, Host: a.cfg.Host, Rank: w.rank, Local: w.local, PID: w.pid,
+			Exit: how, Tail: w.stderrTail(), Panic: w.panicText(), LogFile: w.errFile, Attempt: a.attempt, Restarts: r.Restarts}
 		a.m.PostFailure(bg, a.store, r.Gen, r.NodeRank, f)
 		return post(rendezvous.End{Kind: "failure", Reason: fmt.Sprintf("rank %d (local rank %d, pid %d) on %s: %s", w.rank, w.local, w.pid, a.cfg.Host, how)})
 	}
@@ -92,7 +92,7 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 			w := ws[i]
 			if !w.exit.ok() {
 				w = firstFailed(ws)
-				end = fail(w, w.exit.String(), w.exit.at)
+				end = fail(w, w.exit.String(), w.exit.at, primary(w))
 				break
 			}
 			if running--; running == 0 {
@@ -130,19 +130,39 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 // output finished draining.
 const settleGrace = 100 * time.Millisecond
 
-// firstFailed returns the local worker that failed first by exit time,
-// once its output has drained.
+// firstFailed returns the local worker whose failure is the likeliest
+// root cause: a primary failure (see primary) before the others, then the
+// earliest exit; it waits for that worker's output to drain.
 func firstFailed(ws []*worker) *worker {
 	time.Sleep(settleGrace)
 	var first *worker
 	var at time.Time
+	var prim bool
 	for _, w := range ws {
-		if st, ok := w.reapedStatus(); ok && !st.ok() && (first == nil || st.at.Before(at)) {
-			first, at = w, st.at
+		st, ok := w.reapedStatus()
+		if !ok || st.ok() {
+			continue
+		}
+		<-w.done // its panic text, if any, has been read
+		p := primary(w)
+		if first == nil || (p && !prim) || (p == prim && st.at.Before(at)) {
+			first, at, prim = w, st.at, p
 		}
 	}
-	<-first.done
 	return first
+}
+
+// primary says whether a worker's failure can be a root cause: it was
+// killed by a signal, panicked, or failed without its collective group
+// blaming another rank. A Go worker that exits because its group blamed a
+// peer (runtime.Init tells the launcher whom, before the worker can exit)
+// is a reaction, whenever its exit was seen.
+func primary(w *worker) bool {
+	if w.exit.signal != 0 || len(w.panicText()) > 0 {
+		return true
+	}
+	peer, ok := w.blamed()
+	return !ok || peer < 0 || peer == w.rank
 }
 
 // waitDone reports the count of finished nodes each time it changes,
@@ -167,7 +187,7 @@ func (a *agent) waitDone(ctx context.Context, r *rendezvous.Round, n int64, out 
 // check runs the periodic checks: this node's liveness, the other nodes',
 // hung workers and nodes waiting to join.
 func (a *agent) check(ctx context.Context, r *rendezvous.Round, ws []*worker, live *liveness,
-	fail func(*worker, string, time.Time) rendezvous.End) (rendezvous.End, bool) {
+	fail func(*worker, string, time.Time, bool) rendezvous.End) (rendezvous.End, bool) {
 	now := time.Now()
 	if len(r.Nodes) > 1 {
 		a.m.Alive(ctx, a.store, r.Gen, r.NodeRank)
@@ -200,7 +220,7 @@ func (a *agent) check(ctx context.Context, r *rendezvous.Round, ws []*worker, li
 // progressing too, so it reports every stalled worker, blames the one
 // with the lowest step (earliest beat on a tie), and sends SIGQUIT to the
 // Go ones so that all their goroutine stacks land in their logs.
-func (a *agent) checkHang(now time.Time, ws []*worker, fail func(*worker, string, time.Time) rendezvous.End) (rendezvous.End, bool) {
+func (a *agent) checkHang(now time.Time, ws []*worker, fail func(*worker, string, time.Time, bool) rendezvous.End) (rendezvous.End, bool) {
 	type stall struct {
 		w    *worker
 		last time.Time
@@ -249,7 +269,7 @@ func (a *agent) checkHang(now time.Time, ws []*worker, fail func(*worker, string
 			}
 		}
 	}
-	return fail(first.w, how, first.last.Add(a.cfg.HangTimeout)), true
+	return fail(first.w, how, first.last.Add(a.cfg.HangTimeout), true), true
 }
 
 // stopAll stops every worker of this node at once, each with its grace.
@@ -305,6 +325,12 @@ func rootCause(fs []rendezvous.Failure) string {
 	fmt.Fprintf(&b, "  restarts:   %d\n", f.Restarts)
 	if f.LogFile != "" {
 		fmt.Fprintf(&b, "  log:        %s\n", f.LogFile)
+	}
+	if len(f.Panic) > 0 {
+		fmt.Fprintf(&b, "  it panicked:\n")
+		for _, l := range f.Panic {
+			fmt.Fprintf(&b, "    | %s\n", l)
+		}
 	}
 	if len(f.Tail) > 0 {
 		fmt.Fprintf(&b, "  last %d lines of its stderr:\n", len(f.Tail))

@@ -21,6 +21,10 @@ import (
 // shows.
 const tailLines = 20
 
+// panicLines is how much of a Go panic the report keeps: the message and
+// the panicking goroutine's first frames.
+const panicLines = 12
+
 // worker is one running worker process and the goroutines that carry its
 // output and heartbeats.
 type worker struct {
@@ -33,6 +37,8 @@ type worker struct {
 
 	mu       sync.Mutex
 	tail     []string // last tailLines lines of stderr
+	panicked []string // a Go panic's message and first frames, kept whole
+	blames   *int     // the rank its collective group blamed for failing
 	lastBeat time.Time
 	lastStep int64
 	beats    int64
@@ -261,6 +267,14 @@ func (w *worker) addTail(line []byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := strings.TrimRight(string(line), "\r\n")
+	// A Go panic's message comes before its stacks, so the last lines
+	// alone would lose it: keep the message and the frames that follow.
+	switch {
+	case w.panicked == nil && (strings.HasPrefix(s, "panic: ") || strings.HasPrefix(s, "fatal error: ")):
+		w.panicked = []string{s}
+	case w.panicked != nil && len(w.panicked) < panicLines:
+		w.panicked = append(w.panicked, s)
+	}
 	if len(w.tail) == tailLines {
 		copy(w.tail, w.tail[1:])
 		w.tail = w.tail[:tailLines-1]
@@ -279,6 +293,11 @@ func (w *worker) heartbeats() {
 		switch buf[0] {
 		case ringo.BeatInit:
 			w.goProc = true
+		case ringo.BeatFault:
+			if w.blames == nil {
+				b := int(int64(binary.LittleEndian.Uint64(buf[1:])))
+				w.blames = &b
+			}
 		case ringo.BeatGo:
 			w.goProc = true
 			w.lastBeat, w.lastStep = time.Now(), int64(binary.LittleEndian.Uint64(buf[1:]))
@@ -311,6 +330,22 @@ func (w *worker) stderrTail() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.tail...)
+}
+
+// blamed returns the rank the worker's group blamed for its failure.
+func (w *worker) blamed() (int, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.blames == nil {
+		return 0, false
+	}
+	return *w.blames, true
+}
+
+func (w *worker) panicText() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.panicked...)
 }
 
 // signal sends sig to the worker's whole process group.

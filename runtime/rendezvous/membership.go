@@ -357,6 +357,11 @@ type Failure struct {
 	PID      int       `json:"pid"`
 	Exit     string    `json:"exit"` // "exit code 3", "signal killed", "hung at step 41"
 	Tail     []string  `json:"tail,omitempty"`
+	Panic    []string  `json:"panic,omitempty"` // a Go panic's message and first frames
+	// Primary marks a failure that cannot be a reaction to another's: a
+	// signal, a panic, a hang. Ranks that exit because a peer died come
+	// after it in the report even when their exit was seen first.
+	Primary bool `json:"primary,omitempty"`
 	LogFile  string    `json:"log_file,omitempty"`
 	Attempt  int       `json:"attempt"`
 	Restarts int       `json:"restarts"`
@@ -369,7 +374,7 @@ func (m Membership) PostFailure(ctx context.Context, s Store, gen int, nodeRank 
 }
 
 // Failures returns the failures posted for generation gen by nodes
-// 0..nodes-1, earliest first.
+// 0..nodes-1: primary failures first, then by time.
 func (m Membership) Failures(ctx context.Context, s Store, gen, nodes int) ([]Failure, error) {
 	var out []Failure
 	for i := range nodes {
@@ -385,7 +390,15 @@ func (m Membership) Failures(ctx context.Context, s Store, gen, nodes int) ([]Fa
 			out = append(out, f)
 		}
 	}
-	slices.SortFunc(out, func(a, b Failure) int { return a.Time.Compare(b.Time) })
+	slices.SortFunc(out, func(a, b Failure) int {
+		if a.Primary != b.Primary {
+			if a.Primary {
+				return -1
+			}
+			return 1
+		}
+		return a.Time.Compare(b.Time)
+	})
 	return out, nil
 }
 

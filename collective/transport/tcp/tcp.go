@@ -43,6 +43,11 @@ type Config struct {
 	// (package internal/auth), so a process without it can neither join
 	// nor inject bytes into a collective.
 	Token auth.Token
+	// OnFault, if set, is called once, synchronously, when the transport
+	// records its first fault (before any call returns it), so that a
+	// worker can tell its launcher whom it blames even if it exits right
+	// after. It must not block.
+	OnFault func(*transport.Fault)
 }
 
 // Environment variables read by FromEnv.
@@ -154,6 +159,7 @@ type Transport struct {
 	mu      sync.Mutex
 	fault   *transport.Fault
 	faulted chan struct{}
+	onFault func(*transport.Fault)
 	closing bool
 	quit    chan struct{} // closed by Close and Kill: helpers exit
 
@@ -227,7 +233,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{rank: cfg.Rank, size: cfg.Size, k: cfg.SocketsPerPeer, stripeMin: cfg.StripeMin,
-		peers: make([]*peer, cfg.Size), faulted: make(chan struct{}), quit: make(chan struct{})}
+		peers: make([]*peer, cfg.Size), faulted: make(chan struct{}), quit: make(chan struct{}), onFault: cfg.OnFault}
 	if cfg.Size == 1 {
 		return t, nil
 	}
@@ -340,6 +346,9 @@ func (t *Transport) record(f *transport.Fault) bool {
 	t.fault = f
 	close(t.faulted)
 	t.mu.Unlock()
+	if t.onFault != nil {
+		t.onFault(f)
+	}
 	past := time.Unix(1, 0)
 	for _, pr := range t.peers {
 		if pr == nil {

@@ -21,6 +21,7 @@ func main() {
 	stepTime := flag.Duration("step-time", 10*time.Millisecond, "sleep per step")
 	dieRank := flag.Int("die-rank", -1, "on the first attempt, this rank kills itself with SIGKILL")
 	hangRank := flag.Int("hang-rank", -1, "on the first attempt, this rank stops making progress")
+	panicRank := flag.Int("panic-rank", -1, "on the first attempt, this rank panics")
 	failRank := flag.Int("fail-rank", -1, "on the first attempt, this rank exits 3 after a message on stderr")
 	at := flag.Int("at", 5, "the step at which --die-rank, --hang-rank or --fail-rank act")
 	always := flag.Bool("always", false, "act on every attempt, not just the first")
@@ -49,6 +50,9 @@ func main() {
 			case *hangRank:
 				fmt.Fprintf(os.Stderr, "rank %d: hanging at step %d\n", g.Rank(), step)
 				select {}
+			case *panicRank:
+				go func() { select {} }() // more stacks after the panic message
+				panic(fmt.Sprintf("rank %d: index out of range at step %d", g.Rank(), step))
 			case *failRank:
 				fmt.Fprintf(os.Stderr, "rank %d: something went wrong at step %d\n", g.Rank(), step)
 				os.Exit(3)
