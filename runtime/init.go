@@ -31,6 +31,9 @@ type Group struct {
 	Launched bool
 
 	beat beater
+	// tcfg and ccfg formed this group; NewGroup forms more like it.
+	tcfg tcp.Config
+	ccfg collective.Config
 }
 
 // Heartbeat tells the launcher the worker made progress: step is the
@@ -96,6 +99,7 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		g.beat.start(os.NewFile(uintptr(e.beatFD), "ringo-heartbeat"))
 		tcfg.OnFault = func(f *transport.Fault) { g.beat.fault(f.Peer) }
 	}
+	g.tcfg, g.ccfg = tcfg, ccfg
 	if g.Comm, err = collective.NewTCP(ctx, tcfg, ccfg); err != nil {
 		g.beat.close()
 		return nil, fmt.Errorf("rank %d of %d: joining the collective group at %s: %w", e.rank, e.size, e.collAddr, err)
