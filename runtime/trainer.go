@@ -49,6 +49,7 @@ type Trainer struct {
 	tracked []tracked
 	side    collective.Comm // the second group async saves commit on
 	saver   *checkpoint.Saver
+	saved   int64 // the step of the newest save started, -1 for none
 }
 
 type tracked struct {
@@ -64,7 +65,7 @@ func (g *Group) NewTrainer(ctx context.Context, cfg TrainerConfig) (*Trainer, er
 	if cfg.SaveEvery < 0 || cfg.VerifyEvery < 0 || cfg.KeepLast < 0 {
 		return nil, fmt.Errorf("trainer: SaveEvery %d, VerifyEvery %d and KeepLast %d must not be negative", cfg.SaveEvery, cfg.VerifyEvery, cfg.KeepLast)
 	}
-	t := &Trainer{g: g, cfg: cfg}
+	t := &Trainer{g: g, cfg: cfg, saved: -1}
 	if cfg.Dir != "" {
 		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 			return nil, fmt.Errorf("trainer: checkpoint directory: %w", err)
@@ -183,15 +184,21 @@ func (t *Trainer) Step(ctx context.Context, step int64, meta any) error {
 		if _, err := t.saver.SaveAsync(ctx, step, st); err != nil {
 			return fmt.Errorf("trainer: %w", err)
 		}
+		t.saved = step
 	}
 	return nil
 }
 
-// Save checkpoints step now and waits for it to commit.
+// Save checkpoints step now and waits for it to commit (if Step already
+// started saving this step, it waits for that save).
 func (t *Trainer) Save(ctx context.Context, step int64, meta any) error {
 	if t.saver == nil {
 		return errors.New("trainer: no checkpoint directory")
 	}
+	if step == t.saved {
+		return t.saver.Close()
+	}
+	t.saved = step
 	st, err := t.state(meta)
 	if err != nil {
 		return err
@@ -211,8 +218,11 @@ func (e *DivergedError) Error() string {
 	for i, r := range e.Ranks {
 		rs[i] = fmt.Sprint(r)
 	}
-	return fmt.Sprintf("replicas diverged at step %d: rank %s hold different parameters from the others (hashes by rank: %x)",
-		e.Step, strings.Join(rs, ", "), e.Hashes)
+	who := "rank " + rs[0] + " holds parameters"
+	if len(rs) > 1 {
+		who = "ranks " + strings.Join(rs, ", ") + " hold parameters"
+	}
+	return fmt.Sprintf("replicas diverged at step %d: %s that differ from the others' (hashes by rank: %x)", e.Step, who, e.Hashes)
 }
 
 // Verify checks that every rank holds bit-identical tracked tensors: each
