@@ -1,0 +1,122 @@
+package runtime
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/collectivetest"
+)
+
+// each runs f on every rank of a 3-rank TCP group concurrently.
+func each(t *testing.T, n int, f func(c collective.Comm) error) {
+	t.Helper()
+	g := collectivetest.TCP(t, n, collective.DefaultConfig(), nil)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for r, c := range g.Comms {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[r] = f(c) }()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+}
+
+// Gradients of many sizes, fused into small buckets (so that some hold
+// several tensors and some tensors fill a bucket alone), average exactly
+// like one all-reduce per tensor would.
+func TestAverageFusesAndMatchesThePlainAverage(t *testing.T) {
+	const n = 3
+	sizes := []int{1, 7, 1000, 0, 33, 5000, 2, 250}
+	for _, comp := range []Compression{NoCompression, BF16, FP16} {
+		t.Run(string(comp)+"x", func(t *testing.T) {
+			results := make([][][]float32, n)
+			each(t, n, func(c collective.Comm) error {
+				g, err := NewGradients(c, GradConfig{BucketBytes: 4 * 1024, Compress: comp})
+				if err != nil {
+					return err
+				}
+				grads := make([][]float32, len(sizes))
+				for i, sz := range sizes {
+					grads[i] = make([]float32, sz)
+					for j := range grads[i] {
+						grads[i][j] = float32(c.Rank()+1) * float32(j%17-8) / 8
+					}
+				}
+				// Twice: the second call reuses the bucket buffers.
+				for range 2 {
+					for i := range grads {
+						for j := range grads[i] {
+							grads[i][j] = float32(c.Rank()+1) * float32(j%17-8) / 8
+						}
+					}
+					if err := g.AverageAsync(context.Background(), grads...).Wait(context.Background()); err != nil {
+						return err
+					}
+				}
+				results[c.Rank()] = grads
+				return nil
+			})
+			tol := 0.0
+			if comp != NoCompression {
+				tol = 1.0 / 64 // a few ulps of an 8-bit mantissa on values up to 2
+			}
+			for i, sz := range sizes {
+				for j := range sz {
+					want := float64(2) * float64(j%17-8) / 8 // mean of 1, 2, 3 times the value
+					for r := range n {
+						got := float64(results[r][i][j])
+						if math.Abs(got-want) > tol {
+							t.Fatalf("rank %d tensor %d element %d: %v, want %v", r, i, j, got, want)
+						}
+						if math.Float32bits(results[r][i][j]) != math.Float32bits(results[0][i][j]) {
+							t.Fatalf("ranks disagree at tensor %d element %d", i, j)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestAverage64AndBroadcast(t *testing.T) {
+	each(t, 3, func(c collective.Comm) error {
+		g, err := NewGradients(c, GradConfig{BucketBytes: 64})
+		if err != nil {
+			return err
+		}
+		a, b := []float64{float64(c.Rank()), 1}, make([]float64, 20)
+		for i := range b {
+			b[i] = float64(c.Rank() * i)
+		}
+		if err := g.Average64(context.Background(), a, b); err != nil {
+			return err
+		}
+		if a[0] != 1 || a[1] != 1 || b[3] != 3 {
+			t.Errorf("rank %d: averages %v %v", c.Rank(), a, b[:4])
+		}
+		p := []float32{float32(c.Rank() + 5)}
+		if err := BroadcastParams(context.Background(), c, p); err != nil {
+			return err
+		}
+		if p[0] != 5 {
+			t.Errorf("rank %d: broadcast gave %v, want rank 0's 5", c.Rank(), p[0])
+		}
+		return nil
+	})
+}
+
+func TestGradConfigValidate(t *testing.T) {
+	if _, err := NewGradients(nil, GradConfig{BucketBytes: 1 << 20, Compress: "int8"}); err == nil {
+		t.Error("int8 compression accepted")
+	}
+	if _, err := NewGradients(nil, GradConfig{BucketBytes: 2}); err == nil {
+		t.Error("a 2-byte bucket accepted")
+	}
+}
