@@ -13,32 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
-
-// children returns the pids of a process's children.
-func children(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
-func alive(pid int) bool {
-	// A zombie has been reaped by nobody yet but is gone for our purpose.
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	f := strings.Fields(string(b))
-	return len(f) > 2 && f[2] != "Z"
-}
 
 // startLaunch starts `ringo launch` with n long-running workers and
 // returns once all n are running.
@@ -55,7 +32,7 @@ func startLaunch(t *testing.T, n int, extraEnv ...string) (*exec.Cmd, *bytes.Buf
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if kids := children(cmd.Process.Pid); len(kids) == n {
+		if kids := proctest.Children(cmd.Process.Pid); len(kids) == n {
 			return cmd, &out, kids
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -70,7 +47,7 @@ func waitGone(t *testing.T, pids []int) {
 	for time.Now().Before(deadline) {
 		left := 0
 		for _, p := range pids {
-			if alive(p) {
+			if proctest.Alive(p) {
 				left++
 			}
 		}

@@ -1,18 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ringo-ml/ringo/internal/proctest"
 	"github.com/ringo-ml/ringo/runtime/rendezvous/etcdtest"
 )
 
@@ -102,32 +101,15 @@ func (h *hosts) cut(i int) {
 // launcher is `ringo launch` running on one host.
 type launcher struct {
 	cmd  *exec.Cmd
-	out  *syncBuf
+	out  *proctest.Buffer
 	done chan error
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func (h *hosts) launch(i int, args ...string) *launcher {
 	h.t.Helper()
 	full := append([]string{"netns", "exec", h.names[i], ringoBin, "launch"}, args...)
 	cmd := exec.Command("ip", full...)
-	l := &launcher{cmd: cmd, out: &syncBuf{}, done: make(chan error, 1)}
+	l := &launcher{cmd: cmd, out: &proctest.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = l.out, l.out
 	if err := cmd.Start(); err != nil {
 		h.t.Fatal(err)

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // The properties of mirrored training, each checked on real processes
@@ -118,7 +120,7 @@ func TestRecoveryIsBitIdentical(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
-	kids := children(cmd.Process.Pid)
+	kids := proctest.Children(cmd.Process.Pid)
 	if len(kids) != 3 {
 		t.Fatalf("launcher has %d children, want 3\n%s", len(kids), out.String())
 	}
@@ -181,18 +183,4 @@ func TestDivergenceIsCaughtAndNamed(t *testing.T) {
 	if !strings.Contains(out, "replicas diverged at step 5: rank 2 holds parameters that differ") {
 		t.Fatalf("no error naming rank 2:\n%s", out)
 	}
-}
-
-func children(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
 }

@@ -1,7 +1,6 @@
 package launch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // workerBin is testdata/worker, built once for all tests.
@@ -36,27 +36,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer is a console the test can read while the launcher writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type job struct {
 	cfg    Config
-	out    *syncBuffer
+	out    *proctest.Buffer
 	mu     sync.Mutex
 	events []Event
 	evc    chan Event
@@ -64,7 +46,7 @@ type job struct {
 
 func newJob(t *testing.T, nproc int, args ...string) *job {
 	t.Helper()
-	j := &job{out: &syncBuffer{}, evc: make(chan Event, 64)}
+	j := &job{out: &proctest.Buffer{}, evc: make(chan Event, 64)}
 	j.cfg = DefaultConfig()
 	j.cfg.NProc = nproc
 	j.cfg.Argv = append([]string{workerBin}, args...)

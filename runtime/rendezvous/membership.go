@@ -349,22 +349,22 @@ func (m Membership) Next(ctx context.Context, s Store, gen int, e End, maxRestar
 // Failure is a worker's failure as its node saw it, posted so that every
 // node can print the same root cause.
 type Failure struct {
-	Time     time.Time `json:"time"`
-	Node     string    `json:"node"`
-	Host     string    `json:"host"`
-	Rank     int       `json:"rank"`
-	Local    int       `json:"local_rank"`
-	PID      int       `json:"pid"`
-	Exit     string    `json:"exit"` // "exit code 3", "signal killed", "hung at step 41"
-	Tail     []string  `json:"tail,omitempty"`
-	Panic    []string  `json:"panic,omitempty"` // a Go panic's message and first frames
+	Time  time.Time `json:"time"`
+	Node  string    `json:"node"`
+	Host  string    `json:"host"`
+	Rank  int       `json:"rank"`
+	Local int       `json:"local_rank"`
+	PID   int       `json:"pid"`
+	Exit  string    `json:"exit"` // "exit code 3", "signal killed", "hung at step 41"
+	Tail  []string  `json:"tail,omitempty"`
+	Panic []string  `json:"panic,omitempty"` // a Go panic's message and first frames
 	// Primary marks a failure that cannot be a reaction to another's: a
 	// signal, a panic, a hang. Ranks that exit because a peer died come
 	// after it in the report even when their exit was seen first.
-	Primary bool `json:"primary,omitempty"`
-	LogFile  string    `json:"log_file,omitempty"`
-	Attempt  int       `json:"attempt"`
-	Restarts int       `json:"restarts"`
+	Primary  bool   `json:"primary,omitempty"`
+	LogFile  string `json:"log_file,omitempty"`
+	Attempt  int    `json:"attempt"`
+	Restarts int    `json:"restarts"`
 }
 
 // PostFailure records a node's first failure in generation gen.
