@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/ringo-ml/ringo/checkpoint/safetensors"
+	"github.com/ringo-ml/ringo/internal/audit"
 )
 
 // ErrNoCheckpoint: the directory holds no complete checkpoint.
@@ -73,6 +74,7 @@ func Load(ctx context.Context, dir string, step int64, st *State) error {
 	if err != nil {
 		return err
 	}
+	audit.FromEnv().Record("checkpoint.load", map[string]any{"dir": dir, "step": step, "tensors": len(st.Tensors), "pid": os.Getpid()})
 	enc, err := codecFor(m.Encoding)
 	if err != nil {
 		return fmt.Errorf("checkpoint: step %d in %s: %w", step, dir, err)

@@ -3,6 +3,8 @@ package checkpoint
 import (
 	"fmt"
 	"os"
+
+	"github.com/ringo-ml/ringo/internal/audit"
 )
 
 // Retain deletes complete checkpoints in dir beyond the newest keepLast,
@@ -33,6 +35,7 @@ func Retain(dir string, keepLast int, keepEvery int64) ([]int64, error) {
 			return removed, fmt.Errorf("removing %s: %w", e.Dir, err)
 		}
 		removed = append(removed, e.Step)
+		audit.FromEnv().Record("checkpoint.delete", map[string]any{"dir": e.Dir, "step": e.Step, "why": "retention"})
 	}
 	return removed, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/ringo-ml/ringo/checkpoint/safetensors"
+	"github.com/ringo-ml/ringo/internal/audit"
 	"github.com/ringo-ml/ringo/internal/iox"
 )
 
@@ -280,6 +281,8 @@ func SaveWith(ctx context.Context, coord Coordinator, dir string, step int64, st
 	if rank == 0 {
 		if err := commit(dir, tmp, final, m); err != nil {
 			commitErr = err.Error()
+		} else {
+			audit.FromEnv().Record("checkpoint.save", map[string]any{"dir": dir, "step": step, "ranks": size, "tensors": len(m.Tensors)})
 			os.RemoveAll(tmp)
 		}
 	}

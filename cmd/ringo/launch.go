@@ -38,7 +38,7 @@ Flags:
 // launch.Config.
 type launchFlags struct {
 	nproc, nnodes, backend, endpoint, runID, logDir, tee string
-	masterAddr, tokenFile, localAddr                     string
+	masterAddr, tokenFile, localAddr, auditLog           string
 	nodeRank, maxRestarts, masterPort                    int
 	standalone                                           bool
 	monitor, hang, lastCall, joinTimeout, nodeTimeout    secondsFlag
@@ -90,6 +90,7 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	f.hang = secondsFlag{&cfg.HangTimeout}
 	fs.Var(f.hang, "hang-timeout", "restart when a heartbeating worker makes no progress this long (0: off)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "file (mode 0600) with the job's secret; required on several nodes, generated for one")
+	fs.StringVar(&f.auditLog, "audit-log", "", "append the job's audit events (joins, restarts, checkpoints) to FILE, hash-chained")
 	fs.StringVar(&f.localAddr, "local-addr", "", "the address other nodes reach this node at (default: the route to the store)")
 	f.lastCall = secondsFlag{&cfg.Nodes.LastCall}
 	fs.Var(f.lastCall, "rdzv-last-call", "with MIN nodes joined, how long to wait for more before starting")
@@ -180,7 +181,7 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.Nodes.Min, cfg.Nodes.Max = min, max
 	cfg.NodeRank, cfg.MaxRestarts = f.nodeRank, f.maxRestarts
 	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
-	cfg.LogDir, cfg.Host = f.logDir, f.localAddr
+	cfg.LogDir, cfg.Host, cfg.AuditLog = f.logDir, f.localAddr, f.auditLog
 	if cfg.Tee, err = launch.ParseTee(f.tee); err != nil {
 		return err
 	}

@@ -322,3 +322,39 @@ func TestLaunchPortInUse(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 }
+
+// The audit log of a job whose workers checkpoint holds the launcher's
+// events and the workers' saves; ringo audit verify passes it, and finds
+// an edited line.
+func TestAuditVerify(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.jsonl")
+	data := filepath.Join(dir, "data")
+	cl := filepath.Join(dir, "customloop")
+	if out, err := exec.Command("go", "build", "-o", cl, "../../examples/customloop").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := exec.Command(cl, "--make-data", data, "--samples", "512").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := exec.Command(ringoBin, "launch", "--nproc-per-node", "2", "--audit-log", log, "--",
+		cl, "--data", data, "--epochs", "1", "--batch", "32", "--ckpt", filepath.Join(dir, "ck"), "--save-every", "4").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	out, err := exec.Command(ringoBin, "audit", "verify", log).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "chain intact") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(log)
+	for _, ev := range []string{"launch.start", "launch.join", "checkpoint.save", "checkpoint.delete", "launch.exit"} {
+		if !strings.Contains(string(b), `"event":"`+ev+`"`) {
+			t.Errorf("no %s event", ev)
+		}
+	}
+	edited := strings.Replace(string(b), `"event":"checkpoint.save"`, `"event":"checkpoint.zave"`, 1)
+	os.WriteFile(log, []byte(edited), 0o600)
+	out, err = exec.Command(ringoBin, "audit", "verify", log).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "was edited") {
+		t.Fatalf("edited log passed: %v\n%s", err, out)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ringo-ml/ringo/internal/audit"
 	"github.com/ringo-ml/ringo/internal/auth"
 	ringo "github.com/ringo-ml/ringo/runtime"
 	"github.com/ringo-ml/ringo/runtime/rendezvous"
@@ -44,6 +45,7 @@ type agent struct {
 	console *console
 	privDir string // holds the token file written for workers
 	attempt int
+	audit   *audit.Log // nil when --audit-log is not set
 }
 
 // Run launches the job on this node and supervises it until it succeeds,
@@ -64,13 +66,32 @@ func Run(ctx context.Context, cfg Config) error {
 	a.m.Prefix = "ringo/" + cfg.RunID + "/"
 	a.m.Static = cfg.Backend == BackendStatic
 	defer a.close()
+	if cfg.AuditLog != "" {
+		abs, err := filepath.Abs(cfg.AuditLog)
+		if err != nil {
+			return err
+		}
+		if a.audit, err = audit.Open(abs); err != nil {
+			return err
+		}
+		a.cfg.AuditLog = abs
+	}
 	if err := a.openStore(ctx); err != nil {
 		return err
 	}
 	if err := a.prepareToken(); err != nil {
 		return err
 	}
-	return a.loop(ctx)
+	a.audit.Record("launch.start", map[string]any{"run_id": cfg.RunID, "argv": cfg.Argv, "nproc": cfg.NProc,
+		"nnodes": fmt.Sprintf("%d:%d", cfg.Nodes.Min, cfg.Nodes.Max), "backend": cfg.Backend, "endpoint": a.cfg.Endpoint,
+		"host": a.cfg.Host, "max_restarts": cfg.MaxRestarts, "hang_timeout": cfg.HangTimeout.String(), "pid": os.Getpid()})
+	err := a.loop(ctx)
+	outcome := map[string]any{"run_id": cfg.RunID}
+	if err != nil {
+		outcome["error"] = err.Error()
+	}
+	a.audit.Record("launch.exit", outcome)
+	return err
 }
 
 func (a *agent) close() {
@@ -236,6 +257,12 @@ func (a *agent) loop(ctx context.Context) error {
 			return fmt.Errorf("rendezvous %q at %s: %w", a.cfg.RunID, a.cfg.Endpoint, err)
 		}
 		lastGen, lastNodes = round.Gen, len(round.Nodes)
+		hosts := make([]string, len(round.Nodes))
+		for i, n := range round.Nodes {
+			hosts[i] = n.Host
+		}
+		a.audit.Record("launch.join", map[string]any{"run_id": a.cfg.RunID, "generation": round.Gen, "node_rank": round.NodeRank,
+			"node_id": a.me.ID, "host": a.cfg.Host, "hosts": hosts, "world": round.World(), "first_rank": round.FirstRank(), "restarts": round.Restarts})
 		end, err := a.generation(ctx, round)
 		if err != nil {
 			return err
@@ -251,6 +278,7 @@ func (a *agent) loop(ctx context.Context) error {
 		} else if end.Kind == "membership" {
 			a.logf("generation %d: %s; re-forming", round.Gen, end.Reason)
 		}
+		a.audit.Record("launch.restart", map[string]any{"run_id": a.cfg.RunID, "generation": round.Gen, "kind": end.Kind, "reason": end.Reason})
 		a.event(Event{Kind: "restarting", Gen: round.Gen})
 	}
 }
@@ -295,6 +323,9 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 	}
 	if a.cfg.Devices != nil {
 		set["CUDA_VISIBLE_DEVICES"] = a.cfg.Devices[local]
+	}
+	if a.cfg.AuditLog != "" {
+		set[audit.EnvFile] = a.cfg.AuditLog
 	}
 	env := make([]string, 0, len(a.cfg.Env)+len(set)+1)
 	for _, kv := range a.cfg.Env {

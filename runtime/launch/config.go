@@ -63,6 +63,10 @@ type Config struct {
 	// Devices, when set, holds one CUDA_VISIBLE_DEVICES value per local
 	// rank.
 	Devices []string
+	// AuditLog, when set, is a file that receives the job's audit events
+	// (hash-chained JSON lines, see internal/audit); workers get its path
+	// so that their checkpoint saves, loads and deletions are in it too.
+	AuditLog string
 	// Env is the environment workers inherit (normally os.Environ()).
 	Env []string
 	// Stdout and Stderr are the console.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringo-ml/ringo/internal/audit"
 	"github.com/ringo-ml/ringo/internal/auth"
 	"github.com/ringo-ml/ringo/internal/proctest"
 )
@@ -281,5 +282,29 @@ func TestPanicShowsInTheReport(t *testing.T) {
 	if i < 0 || !strings.Contains(out[i:], "it panicked:\n    | panic: rank 1: index out of range at step 2") ||
 		!strings.Contains(out[i:], "rank:       1") || !strings.Contains(out[i:], "exit code 2") {
 		t.Errorf("the report does not show rank 1's panic")
+	}
+}
+
+// The audit log records the start, the join, a worker's failure, the
+// restart and the checkpoint saves of the workers, in one unbroken chain.
+func TestAuditLog(t *testing.T) {
+	j := newJob(t, 2, "--steps", "10", "--fail-rank", "1", "--at", "3")
+	j.cfg.MaxRestarts = 1
+	j.cfg.AuditLog = filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := j.run(t); err != nil {
+		t.Fatal(err)
+	}
+	n, err := audit.Verify(j.cfg.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(j.cfg.AuditLog)
+	for _, ev := range []string{"launch.start", "launch.join", "launch.worker_failed", "launch.restart", "launch.exit"} {
+		if !strings.Contains(string(b), `"event":"`+ev+`"`) {
+			t.Errorf("no %s event in %d lines", ev, n)
+		}
+	}
+	if strings.Contains(string(b), string(j.cfg.Token)) {
+		t.Error("the token is in the audit log")
 	}
 }

@@ -74,6 +74,8 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 		f := rendezvous.Failure{Primary: primary, Time: at, Node: a.me.ID, Host: a.cfg.Host, Rank: w.rank, Local: w.local, PID: w.pid,
 			Exit: how, Tail: w.stderrTail(), Panic: w.panicText(), LogFile: w.errFile, Attempt: a.attempt, Restarts: r.Restarts}
 		a.m.PostFailure(bg, a.store, r.Gen, r.NodeRank, f)
+		a.audit.Record("launch.worker_failed", map[string]any{"run_id": a.cfg.RunID, "generation": r.Gen, "rank": w.rank,
+			"local_rank": w.local, "host": a.cfg.Host, "pid": w.pid, "exit": how})
 		return post(rendezvous.End{Kind: "failure", Reason: fmt.Sprintf("rank %d (local rank %d, pid %d) on %s: %s", w.rank, w.local, w.pid, a.cfg.Host, how)})
 	}
 	doneWatch := make(chan int64, 1)
