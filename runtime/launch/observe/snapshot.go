@@ -1,0 +1,87 @@
+package observe
+
+import (
+	"time"
+
+	"github.com/ringo-ml/ringo/device"
+)
+
+// Snapshot is the launcher's view of its node's part of the job at one
+// moment. The launcher builds one every monitor interval and hands it to
+// Server.Update; everything the metrics, the alerts and the status page
+// show comes from snapshots.
+type Snapshot struct {
+	RunID      string    `json:"run_id"`
+	Host       string    `json:"host"`
+	NodeRank   int       `json:"node_rank"`
+	Nodes      int       `json:"nodes"`
+	World      int       `json:"world"`
+	Generation int       `json:"generation"`
+	Restarts   int       `json:"restarts"`
+	Started    time.Time `json:"started"` // when the launcher started
+	Time       time.Time `json:"time"`    // when this snapshot was taken
+	// RestartCauses counts restarts by cause: "exit", "signal", "hang",
+	// "lost_node", "membership".
+	RestartCauses map[string]int `json:"restart_causes"`
+	Ranks         []Rank         `json:"ranks"`
+	// Events are the launcher's recent events, oldest first (at most 100).
+	Events         []Event         `json:"events"`
+	LastCheckpoint *Checkpoint     `json:"last_checkpoint,omitempty"`
+	GPUs           []device.Sample `json:"gpus,omitempty"`
+}
+
+// Rank is one local worker.
+type Rank struct {
+	Rank      int       `json:"rank"`
+	LocalRank int       `json:"local_rank"`
+	PID       int       `json:"pid"`
+	State     string    `json:"state"` // "starting", "running", "exited", "failed", "hung"
+	Step      int64     `json:"step"`  // last heartbeat's step (-1: none yet)
+	LastBeat  time.Time `json:"last_beat"`
+	// Counters the worker reports (Go workers through runtime.Init; zero
+	// for others), all cumulative since the worker started.
+	Collective map[string]OpStats `json:"collective,omitempty"` // by op: "allreduce", "broadcast", ...
+	Data       DataStats          `json:"data"`
+	Checkpoint CkptStats          `json:"checkpoint"`
+}
+
+// OpStats are one collective op's counters.
+type OpStats struct {
+	Calls   int64   `json:"calls"`
+	Bytes   int64   `json:"bytes"`   // payload bytes per call, summed
+	Seconds float64 `json:"seconds"` // time in calls, summed
+	// BusBytes is Bytes scaled by the op's bus factor (2(n-1)/n for
+	// all-reduce), so that BusBytes/Seconds is nccl-tests' busbw.
+	BusBytes float64 `json:"bus_bytes"`
+}
+
+// DataStats are the data loader's counters.
+type DataStats struct {
+	Samples      int64   `json:"samples"`
+	Bytes        int64   `json:"bytes"`
+	StallSeconds float64 `json:"stall_seconds"` // time the loop waited for data
+	Seconds      float64 `json:"seconds"`       // time the loader has run
+}
+
+// CkptStats are checkpoint counters.
+type CkptStats struct {
+	Saves       int64   `json:"saves"`
+	SaveSeconds float64 `json:"save_seconds"`
+	SaveBytes   int64   `json:"save_bytes"`
+	Loads       int64   `json:"loads"`
+	LoadSeconds float64 `json:"load_seconds"`
+}
+
+// Event is something the launcher did or saw.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // "start", "join", "failure", "restart", "hang", "done", "alert"
+	Message string    `json:"message"`
+}
+
+// Checkpoint is the newest checkpoint a worker reported.
+type Checkpoint struct {
+	Step int64     `json:"step"`
+	Dir  string    `json:"dir"`
+	Time time.Time `json:"time"`
+}
