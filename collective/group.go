@@ -118,6 +118,8 @@ type group struct {
 	recvKick  chan struct{}
 
 	workers sync.WaitGroup
+
+	stats [opSend + 1]opCounters // by kind; read by Stats from any goroutine
 }
 
 type laneJob struct {
@@ -317,8 +319,19 @@ func (g *group) Close() error {
 	return err
 }
 
-// exec runs c; it is called only by the goroutine whose turn it is.
+// exec runs c and counts it; it is called only by the goroutine whose
+// turn it is.
 func (g *group) exec(ctx context.Context, c *call, seq uint64) error {
+	t0 := time.Now()
+	err := g.execCall(ctx, c, seq)
+	st := &g.stats[c.kind]
+	st.calls.Add(1)
+	st.bytes.Add(int64(max(len(c.send), len(c.recv))))
+	st.nanos.Add(int64(time.Since(t0)))
+	return err
+}
+
+func (g *group) execCall(ctx context.Context, c *call, seq uint64) error {
 	// Empty collectives need no messages; point-to-point ones are still
 	// sent, so that both sides count them.
 	if c.kind != opSend && (g.size == 1 || c.count == 0 && c.kind != opBarrier) {

@@ -228,3 +228,28 @@ func TestRootDisagreement(t *testing.T) {
 		})
 	}
 }
+
+func TestStatsCountCalls(t *testing.T) {
+	comms := inprocGroup(t, 4, collective.DefaultConfig())
+	errs := each(comms, func(c collective.Comm) error {
+		buf := make([]float32, 1000)
+		for range 3 {
+			if err := c.AllReduce(context.Background(), collective.Float32s(buf), collective.Float32s(buf), collective.Sum); err != nil {
+				return err
+			}
+		}
+		return c.Barrier(context.Background())
+	})
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	st := comms[2].(collective.StatsReporter).Stats()
+	if len(st) != 2 || st[0].Op != "AllReduce" || st[0].Calls != 3 || st[0].Bytes != 3*4000 || st[1].Op != "Barrier" || st[1].Calls != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if st[0].BusBytes != 3*4000*1.5 || st[0].Time <= 0 {
+		t.Fatalf("bus bytes %v (want %v), time %v", st[0].BusBytes, 3*4000*1.5, st[0].Time)
+	}
+}
