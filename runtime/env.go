@@ -31,10 +31,16 @@ const (
 // goroutine stacks land in its log; BeatGo reports progress; BeatFault
 // (step: the rank blamed, -1 for none) says the worker's group failed
 // because of that rank, so that the launcher does not report the worker
-// as the root cause when it exits in reaction.
+// as the root cause when it exits in reaction. BeatReport carries a
+// payload: the int64 is its length, and that many bytes of a JSON Report
+// follow.
 const (
-	BeatSize  = 9
-	BeatInit  = 'i'
-	BeatGo    = 'g'
-	BeatFault = 'f'
+	BeatSize   = 9
+	BeatInit   = 'i'
+	BeatGo     = 'g'
+	BeatFault  = 'f'
+	BeatReport = 'r'
+	// MaxReport bounds a Report's payload; a launcher drops a worker's
+	// pipe that announces more.
+	MaxReport = 1 << 20
 )

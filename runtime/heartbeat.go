@@ -17,6 +17,9 @@ const beatEvery = 50 * time.Millisecond
 // of the last beat is the time of the last progress, give or take
 // beatEvery, and the step it reports for a hang is exact.
 type beater struct {
+	// report, when set, builds the worker's Report, sent every
+	// reportEvery.
+	report  func() []byte
 	mu      sync.Mutex // one message at a time on the pipe
 	f       *os.File
 	step    atomic.Int64
@@ -45,7 +48,14 @@ func (b *beater) start(f *os.File) {
 		last := int64(-1)
 		t := time.NewTicker(beatEvery)
 		defer t.Stop()
+		lastReport := time.Now()
 		for {
+			if b.report != nil && time.Since(lastReport) >= reportEvery {
+				lastReport = time.Now()
+				if !b.sendBytes(BeatReport, b.report()) {
+					return
+				}
+			}
 			if s := b.step.Load(); s != last && s >= 0 {
 				last = s
 				if !b.send(BeatGo, s) {
@@ -72,6 +82,24 @@ func (b *beater) send(kind byte, v int64) bool {
 	buf[0] = kind
 	binary.LittleEndian.PutUint64(buf[1:], uint64(v))
 	if _, err := b.f.Write(buf[:]); err != nil {
+		b.f.Close()
+		b.f = nil
+		return false
+	}
+	return true
+}
+
+// sendBytes writes a message with a payload: the length, then the bytes.
+func (b *beater) sendBytes(kind byte, payload []byte) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.f == nil {
+		return false
+	}
+	buf := make([]byte, BeatSize, BeatSize+len(payload))
+	buf[0] = kind
+	binary.LittleEndian.PutUint64(buf[1:], uint64(len(payload)))
+	if _, err := b.f.Write(append(buf, payload...)); err != nil {
 		b.f.Close()
 		b.f = nil
 		return false

@@ -31,6 +31,7 @@ type Group struct {
 	Launched bool
 
 	beat beater
+	rep  reporter
 	// tcfg and ccfg formed this group; NewGroup forms more like it.
 	tcfg tcp.Config
 	ccfg collective.Config
@@ -100,10 +101,12 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		tcfg.OnFault = func(f *transport.Fault) { g.beat.fault(f.Peer) }
 	}
 	g.tcfg, g.ccfg = tcfg, ccfg
+	g.rep.ckpt.LastStep = -1
 	if g.Comm, err = collective.NewTCP(ctx, tcfg, ccfg); err != nil {
 		g.beat.close()
 		return nil, fmt.Errorf("rank %d of %d: joining the collective group at %s: %w", e.rank, e.size, e.collAddr, err)
 	}
+	g.beat.report = g.report
 	return g, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
@@ -153,6 +154,12 @@ func (t *Trainer) Start(ctx context.Context, meta any) (step int64, restored boo
 	if err != nil {
 		return 0, false, err
 	}
+	t0 := time.Now()
+	defer func() {
+		if err == nil {
+			t.g.rep.loaded(time.Since(t0))
+		}
+	}()
 	if err := checkpoint.Load(ctx, t.cfg.Dir, step, st); err != nil {
 		return 0, false, fmt.Errorf("trainer: rank %d restoring step %d from %s: %w", t.g.Rank(), step, t.cfg.Dir, err)
 	}
@@ -181,17 +188,25 @@ func (t *Trainer) Step(ctx context.Context, step int64, meta any) error {
 		if err != nil {
 			return err
 		}
-		if _, err := t.saver.SaveAsync(ctx, step, st); err != nil {
+		t0 := time.Now()
+		p, err := t.saver.SaveAsync(ctx, step, st)
+		if err != nil {
 			return fmt.Errorf("trainer: %w", err)
 		}
 		t.saved = step
+		bytes := bytesOf(t.tracked)
+		go func() { // counts the save for the launcher's metrics once it commits
+			if p.Wait() == nil {
+				t.g.rep.saved(step, t.cfg.Dir, time.Since(t0), bytes)
+			}
+		}()
 	}
 	return nil
 }
 
 // Save checkpoints step now and waits for it to commit (if Step already
 // started saving this step, it waits for that save).
-func (t *Trainer) Save(ctx context.Context, step int64, meta any) error {
+func (t *Trainer) Save(ctx context.Context, step int64, meta any) (err error) {
 	if t.saver == nil {
 		return errors.New("trainer: no checkpoint directory")
 	}
@@ -199,11 +214,25 @@ func (t *Trainer) Save(ctx context.Context, step int64, meta any) error {
 		return t.saver.Close()
 	}
 	t.saved = step
+	t0 := time.Now()
+	defer func() {
+		if err == nil {
+			t.g.rep.saved(step, t.cfg.Dir, time.Since(t0), bytesOf(t.tracked))
+		}
+	}()
 	st, err := t.state(meta)
 	if err != nil {
 		return err
 	}
 	return t.saver.Save(ctx, step, st)
+}
+
+func bytesOf(ts []tracked) int64 {
+	var n int64
+	for _, t := range ts {
+		n += int64(len(t.data))
+	}
+	return n
 }
 
 // DivergedError says which ranks' tensors differ from the majority's.

@@ -287,6 +287,9 @@ type End struct {
 	Kind   string `json:"kind"`
 	Reason string `json:"reason"`
 	Node   string `json:"node"`
+	// Cause classifies a failure for metrics: "exit", "signal", "hang",
+	// "lost_node", "store", "start"; "membership" for a re-formation.
+	Cause string `json:"cause,omitempty"`
 }
 
 // PostEnd records why generation gen ended, unless something already has;
