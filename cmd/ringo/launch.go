@@ -39,6 +39,7 @@ Flags:
 type launchFlags struct {
 	nproc, nnodes, backend, endpoint, runID, logDir, tee string
 	masterAddr, tokenFile, localAddr, auditLog           string
+	metricsAddr, logFormat                               string
 	nodeRank, maxRestarts, masterPort                    int
 	standalone                                           bool
 	monitor, hang, lastCall, joinTimeout, nodeTimeout    secondsFlag
@@ -90,6 +91,8 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	f.hang = secondsFlag{&cfg.HangTimeout}
 	fs.Var(f.hang, "hang-timeout", "restart when a heartbeating worker makes no progress this long (0: off)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "file (mode 0600) with the job's secret; required on several nodes, generated for one")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics) and a status page (/) on HOST:PORT, e.g. :9400")
+	fs.StringVar(&f.logFormat, "log-format", "text", "alerts and launcher warnings as text or json lines")
 	fs.StringVar(&f.auditLog, "audit-log", "", "append the job's audit events (joins, restarts, checkpoints) to FILE, hash-chained")
 	fs.StringVar(&f.localAddr, "local-addr", "", "the address other nodes reach this node at (default: the route to the store)")
 	f.lastCall = secondsFlag{&cfg.Nodes.LastCall}
@@ -181,7 +184,14 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.Nodes.Min, cfg.Nodes.Max = min, max
 	cfg.NodeRank, cfg.MaxRestarts = f.nodeRank, f.maxRestarts
 	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
-	cfg.LogDir, cfg.Host, cfg.AuditLog = f.logDir, f.localAddr, f.auditLog
+	cfg.LogDir, cfg.Host, cfg.AuditLog, cfg.MetricsAddr = f.logDir, f.localAddr, f.auditLog, f.metricsAddr
+	switch f.logFormat {
+	case "text":
+	case "json":
+		cfg.LogJSON = true
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+	}
 	if cfg.Tee, err = launch.ParseTee(f.tee); err != nil {
 		return err
 	}

@@ -46,6 +46,7 @@ type agent struct {
 	privDir string // holds the token file written for workers
 	attempt int
 	audit   *audit.Log // nil when --audit-log is not set
+	board   *board
 }
 
 // Run launches the job on this node and supervises it until it succeeds,
@@ -82,6 +83,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := a.prepareToken(); err != nil {
 		return err
 	}
+	if err := a.openBoard(); err != nil {
+		return err
+	}
+	a.board.note("start", "launcher started on %s: %d workers, run %q", a.cfg.Host, cfg.NProc, cfg.RunID)
 	a.audit.Record("launch.start", map[string]any{"run_id": cfg.RunID, "argv": cfg.Argv, "nproc": cfg.NProc,
 		"nnodes": fmt.Sprintf("%d:%d", cfg.Nodes.Min, cfg.Nodes.Max), "backend": cfg.Backend, "endpoint": a.cfg.Endpoint,
 		"host": a.cfg.Host, "max_restarts": cfg.MaxRestarts, "hang_timeout": cfg.HangTimeout.String(), "pid": os.Getpid()})
@@ -95,6 +100,7 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func (a *agent) close() {
+	a.board.close()
 	if a.store != nil {
 		a.store.Close()
 	}
@@ -261,6 +267,7 @@ func (a *agent) loop(ctx context.Context) error {
 		for i, n := range round.Nodes {
 			hosts[i] = n.Host
 		}
+		a.board.note("join", "generation %d formed: %d nodes, %d workers; this node is node %d", round.Gen, len(round.Nodes), round.World(), round.NodeRank)
 		a.audit.Record("launch.join", map[string]any{"run_id": a.cfg.RunID, "generation": round.Gen, "node_rank": round.NodeRank,
 			"node_id": a.me.ID, "host": a.cfg.Host, "hosts": hosts, "world": round.World(), "first_rank": round.FirstRank(), "restarts": round.Restarts})
 		end, err := a.generation(ctx, round)
@@ -277,6 +284,10 @@ func (a *agent) loop(ctx context.Context) error {
 			a.logf("generation %d failed: %s; restarting (%d of %d restarts)", round.Gen, end.Reason, round.Restarts+1, a.cfg.MaxRestarts)
 		} else if end.Kind == "membership" {
 			a.logf("generation %d: %s; re-forming", round.Gen, end.Reason)
+		}
+		a.board.note("restart", "generation %d ended (%s): %s", round.Gen, end.Kind, end.Reason)
+		if end.Cause != "" {
+			a.board.restarted(end.Cause)
 		}
 		a.audit.Record("launch.restart", map[string]any{"run_id": a.cfg.RunID, "generation": round.Gen, "kind": end.Kind, "reason": end.Reason})
 		a.event(Event{Kind: "restarting", Gen: round.Gen})

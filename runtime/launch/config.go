@@ -63,6 +63,10 @@ type Config struct {
 	// Devices, when set, holds one CUDA_VISIBLE_DEVICES value per local
 	// rank.
 	Devices []string
+	// MetricsAddr, when set, serves Prometheus metrics and a status page
+	// (host:port, e.g. ":9400"); LogJSON makes alerts JSON log lines.
+	MetricsAddr string
+	LogJSON     bool
 	// AuditLog, when set, is a file that receives the job's audit events
 	// (hash-chained JSON lines, see internal/audit); workers get its path
 	// so that their checkpoint saves, loads and deletions are in it too.

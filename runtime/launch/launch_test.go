@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -306,5 +308,52 @@ func TestAuditLog(t *testing.T) {
 	}
 	if strings.Contains(string(b), string(j.cfg.Token)) {
 		t.Error("the token is in the audit log")
+	}
+}
+
+// With --metrics-addr the launcher serves its workers' figures: a running
+// 2-worker job shows both ranks stepping and all-reducing.
+func TestMetricsOfARunningJob(t *testing.T) {
+	j := newJob(t, 2, "--steps", "400", "--step-time", "5ms")
+	addr := freeEndpoint(t)
+	j.cfg.MetricsAddr = addr
+	errc := make(chan error, 1)
+	go func() { errc <- j.run(t) }()
+	j.waitEvent(t, "started")
+	want := []string{`ringo_workers_up 2`, `ringo_step{rank="1"}`, `ringo_collective_calls_total{op="AllReduce",rank="0"}`}
+	var body string
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			ok := true
+			for _, w := range want {
+				ok = ok && strings.Contains(body, w)
+			}
+			if ok && !strings.Contains(body, `ringo_collective_calls_total{op="AllReduce",rank="0"} 0`) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Errorf("no %q in the metrics:\n%s", w, body)
+		}
+	}
+	resp, err := http.Get("http://" + addr + "/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `"rank":1`) || !strings.Contains(string(b), `"run_id":"TestMetricsOfARunningJob"`) {
+		t.Errorf("status.json: %s", b)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

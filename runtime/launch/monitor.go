@@ -26,7 +26,7 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 	if err != nil {
 		// The program cannot start here, and would not on a restart:
 		// end the job for every node.
-		end := rendezvous.End{Kind: "fatal", Reason: fmt.Sprintf("node %s: %v", a.cfg.Host, err), Node: a.me.ID}
+		end := rendezvous.End{Kind: "fatal", Reason: fmt.Sprintf("node %s: %v", a.cfg.Host, err), Node: a.me.ID, Cause: "start"}
 		a.m.PostEnd(bg, a.store, r.Gen, end)
 		a.m.Next(bg, a.store, r.Gen, end, 0)
 		return end, &ExitError{Code: 1, Msg: err.Error()}
@@ -36,6 +36,7 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 		pids[i] = w.pid
 	}
 	a.event(Event{Kind: "started", Gen: r.Gen, PIDs: pids})
+	a.update(r, ws)
 
 	// Remote ends arrive through the store.
 	wctx, cancelWatch := context.WithCancel(bg)
@@ -45,7 +46,7 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 		e, err := a.m.WaitEnd(wctx, a.store, r.Gen)
 		if err != nil {
 			if wctx.Err() == nil {
-				e = rendezvous.End{Kind: "failure", Reason: fmt.Sprintf("lost the rendezvous store at %s: %v", a.cfg.Endpoint, err)}
+				e = rendezvous.End{Kind: "failure", Cause: "store", Reason: fmt.Sprintf("lost the rendezvous store at %s: %v", a.cfg.Endpoint, err)}
 			} else {
 				return
 			}
@@ -66,7 +67,7 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 		e.Node = a.me.ID
 		won, err := a.m.PostEnd(bg, a.store, r.Gen, e)
 		if err != nil {
-			return rendezvous.End{Kind: "failure", Reason: fmt.Sprintf("the rendezvous store at %s: %v", a.cfg.Endpoint, err)}
+			return rendezvous.End{Kind: "failure", Cause: "store", Reason: fmt.Sprintf("the rendezvous store at %s: %v", a.cfg.Endpoint, err)}
 		}
 		return won
 	}
@@ -76,7 +77,14 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 		a.m.PostFailure(bg, a.store, r.Gen, r.NodeRank, f)
 		a.audit.Record("launch.worker_failed", map[string]any{"run_id": a.cfg.RunID, "generation": r.Gen, "rank": w.rank,
 			"local_rank": w.local, "host": a.cfg.Host, "pid": w.pid, "exit": how})
-		return post(rendezvous.End{Kind: "failure", Reason: fmt.Sprintf("rank %d (local rank %d, pid %d) on %s: %s", w.rank, w.local, w.pid, a.cfg.Host, how)})
+		cause := "exit"
+		switch {
+		case strings.HasPrefix(how, "hung"):
+			cause = "hang"
+		case w.exit.signal != 0:
+			cause = "signal"
+		}
+		return post(rendezvous.End{Kind: "failure", Cause: cause, Reason: fmt.Sprintf("rank %d (local rank %d, pid %d) on %s: %s", w.rank, w.local, w.pid, a.cfg.Host, how)})
 	}
 	doneWatch := make(chan int64, 1)
 	for end.Kind == "" {
@@ -101,7 +109,7 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 				// Every local worker succeeded: wait for the other nodes.
 				n, err := a.m.Done(bg, a.store, r.Gen)
 				if err != nil {
-					end = rendezvous.End{Kind: "failure", Reason: err.Error()}
+					end = rendezvous.End{Kind: "failure", Cause: "store", Reason: err.Error()}
 					break
 				}
 				go a.waitDone(wctx, r, n, doneWatch)
@@ -111,12 +119,17 @@ func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous
 				end = post(rendezvous.End{Kind: "success", Reason: "every worker exited 0"})
 			}
 		case <-tick.C:
+			a.update(r, ws)
 			if e, ok := a.check(bg, r, ws, live, fail); ok {
 				end = e
 			}
 		}
 	}
 	cancelWatch()
+	a.update(r, ws)
+	if end.Kind != "success" {
+		a.board.note("failure", "%s", end.Reason)
+	}
 	if end.Kind == "success" {
 		a.stopAll(ws, syscall.SIGTERM) // reaps; all have exited already
 		a.event(Event{Kind: "done", Gen: r.Gen})
@@ -196,7 +209,7 @@ func (a *agent) check(ctx context.Context, r *rendezvous.Round, ws []*worker, li
 		if counts, err := a.m.Liveness(ctx, a.store, r.Gen, len(r.Nodes)); err == nil {
 			if lost := live.update(counts, now, a.cfg.NodeTimeout); lost >= 0 {
 				n := r.Nodes[lost]
-				e, _ := a.m.PostEnd(ctx, a.store, r.Gen, rendezvous.End{Kind: "failure", Node: a.me.ID,
+				e, _ := a.m.PostEnd(ctx, a.store, r.Gen, rendezvous.End{Kind: "failure", Node: a.me.ID, Cause: "lost_node",
 					Reason: fmt.Sprintf("node %d (%s) lost: its launcher has not checked in for %v", lost, n.Host, a.cfg.NodeTimeout)})
 				return e, true
 			}
@@ -209,7 +222,7 @@ func (a *agent) check(ctx context.Context, r *rendezvous.Round, ws []*worker, li
 	}
 	if len(r.Nodes) < a.cfg.Nodes.Max && !a.m.Static {
 		if n, err := a.m.Waiting(ctx, a.store, r.Gen); err == nil && n > 0 {
-			e, _ := a.m.PostEnd(ctx, a.store, r.Gen, rendezvous.End{Kind: "membership", Node: a.me.ID,
+			e, _ := a.m.PostEnd(ctx, a.store, r.Gen, rendezvous.End{Kind: "membership", Node: a.me.ID, Cause: "membership",
 				Reason: fmt.Sprintf("%d node(s) waiting to join a job of %d (max %d)", n, len(r.Nodes), a.cfg.Nodes.Max)})
 			return e, true
 		}

@@ -3,6 +3,7 @@ package launch
 import (
 	"bufio"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,9 +37,10 @@ type worker struct {
 	hbRead *os.File // the read end of the heartbeat pipe
 
 	mu       sync.Mutex
-	tail     []string // last tailLines lines of stderr
-	panicked []string // a Go panic's message and first frames, kept whole
-	blames   *int     // the rank its collective group blamed for failing
+	tail     []string      // last tailLines lines of stderr
+	panicked []string      // a Go panic's message and first frames, kept whole
+	blames   *int          // the rank its collective group blamed for failing
+	report   *ringo.Report // the latest counters a Go worker reported
 	lastBeat time.Time
 	lastStep int64
 	beats    int64
@@ -288,6 +290,23 @@ func (w *worker) heartbeats() {
 	for {
 		if _, err := io.ReadFull(w.hbRead, buf); err != nil {
 			return
+		}
+		if buf[0] == ringo.BeatReport {
+			n := binary.LittleEndian.Uint64(buf[1:])
+			if n > ringo.MaxReport {
+				return // not a worker of ours: stop listening to it
+			}
+			payload := make([]byte, n)
+			if _, err := io.ReadFull(w.hbRead, payload); err != nil {
+				return
+			}
+			var rep ringo.Report
+			if json.Unmarshal(payload, &rep) == nil {
+				w.mu.Lock()
+				w.report = &rep
+				w.mu.Unlock()
+			}
+			continue
 		}
 		w.mu.Lock()
 		switch buf[0] {

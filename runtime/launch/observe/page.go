@@ -1,0 +1,40 @@
+package observe
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"html/template"
+	"net/http"
+)
+
+// page.html is the status page: plain HTML, CSS and a few lines of JS
+// that render a Status and poll /status.json for the next one. The first
+// Status is in the page itself, so the page renders without a request.
+//
+//go:embed page.html
+var pageHTML string
+
+var pageTmpl = template.Must(template.New("page").Parse(pageHTML))
+
+func (s *Server) servePage(w http.ResponseWriter, r *http.Request) {
+	var b bytes.Buffer
+	if err := pageTmpl.Execute(&b, s.Status()); err != nil {
+		http.Error(w, "rendering the status page: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(b.Bytes())
+}
+
+func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request) {
+	b, err := json.Marshal(s.Status())
+	if err != nil {
+		http.Error(w, "encoding the status: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(b)
+}

@@ -1,0 +1,153 @@
+package launch
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ringo-ml/ringo/device"
+	"github.com/ringo-ml/ringo/runtime/launch/observe"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
+)
+
+// maxEvents bounds the recent events a status page shows.
+const maxEvents = 100
+
+// board is what the launcher keeps for its metrics and status page: the
+// observe server, recent events, restart causes and the GPU sampler.
+type board struct {
+	srv     *observe.Server // nil without --metrics-addr
+	gpus    *device.Sampler // nil without GPUs
+	host    *device.Host
+	started time.Time
+
+	mu     sync.Mutex
+	events []observe.Event
+	causes map[string]int
+}
+
+// openBoard starts the metrics server when an address is given.
+func (a *agent) openBoard() error {
+	a.board = &board{started: time.Now(), causes: map[string]int{}}
+	if a.cfg.MetricsAddr == "" {
+		return nil
+	}
+	var h slog.Handler = slog.NewTextHandler(a.console.err, nil)
+	if a.cfg.LogJSON {
+		h = slog.NewJSONHandler(a.console.err, nil)
+	}
+	srv, err := observe.NewServer(observe.Config{Addr: a.cfg.MetricsAddr, Logger: slog.New(h)})
+	if err != nil {
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	a.board.srv = srv
+	// GPU telemetry, where NVML finds GPUs; none is no error.
+	if host, err := device.Open(); err == nil {
+		if inv, err := host.Inventory(); err == nil && len(inv.GPUs) > 0 {
+			a.board.host, a.board.gpus = host, device.NewSampler(host, 2*time.Second)
+		} else {
+			host.Close()
+		}
+	}
+	a.logf("metrics and status page on http://%s/", srv.Addr())
+	return nil
+}
+
+func (b *board) close() {
+	if b == nil {
+		return
+	}
+	if b.gpus != nil {
+		b.gpus.Close()
+		b.host.Close()
+	}
+	if b.srv != nil {
+		b.srv.Close()
+	}
+}
+
+// note records an event for the status page.
+func (b *board) note(kind, format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.events = append(b.events, observe.Event{Time: time.Now(), Kind: kind, Message: fmt.Sprintf(format, args...)})
+	if len(b.events) > maxEvents {
+		b.events = b.events[len(b.events)-maxEvents:]
+	}
+}
+
+func (b *board) restarted(cause string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.causes[cause]++
+}
+
+// update hands the server a snapshot of round r's local workers.
+func (a *agent) update(r *rendezvous.Round, ws []*worker) {
+	b := a.board
+	if b.srv == nil {
+		return
+	}
+	snap := observe.Snapshot{RunID: a.cfg.RunID, Host: a.cfg.Host, NodeRank: r.NodeRank, Nodes: len(r.Nodes),
+		World: r.World(), Generation: r.Gen, Restarts: r.Restarts, Started: b.started, Time: time.Now()}
+	b.mu.Lock()
+	snap.Events = append([]observe.Event(nil), b.events...)
+	snap.RestartCauses = make(map[string]int, len(b.causes))
+	for k, v := range b.causes {
+		snap.RestartCauses[k] = v
+	}
+	b.mu.Unlock()
+	for _, w := range ws {
+		snap.Ranks = append(snap.Ranks, w.status())
+		if c := w.lastCheckpoint(); c != nil && (snap.LastCheckpoint == nil || c.Step > snap.LastCheckpoint.Step) {
+			snap.LastCheckpoint = c
+		}
+	}
+	if b.gpus != nil {
+		snap.GPUs = b.gpus.Latest().GPUs
+	}
+	b.srv.Update(snap)
+}
+
+// status is a worker's row of the snapshot.
+func (w *worker) status() observe.Rank {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := observe.Rank{Rank: w.rank, LocalRank: w.local, PID: w.pid, State: "running", Step: -1, LastBeat: w.lastBeat}
+	if w.beats > 0 {
+		st.Step = w.lastStep
+	} else if !w.goProc {
+		st.State = "starting"
+	}
+	if w.reaped != nil {
+		st.State = "exited"
+		if !w.reaped.ok() {
+			st.State = "failed"
+		}
+	}
+	if rep := w.report; rep != nil {
+		st.Collective = map[string]observe.OpStats{}
+		for _, o := range rep.Collective {
+			st.Collective[o.Op] = observe.OpStats{Calls: o.Calls, Bytes: o.Bytes, Seconds: o.Time.Seconds(), BusBytes: o.BusBytes}
+		}
+		if d := rep.Data; d != nil {
+			st.Data = observe.DataStats{Samples: d.Samples, Bytes: d.Bytes, StallSeconds: d.Stall.Seconds(), Seconds: d.Elapsed.Seconds()}
+		}
+		c := rep.Checkpoint
+		st.Checkpoint = observe.CkptStats{Saves: c.Saves, SaveSeconds: c.SaveTime.Seconds(), SaveBytes: c.SaveBytes,
+			Loads: c.Loads, LoadSeconds: c.LoadTime.Seconds()}
+	}
+	return st
+}
+
+func (w *worker) lastCheckpoint() *observe.Checkpoint {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.report == nil || w.report.Checkpoint.LastStep < 0 {
+		return nil
+	}
+	c := w.report.Checkpoint
+	return &observe.Checkpoint{Step: c.LastStep, Dir: c.LastDir, Time: c.LastTime}
+}
+
