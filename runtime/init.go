@@ -89,6 +89,9 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		return nil, err
 	}
 	tcfg.Rendezvous, tcfg.Rank, tcfg.Size, tcfg.ListenHost = e.collAddr, e.rank, e.size, e.nodeAddr
+	tcfg.OnRefuse = func(remote string, why error) {
+		fmt.Fprintf(os.Stderr, "ringo: rank %d refused a connection from %s: %v\n", e.rank, remote, why)
+	}
 	if e.tokenFile != "" {
 		if tcfg.Token, err = auth.ReadTokenFile(e.tokenFile); err != nil {
 			return nil, fmt.Errorf("rank %d: %w", e.rank, err)

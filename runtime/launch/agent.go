@@ -151,6 +151,10 @@ func (a *agent) openStore(ctx context.Context) error {
 		case err == nil:
 			a.server = srv
 			endpoint = srv.Addr()
+			srv.OnRefuse(func(remote string, why error) {
+				a.logf("refused a connection to the rendezvous store from %s: %v", remote, why)
+				a.audit.Record("store.refused", map[string]any{"remote": remote, "why": why.Error()})
+			})
 		case c.Nodes.Max == 1 || c.NodeRank == 0:
 			return fmt.Errorf("serving the rendezvous store: %w", err)
 		}

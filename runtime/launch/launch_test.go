@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"github.com/ringo-ml/ringo/internal/audit"
 	"github.com/ringo-ml/ringo/internal/auth"
 	"github.com/ringo-ml/ringo/internal/proctest"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
 )
 
 // workerBin is testdata/worker, built once for all tests.
@@ -355,5 +357,47 @@ func TestMetricsOfARunningJob(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A process without the job's token that reaches the launcher's store is
+// refused and logged, sends garbage that only drops its own connection,
+// and the job goes on to finish.
+func TestStrangersAtTheStoreAreRefused(t *testing.T) {
+	j := newJob(t, 2, "--steps", "60", "--step-time", "10ms")
+	j.cfg.Endpoint = freeEndpoint(t)
+	errc := make(chan error, 1)
+	go func() { errc <- j.run(t) }()
+	j.waitEvent(t, "started")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := rendezvous.Dial(ctx, j.cfg.Endpoint, auth.NewToken()); err == nil {
+		c.Close()
+		t.Fatal("a client with another token joined the store")
+	} else if !errors.Is(err, rendezvous.ErrAuth) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	for _, junk := range [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n"), make([]byte, 1<<16), {'R', 'D', 'Z', 'V', 1, 0, 0, 0}} {
+		c, err := net.Dial("tcp", j.cfg.Endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(junk)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b := make([]byte, 4096)
+		n, _ := io.ReadFull(c, b)
+		c.Close()
+		if n > 64 {
+			t.Errorf("a stranger read %d bytes from the store", n)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("the job did not survive strangers: %v", err)
+	}
+	if !strings.Contains(j.out.String(), "refused a connection to the rendezvous store from 127.0.0.1") {
+		t.Error("the refusal was not logged")
+	}
+	if len(results(j.out.String())) != 2 {
+		t.Error("the job did not finish")
 	}
 }

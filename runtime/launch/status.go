@@ -150,4 +150,3 @@ func (w *worker) lastCheckpoint() *observe.Checkpoint {
 	c := w.report.Checkpoint
 	return &observe.Checkpoint{Step: c.LastStep, Dir: c.LastDir, Time: c.LastTime}
 }
-

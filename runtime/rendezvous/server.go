@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,9 +34,10 @@ const (
 // served over TCP to the launchers of one job. The launcher on node 0 runs
 // it; every launcher, that one included, talks to it through a Client.
 type Server struct {
-	ln    net.Listener
-	token auth.Token
-	kv    *kv
+	onRefuse atomic.Pointer[func(remote string, why error)]
+	ln       net.Listener
+	token    auth.Token
+	kv       *kv
 
 	// ctx ends when Close starts; the goroutines answering blocked
 	// requests watch it.
@@ -84,6 +86,11 @@ func Serve(ln net.Listener, token auth.Token) *Server {
 
 // Addr is the address the server listens on, with the port it got.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// OnRefuse sets a function told about every connection the server refused
+// (failed greeting or authentication): the remote address and why. The
+// launcher logs them. It must not block.
+func (s *Server) OnRefuse(f func(remote string, why error)) { s.onRefuse.Store(&f) }
 
 // Close stops the server: it stops accepting, tells clients blocked in
 // Wait or WaitChange that the store is closed, drops every connection, and
@@ -161,9 +168,11 @@ func (s *Server) handle(c net.Conn) {
 		c.Close()
 	}()
 	if err := s.handshake(c); err != nil {
-		// Not logged: the server has no logger, and a refused peer
-		// learns nothing either way. The connection is closed before
-		// a single request byte is read.
+		// The connection is closed before a single request byte is read;
+		// the peer learns nothing, the operator is told.
+		if f := s.onRefuse.Load(); f != nil && s.ctx.Err() == nil {
+			(*f)(c.RemoteAddr().String(), err)
+		}
 		return
 	}
 	// Become a serving connection, unless Close came first; Close reads

@@ -39,7 +39,7 @@ const bootstrapVersion = 1
 // serveRendezvous runs on rank 0: it collects one registration per rank and
 // answers all of them with the table. It returns when every rank has been
 // answered, ctx ends, or registrations conflict.
-func serveRendezvous(ctx context.Context, ln net.Listener, size int, token auth.Token) error {
+func serveRendezvous(ctx context.Context, ln net.Listener, size int, token auth.Token, onRefuse func(string, error)) error {
 	type client struct {
 		conn net.Conn
 		reg  registration
@@ -75,6 +75,7 @@ func serveRendezvous(ctx context.Context, ln net.Listener, size int, token auth.
 		}
 		all = append(all, conn)
 		if err := auth.Accept(conn, token, time.Now().Add(10*time.Second)); err != nil {
+			refused(onRefuse, conn, err)
 			conn.Close()
 			all = all[:len(all)-1]
 			continue // without the token it learns nothing and changes nothing
@@ -181,6 +182,13 @@ func register(ctx context.Context, cfg Config) (table, net.Listener, error) {
 	return t, ln, nil
 }
 
+// refused tells onRefuse, if set, about a connection that was turned away.
+func refused(onRefuse func(string, error), c net.Conn, why error) {
+	if onRefuse != nil {
+		onRefuse(c.RemoteAddr().String(), why)
+	}
+}
+
 // deadlineOf bounds a handshake by ctx's deadline, or 10 s without one.
 func deadlineOf(ctx context.Context) time.Time {
 	if d, ok := ctx.Deadline(); ok {
@@ -263,6 +271,7 @@ func connectMesh(ctx context.Context, cfg Config, t table, ln net.Listener) ([][
 			}
 			tc := c.(*net.TCPConn)
 			if err := auth.Accept(tc, cfg.Token, time.Now().Add(10*time.Second)); err != nil {
+				refused(cfg.OnRefuse, tc, err)
 				tc.Close()
 				continue
 			}

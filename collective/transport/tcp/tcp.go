@@ -48,6 +48,10 @@ type Config struct {
 	// worker can tell its launcher whom it blames even if it exits right
 	// after. It must not block.
 	OnFault func(*transport.Fault)
+	// OnRefuse, if set, is told about each connection this rank refused
+	// during the bootstrap and mesh formation (it failed the token
+	// challenge or was not a ringo hello): the remote address and why.
+	OnRefuse func(remote string, why error)
 }
 
 // Environment variables read by FromEnv.
@@ -246,7 +250,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 		serveErr = make(chan error, 1)
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		go func() { serveErr <- serveRendezvous(sctx, ln, cfg.Size, cfg.Token) }()
+		go func() { serveErr <- serveRendezvous(sctx, ln, cfg.Size, cfg.Token, cfg.OnRefuse) }()
 	}
 	tab, ln, err := register(ctx, cfg)
 	if serveErr != nil {
