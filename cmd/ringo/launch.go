@@ -17,6 +17,7 @@ import (
 
 	"github.com/ringo-ml/ringo/internal/auth"
 	"github.com/ringo-ml/ringo/runtime/launch"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
 )
 
 const launchUsage = `Usage: ringo launch [flags] -- PROGRAM [ARGS...]
@@ -39,7 +40,7 @@ Flags:
 type launchFlags struct {
 	nproc, nnodes, backend, endpoint, runID, logDir, tee string
 	masterAddr, tokenFile, localAddr, auditLog           string
-	metricsAddr, logFormat                               string
+	metricsAddr, logFormat, tlsCert, tlsKey, tlsCA       string
 	nodeRank, maxRestarts, masterPort                    int
 	standalone                                           bool
 	monitor, hang, lastCall, joinTimeout, nodeTimeout    secondsFlag
@@ -93,6 +94,9 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	fs.StringVar(&f.tokenFile, "token-file", "", "file (mode 0600) with the job's secret; required on several nodes, generated for one")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics) and a status page (/) on HOST:PORT, e.g. :9400")
 	fs.StringVar(&f.logFormat, "log-format", "text", "alerts and launcher warnings as text or json lines")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "this node's certificate (PEM) for mutual TLS on the rendezvous store")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "its private key (PEM)")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "the CA (PEM) that signed every node's certificate")
 	fs.StringVar(&f.auditLog, "audit-log", "", "append the job's audit events (joins, restarts, checkpoints) to FILE, hash-chained")
 	fs.StringVar(&f.localAddr, "local-addr", "", "the address other nodes reach this node at (default: the route to the store)")
 	f.lastCall = secondsFlag{&cfg.Nodes.LastCall}
@@ -185,6 +189,7 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.NodeRank, cfg.MaxRestarts = f.nodeRank, f.maxRestarts
 	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
 	cfg.LogDir, cfg.Host, cfg.AuditLog, cfg.MetricsAddr = f.logDir, f.localAddr, f.auditLog, f.metricsAddr
+	cfg.TLS = rendezvous.TLSFiles{Cert: f.tlsCert, Key: f.tlsKey, CA: f.tlsCA}
 	switch f.logFormat {
 	case "text":
 	case "json":

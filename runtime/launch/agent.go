@@ -3,6 +3,7 @@ package launch
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -131,8 +132,15 @@ func (a *agent) openStore(ctx context.Context) error {
 	c := a.cfg
 	jctx, cancel := context.WithTimeout(ctx, c.JoinTimeout)
 	defer cancel()
+	var srvTLS, cliTLS *tls.Config
+	if c.TLS.Enabled() {
+		var err error
+		if srvTLS, cliTLS, err = c.TLS.Configs(); err != nil {
+			return err
+		}
+	}
 	if c.Backend == BackendEtcd {
-		s, err := rendezvous.NewEtcd(jctx, rendezvous.EtcdConfig{Endpoints: strings.Split(c.Endpoint, ","), Prefix: "/", Token: c.Token, DialTimeout: 10 * time.Second})
+		s, err := rendezvous.NewEtcd(jctx, rendezvous.EtcdConfig{Endpoints: strings.Split(c.Endpoint, ","), Prefix: "/", Token: c.Token, DialTimeout: 10 * time.Second, TLS: cliTLS})
 		if err != nil {
 			return err
 		}
@@ -146,7 +154,7 @@ func (a *agent) openStore(ctx context.Context) error {
 	// With node ranks given, node 0 serves; without, whichever launcher
 	// on the endpoint's host binds first.
 	if c.Nodes.Max == 1 || c.NodeRank == 0 || (c.NodeRank < 0 && isLocal(endpoint)) {
-		srv, err := rendezvous.NewServer(endpoint, c.Token)
+		srv, err := rendezvous.NewServerTLS(endpoint, c.Token, srvTLS)
 		switch {
 		case err == nil:
 			a.server = srv
@@ -160,7 +168,7 @@ func (a *agent) openStore(ctx context.Context) error {
 		}
 		// Another launcher on this host serves it: connect like any node.
 	}
-	s, err := rendezvous.Dial(jctx, endpoint, c.Token)
+	s, err := rendezvous.DialTLS(jctx, endpoint, c.Token, cliTLS)
 	if err != nil {
 		return err
 	}

@@ -63,6 +63,9 @@ type Config struct {
 	// Devices, when set, holds one CUDA_VISIBLE_DEVICES value per local
 	// rank.
 	Devices []string
+	// TLS, when its files are named, puts the store's connections (and
+	// etcd's) under mutual TLS; the token challenge still runs inside.
+	TLS rendezvous.TLSFiles
 	// MetricsAddr, when set, serves Prometheus metrics and a status page
 	// (host:port, e.g. ":9400"); LogJSON makes alerts JSON log lines.
 	MetricsAddr string

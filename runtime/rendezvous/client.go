@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,7 @@ const (
 type Client struct {
 	addr  string
 	token auth.Token
+	tls   *tls.Config // nil: plain TCP
 
 	// closeCtx ends when Close starts; it aborts a redial in progress.
 	closeCtx    context.Context
@@ -64,12 +66,19 @@ func (e errPermanent) Unwrap() error { return e.error }
 // ctx ends, since the store's launcher may start after this one. A store
 // that refuses token fails at once with an error wrapping ErrAuth.
 func Dial(ctx context.Context, addr string, token auth.Token) (*Client, error) {
-	c := &Client{addr: addr, token: token}
+	return DialTLS(ctx, addr, token, nil)
+}
+
+// DialTLS is Dial over TLS with cfg (nil: plain TCP, as Dial). The token
+// challenge still runs inside TLS: TLS says who the server is, the token
+// says the client belongs to the job.
+func DialTLS(ctx context.Context, addr string, token auth.Token, cfg *tls.Config) (*Client, error) {
+	c := &Client{addr: addr, token: token, tls: cfg}
 	c.closeCtx, c.closeCancel = context.WithCancel(context.Background())
 	backoff := dialBackoffMin
 	var last error
 	for {
-		conn, err := dialOnce(ctx, addr, token)
+		conn, err := dialOnce(ctx, addr, token, cfg)
 		if err == nil {
 			c.cc = c.start(conn)
 			return c, nil
@@ -99,11 +108,33 @@ func Dial(ctx context.Context, addr string, token auth.Token) (*Client, error) {
 
 // dialOnce makes one connection and runs the greeting and authentication
 // on it. Errors that retrying cannot fix come back as errPermanent.
-func dialOnce(ctx context.Context, addr string, token auth.Token) (net.Conn, error) {
+func dialOnce(ctx context.Context, addr string, token auth.Token, tcfg *tls.Config) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if tcfg != nil {
+		cfg := tcfg.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(conn, cfg)
+		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			conn.Close()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			var certErr *tls.CertificateVerificationError
+			if errors.As(err, &certErr) {
+				return nil, errPermanent{fmt.Errorf("TLS: %w", err)}
+			}
+			return nil, fmt.Errorf("TLS: %w", err)
+		}
+		conn = tc
 	}
 	// The handshake sets its own deadlines; closing the connection is
 	// what stops it when ctx ends.
@@ -201,7 +232,7 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 	defer cancel()
 	stop := context.AfterFunc(c.closeCtx, cancel)
 	defer stop()
-	conn, err := dialOnce(dctx, c.addr, c.token)
+	conn, err := dialOnce(dctx, c.addr, c.token, c.tls)
 	if err != nil {
 		var perm errPermanent
 		switch {

@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,7 @@ const (
 // it; every launcher, that one included, talks to it through a Client.
 type Server struct {
 	onRefuse atomic.Pointer[func(remote string, why error)]
+	tls      *tls.Config // set before the first connection is handled; guarded by mu
 	ln       net.Listener
 	token    auth.Token
 	kv       *kv
@@ -66,6 +68,19 @@ func NewServer(addr string, token auth.Token) (*Server, error) {
 		return nil, fmt.Errorf("rendezvous: cannot serve the store on %s: %w", addr, err)
 	}
 	return Serve(ln, token), nil
+}
+
+// NewServerTLS is NewServer over TLS with cfg, which holds the server's
+// certificate and, for mutual TLS, ClientCAs with ClientAuth set.
+func NewServerTLS(addr string, token auth.Token, cfg *tls.Config) (*Server, error) {
+	s, err := NewServer(addr, token)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.tls = cfg
+	s.mu.Unlock()
+	return s, nil
 }
 
 // Serve serves the store on ln until Close, which also closes ln.
@@ -167,7 +182,24 @@ func (s *Server) handle(c net.Conn) {
 		s.mu.Unlock()
 		c.Close()
 	}()
-	if err := s.handshake(c); err != nil {
+	// pc carries the protocol: c itself, or TLS over it. The server's
+	// bookkeeping (conns, Close's deadlines) stays on c.
+	pc := c
+	s.mu.Lock()
+	tcfg := s.tls
+	s.mu.Unlock()
+	if tcfg != nil {
+		tc := tls.Server(c, tcfg)
+		pc = tc
+		tc.SetDeadline(time.Now().Add(handshakeTimeout))
+		if err := tc.Handshake(); err != nil {
+			if f := s.onRefuse.Load(); f != nil && s.ctx.Err() == nil {
+				(*f)(c.RemoteAddr().String(), fmt.Errorf("TLS: %w", err))
+			}
+			return
+		}
+	}
+	if err := s.handshake(pc); err != nil {
 		// The connection is closed before a single request byte is read;
 		// the peer learns nothing, the operator is told.
 		if f := s.onRefuse.Load(); f != nil && s.ctx.Err() == nil {
@@ -184,7 +216,7 @@ func (s *Server) handle(c net.Conn) {
 	}
 	s.conns[c] = true
 	s.mu.Unlock()
-	sc := &serverConn{s: s, c: c, waiting: make(map[uint64]context.CancelFunc)}
+	sc := &serverConn{s: s, c: pc, waiting: make(map[uint64]context.CancelFunc)}
 	sc.ctx, sc.cancel = context.WithCancel(s.ctx)
 	sc.serve()
 }

@@ -180,7 +180,7 @@ func TestEmbeddedRawClientReadsNothing(t *testing.T) {
 // frames by hand.
 func rawAuthed(t *testing.T, addr string, tok auth.Token) net.Conn {
 	t.Helper()
-	c, err := dialOnce(context.Background(), addr, tok)
+	c, err := dialOnce(context.Background(), addr, tok, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
