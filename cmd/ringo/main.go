@@ -26,6 +26,7 @@ func subcommands() []subcommand {
 	return []subcommand{
 		{"launch", "start and supervise data-parallel workers (torchrun-compatible)", runLaunch},
 		{"audit", "verify a job's audit log", runAudit},
+		{"topo", "plan rank placement and ring order from measured link matrices", runTopo},
 		{"devices", "list GPUs and CPUs with telemetry and topology", runDevices},
 		{"bench", "measure collectives across local worker processes (nccl-tests style)", runBench},
 		{"ckpt", "list, inspect, verify, reshard and export checkpoints", runCkpt},

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/ringo-ml/ringo/topology"
+)
+
+const topoUsage = `Usage: ringo topo <command> ...
+
+Commands:
+  place --hosts FILE --matrix FILE [--ranks N] [--json]
+                   put a job's ranks on the hosts' slots and order its ring for
+                   the largest bottleneck bandwidth; compares the naive order
+  show MATRIX.json [--png FILE]
+                   print a measured matrix (MB/s and µs) and its best ring;
+                   --png draws a heat map with the ring
+
+The hosts file is JSON: [{"name": "h0", "addr": "10.0.0.1", "slots": 4}, ...],
+with an optional "intra_bandwidth" (bytes/s between two slots of the host,
+e.g. NVLink). The matrix is measured between those hosts (one row each,
+named by name or addr). See 'go doc github.com/ringo-ml/ringo/topology'.
+`
+
+func runTopo(ctx context.Context, args []string) error {
+	if done, err := usageIfAsked(args, topoUsage); done {
+		return err
+	}
+	switch args[0] {
+	case "place":
+		return topoPlace(args[1:])
+	case "show":
+		return topoShow(args[1:])
+	}
+	return fmt.Errorf("unknown command %q\n\n%s", args[0], topoUsage)
+}
+
+const topoPlaceUsage = `Usage: ringo topo place --hosts FILE --matrix FILE [--ranks N] [--json]
+
+Puts N ranks on the hosts' slots and orders their ring for the largest
+bottleneck (slowest link): as few hosts as that allows, each host's ranks
+together on its fast links, one network crossing between neighbouring
+hosts. Ranks are numbered along the ring. Prints which rank runs on which
+host and slot, the ring, its bottleneck and the naive order's (hosts as
+listed, slots in turn).
+
+Flags:
+`
+
+func topoPlace(args []string) error {
+	fs := flag.NewFlagSet("topo place", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), topoPlaceUsage)
+		fs.PrintDefaults()
+	}
+	hostsPath := fs.String("hosts", "", "hosts file (JSON: name, addr, slots, intra_bandwidth per host)")
+	matrixPath := fs.String("matrix", "", "bandwidth matrix measured between the hosts")
+	ranks := fs.Int("ranks", 0, "ranks to place (default: every slot)")
+	asJSON := fs.Bool("json", false, "print the plan as one JSON object")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case *hostsPath == "" || *matrixPath == "":
+		return errors.New("place needs --hosts FILE and --matrix FILE")
+	case *ranks < 0:
+		return fmt.Errorf("--ranks %d: want a positive number", *ranks)
+	}
+	hosts, err := topology.ReadHosts(*hostsPath)
+	if err != nil {
+		return err
+	}
+	m, err := topology.ReadMatrix(*matrixPath)
+	if err != nil {
+		return err
+	}
+	if *ranks == 0 {
+		for _, h := range hosts {
+			*ranks += h.Slots
+		}
+	}
+	plan, err := topology.Place(hosts, m, *ranks)
+	if err != nil {
+		return fmt.Errorf("hosts %s, matrix %s: %w", *hostsPath, *matrixPath, err)
+	}
+	if *asJSON {
+		printJSON(plan)
+		return nil
+	}
+	renderPlan(os.Stdout, plan)
+	return nil
+}
+
+// renderPlan prints where each rank runs, the ring and its bottleneck
+// beside the naive order's.
+func renderPlan(out io.Writer, p *topology.Plan) {
+	how := "best under the model"
+	if !p.Exact {
+		how = "heuristic: more than 12 hosts"
+	}
+	hosts := "hosts"
+	if len(p.Hosts) == 1 {
+		hosts = "host"
+	}
+	fmt.Fprintf(out, "%d ranks on %d %s (%s): %s\n\n", len(p.Ranks), len(p.Hosts), hosts, how, strings.Join(p.Hosts, ", "))
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "RANK\tHOST\tADDR\tSLOT")
+	for _, s := range p.Ranks {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\n", s.Rank, s.Host, orDash(s.Addr), s.Slot)
+	}
+	w.Flush()
+	ring := make([]string, len(p.Ring))
+	for i, r := range p.Ring {
+		ring[i] = fmt.Sprint(r)
+	}
+	fmt.Fprintf(out, "\nring: %s (and back)\n", strings.Join(ring, " "))
+	if p.Bottleneck == 0 {
+		fmt.Fprintf(out, "bottleneck: unknown: the ring stays inside %s, whose intra_bandwidth the hosts file does not give\n", p.Hosts[0])
+		return
+	}
+	fmt.Fprintf(out, "bottleneck: %s", mbps(p.Bottleneck))
+	switch {
+	case p.NaiveBottleneck == 0:
+		fmt.Fprintf(out, "; naive order (hosts as listed, slots in turn): unknown\n")
+	default:
+		fmt.Fprintf(out, "; naive order (hosts as listed, slots in turn): %s (%.2fx)\n", mbps(p.NaiveBottleneck), p.Bottleneck/p.NaiveBottleneck)
+	}
+}
+
+func mbps(v float64) string { return fmt.Sprintf("%.0f MB/s", v/1e6) }
+
+// heatMapWidth and heatMapHeight are the PNG's size in pixels.
+const heatMapWidth, heatMapHeight = 960, 768
+
+const topoShowUsage = `Usage: ringo topo show MATRIX.json [--png FILE]
+
+Prints a measured matrix as tables (bandwidth in MB/s, latency in µs, rows
+sending to columns), the best ring through its ranks and its bottleneck
+beside rank order's; --png draws the bandwidth as a heat map with the ring.
+
+Flags:
+`
+
+func topoShow(args []string) error {
+	fs := flag.NewFlagSet("topo show", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), topoShowUsage)
+		fs.PrintDefaults()
+	}
+	pngPath := fs.String("png", "", "also draw the bandwidth as a heat map with the ring, to this PNG file")
+	path, helped, err := parseWithTarget(fs, args)
+	if helped || err != nil {
+		return err
+	}
+	if path == "" {
+		return errors.New("show needs a MATRIX.json file")
+	}
+	m, err := topology.ReadMatrix(path)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %d ranks, measured %s\n\n", path, m.Size(), m.Time.Format("2006-01-02 15:04:05 MST"))
+	if err := topology.WriteTable(os.Stdout, m); err != nil {
+		return err
+	}
+	ring, b := topology.SolveRing(m)
+	if len(ring) > 1 {
+		s := make([]string, len(ring))
+		for i, r := range ring {
+			s[i] = fmt.Sprint(r)
+		}
+		how := "exact"
+		if m.Size() > topology.MaxExact {
+			how = "heuristic"
+		}
+		naive := make([]int, m.Size())
+		for i := range naive {
+			naive[i] = i
+		}
+		fmt.Printf("\nbest ring (%s): %s, bottleneck %s; rank order 0..%d: %s\n", how, strings.Join(s, " "), mbps(b), m.Size()-1, mbps(topology.Bottleneck(m, naive)))
+	}
+	if *pngPath == "" {
+		return nil
+	}
+	f, err := os.Create(*pngPath)
+	if err != nil {
+		return err
+	}
+	if err := topology.WriteHeatMap(f, m, ring, heatMapWidth, heatMapHeight); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", *pngPath, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Printf("heat map: %s\n", *pngPath)
+	return nil
+}

@@ -1,0 +1,229 @@
+package topology
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// startCounters starts the counters or skips the test, in one line, where
+// eBPF is not allowed; any other failure fails it.
+func startCounters(t *testing.T) *TCPCounters {
+	t.Helper()
+	c, err := StartTCPCounters()
+	if errors.Is(err, ErrEBPFUnavailable) {
+		t.Skipf("skipped: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("StartTCPCounters: %v, which does not wrap ErrEBPFUnavailable", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return c
+}
+
+func TestTCPCountersNotRoot(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("skipped: runs as root; this checks the error a user gets without root")
+	}
+	_, err := StartTCPCounters()
+	if !errors.Is(err, ErrEBPFUnavailable) {
+		t.Fatalf("got %v, want ErrEBPFUnavailable", err)
+	}
+}
+
+func TestTCPCounters(t *testing.T) {
+	c := startCounters(t)
+	if err := c.RTTErr(); err != nil {
+		t.Logf("tcp_probe: %v", err)
+	}
+	before, err := c.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, sv := tcpPair(t)
+	pump(t, cl, sv, 4<<20)
+	pump(t, sv, cl, 4<<20)
+	after, err := c.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := after.Sub(before)
+	t.Logf("after 8 MiB on loopback: %d retransmits, %d segments, mean RTT %v (system-wide)", d.Retransmits, d.Segments, d.MeanRTT())
+	if after.Retransmits < before.Retransmits || after.Segments < before.Segments || after.SRTTSumUS < before.SRTTSumUS {
+		t.Fatalf("counters went down: %+v then %+v", before, after)
+	}
+	if c.RTTErr() == nil && (d.Segments == 0 || d.MeanRTT() <= 0) {
+		t.Errorf("tcp_probe attached but saw %d segments, mean RTT %v, during 8 MiB of traffic", d.Segments, d.MeanRTT())
+	}
+	if rtt := d.MeanRTT(); rtt > 10*time.Second {
+		t.Errorf("mean RTT %v is not an RTT: is the srtt_us offset from BTF wrong?", rtt)
+	}
+}
+
+// TestTCPCountersSeeRetransmits drops one in 16 large packets on the
+// loopback of a private network namespace and checks that the counter
+// sees the retransmits TCP_INFO reports. netem is not always built into
+// the kernel (it is not on the CI kernel); a tc BPF program that drops
+// packets needs nothing but BPF.
+func TestTCPCountersSeeRetransmits(t *testing.T) {
+	c := startCounters(t)
+	before, err := c.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, sv := lossyLoopback(t)
+	deadline := time.Now().Add(20 * time.Second)
+	var info TCPInfo
+	for info.Retransmits == 0 && time.Now().Before(deadline) {
+		pump(t, cl, sv, 4<<20)
+		if info, err = ReadTCPInfo(cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := c.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := after.Sub(before)
+	t.Logf("lossy loopback: TCP_INFO says %d segments retransmitted; the tracepoint counted %d packets system-wide", info.Retransmits, d.Retransmits)
+	if info.Retransmits == 0 {
+		t.Fatal("no retransmits on a link dropping 1 in 16 packets")
+	}
+	if d.Retransmits == 0 {
+		t.Fatal("the tcp_retransmit_skb counter did not move while the connection retransmitted")
+	}
+}
+
+// lossyLoopback returns a TCP connection over the loopback of a new
+// network namespace whose egress drops one in 16 packets over 1000 bytes
+// (data, never the small acks), or skips where that cannot be set up.
+func lossyLoopback(t *testing.T) (client, server *net.TCPConn) {
+	type result struct {
+		c, s *net.TCPConn
+		skip error
+	}
+	got, stop, exited := make(chan result, 1), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		// A namespace belongs to a thread. This one is never unlocked, so
+		// Go ends the thread when the goroutine returns instead of reusing
+		// it elsewhere in the wrong namespace.
+		runtime.LockOSThread()
+		fail := func(format string, args ...any) { got <- result{skip: fmt.Errorf(format, args...)} }
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			fail("cannot create a network namespace: %v", err)
+			return
+		}
+		if err := loopbackUp(); err != nil {
+			fail("cannot bring up lo in a new namespace: %v", err)
+			return
+		}
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "ringo_lossy", Type: ebpf.SchedCLS, License: "Apache-2.0",
+			Instructions: asm.Instructions{
+				asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // skb->len
+				asm.JLT.Imm(asm.R2, 1000, "pass"),
+				asm.FnGetPrandomU32.Call(),
+				asm.And.Imm(asm.R0, 15),
+				asm.JNE.Imm(asm.R0, 0, "pass"),
+				asm.Mov.Imm(asm.R0, 2), // TCX_DROP
+				asm.Return(),
+				asm.Mov.Imm(asm.R0, 0).WithSymbol("pass"), // TCX_PASS
+				asm.Return(),
+			},
+		})
+		if err != nil {
+			fail("cannot load a tc program: %v", err)
+			return
+		}
+		defer prog.Close()
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			fail("no lo in the new namespace: %v", err)
+			return
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: lo.Index, Program: prog, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			fail("cannot attach a tcx program (kernel older than 6.6?): %v", err)
+			return
+		}
+		defer l.Close()
+		// Sockets are made here, on the namespaced thread; once made they
+		// can be used from any goroutine.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fail("listen: %v", err)
+			return
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			fail("dial: %v", err)
+			return
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			c.Close()
+			fail("accept: %v", err)
+			return
+		}
+		got <- result{c: c.(*net.TCPConn), s: s.(*net.TCPConn)}
+		<-stop
+	}()
+	r := <-got
+	if r.skip != nil {
+		<-exited
+		t.Skipf("skipped: %v", r.skip)
+	}
+	t.Cleanup(func() {
+		r.c.Close()
+		r.s.Close()
+		close(stop)
+		<-exited
+	})
+	return r.c, r.s
+}
+
+// loopbackUp sets IFF_UP on lo in the calling thread's namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func TestSRTTOffset(t *testing.T) {
+	// The offset comes from the running kernel's BTF, readable without
+	// root; a wrong one would show as nonsense RTTs in TestTCPCounters.
+	off, err := srttOffset()
+	if err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	if off <= 0 || off > 4096 {
+		t.Fatalf("tcp_sock.srtt_us at byte %d: implausible", off)
+	}
+	t.Logf("tcp_sock.srtt_us is at byte %d", off)
+}
