@@ -262,6 +262,11 @@ func (a *agent) loop(ctx context.Context) error {
 		if a.me.CollectivePort, err = freePort(a.cfg.Host); err != nil {
 			return fmt.Errorf("finding a free port on %s: %w", a.cfg.Host, err)
 		}
+		if a.cfg.Topology != "" {
+			if a.me.ProbePort, err = freePort(a.cfg.Host); err != nil {
+				return fmt.Errorf("finding a free port on %s: %w", a.cfg.Host, err)
+			}
+		}
 		jctx, cancel := context.WithTimeout(ctx, a.cfg.JoinTimeout)
 		round, err := a.m.Join(jctx, a.store, a.me)
 		cancel()
@@ -275,6 +280,12 @@ func (a *agent) loop(ctx context.Context) error {
 			return fmt.Errorf("rendezvous %q at %s: %w", a.cfg.RunID, a.cfg.Endpoint, err)
 		}
 		lastGen, lastNodes = round.Gen, len(round.Nodes)
+		if a.cfg.Topology == "probe" && len(round.Nodes) > 1 {
+			if err := a.solveTopology(ctx, round); err != nil {
+				// The job can still run in rendezvous order.
+				a.logf("%v; keeping the rendezvous order", err)
+			}
+		}
 		hosts := make([]string, len(round.Nodes))
 		for i, n := range round.Nodes {
 			hosts[i] = n.Host

@@ -63,6 +63,10 @@ type Config struct {
 	// Devices, when set, holds one CUDA_VISIBLE_DEVICES value per local
 	// rank.
 	Devices []string
+	// Topology "probe" measures the links between nodes at every
+	// (re)formation and orders the nodes along the ring that avoids the
+	// slowest; "" keeps the rendezvous order.
+	Topology string
 	// TLS, when its files are named, puts the store's connections (and
 	// etcd's) under mutual TLS; the token challenge still runs inside.
 	TLS rendezvous.TLSFiles
@@ -127,6 +131,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--hang-timeout %v is negative", c.HangTimeout)
 	case c.Devices != nil && len(c.Devices) != c.NProc:
 		return fmt.Errorf("%d devices for %d workers", len(c.Devices), c.NProc)
+	case c.Topology != "" && c.Topology != "probe":
+		return fmt.Errorf("--topology %q: want probe, or nothing", c.Topology)
 	case c.NodeRank >= c.Nodes.Max:
 		return fmt.Errorf("--node-rank %d is outside 0..%d (--nnodes %d)", c.NodeRank, c.Nodes.Max-1, c.Nodes.Max)
 	}

@@ -24,9 +24,12 @@ type Node struct {
 	Rank int `json:"rank"`
 	// Ports this node reserved for the round, used if it becomes node 0:
 	// MasterPort for PyTorch's store (MASTER_PORT), CollectivePort for
-	// ringo's collective bootstrap.
+	// ringo's collective bootstrap, ProbePort for the topology probe.
 	MasterPort     int `json:"master_port"`
 	CollectivePort int `json:"collective_port"`
+	// ProbePort is where node 0 gathers the launchers to measure the
+	// links between nodes (ringo launch --topology probe).
+	ProbePort int `json:"probe_port,omitempty"`
 	// Join is the order of arrival, set by the store's counter.
 	Join int64 `json:"join"`
 }

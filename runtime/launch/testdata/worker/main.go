@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -25,6 +26,8 @@ func main() {
 	failRank := flag.Int("fail-rank", -1, "on the first attempt, this rank exits 3 after a message on stderr")
 	at := flag.Int("at", 5, "the step at which --die-rank, --hang-rank or --fail-rank act")
 	always := flag.Bool("always", false, "act on every attempt, not just the first")
+	benchBytes := flag.Int("bench-bytes", 0, "before the steps, time all-reduces of this many bytes and print the median")
+	benchIters := flag.Int("bench-iters", 3, "with --bench-bytes: timed all-reduces (after one warm-up)")
 	noToken := flag.Int("no-token-rank", -1, "this rank joins without the job token, as an intruder would")
 	flag.Parse()
 	if os.Getenv("RANK") == fmt.Sprint(*noToken) {
@@ -39,6 +42,23 @@ func main() {
 		os.Exit(1)
 	}
 	defer g.Close()
+	if *benchBytes > 0 {
+		buf := make([]float32, *benchBytes/4)
+		var times []time.Duration
+		for i := range *benchIters + 1 {
+			t0 := time.Now()
+			if err := g.AllReduce(ctx, collective.Float32s(buf), collective.Float32s(buf), collective.Sum); err != nil {
+				fmt.Fprintf(os.Stderr, "rank %d: timing all-reduce: %v\n", g.Rank(), err)
+				os.Exit(1)
+			}
+			if i > 0 {
+				times = append(times, time.Since(t0))
+			}
+		}
+		slices.Sort(times)
+		host, _ := os.Hostname()
+		fmt.Printf("rank %d of %d on %s (%s): all-reduce of %d bytes: median %.6f s\n", g.Rank(), g.Size(), os.Getenv("RINGO_NODE_ADDR"), host, *benchBytes, times[len(times)/2].Seconds())
+	}
 	first := g.Restarts == 0 || *always
 	n := g.Size()
 	buf := make([]float32, 1024)
