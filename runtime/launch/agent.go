@@ -36,6 +36,10 @@ type ExitError struct {
 
 func (e *ExitError) Error() string { return e.Msg }
 
+// storeLinger bounds how long the node serving the embedded store waits,
+// at the end, for the other nodes to disconnect.
+const storeLinger = 10 * time.Second
+
 // agent is one Run: the launcher of this node.
 type agent struct {
 	cfg     Config
@@ -106,6 +110,12 @@ func (a *agent) close() {
 		a.store.Close()
 	}
 	if a.server != nil {
+		// The other nodes read the job's end from this store: give them
+		// time to read it and leave before it goes away.
+		deadline := time.Now().Add(storeLinger)
+		for a.server.Clients() > 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
 		a.server.Close()
 	}
 	if a.privDir != "" {

@@ -102,6 +102,19 @@ func Serve(ln net.Listener, token auth.Token) *Server {
 // Addr is the address the server listens on, with the port it got.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
+// Clients is the number of connections being served now.
+func (s *Server) Clients() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, serving := range s.conns {
+		if serving {
+			n++
+		}
+	}
+	return n
+}
+
 // OnRefuse sets a function told about every connection the server refused
 // (failed greeting or authentication): the remote address and why. The
 // launcher logs them. It must not block.
