@@ -42,10 +42,9 @@ type Transport struct {
 	peers      []*peerLink
 	over       chan struct{} // closed once Join is over: later streams are refused
 
+	latch transport.FaultLatch // the first fault
+
 	mu      sync.Mutex
-	fault   *transport.Fault
-	faulted chan struct{}
-	onFault func(*transport.Fault)
 	closing bool
 
 	shutOnce sync.Once
@@ -107,7 +106,8 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{rank: cfg.Rank, size: cfg.Size, peers: make([]*peerLink, cfg.Size),
-		faulted: make(chan struct{}), onFault: cfg.OnFault, over: make(chan struct{})}
+		over: make(chan struct{})}
+	t.latch.Init(cfg.OnFault)
 	if cfg.Size == 1 {
 		close(t.over)
 		return t, nil
@@ -234,26 +234,14 @@ func (t *Transport) PeerAddr(p int) string {
 	return ""
 }
 
-func (t *Transport) Fault() *transport.Fault {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.fault
-}
+func (t *Transport) Fault() *transport.Fault { return t.latch.Fault() }
 
 // record stores f as the fault unless one is set, and wakes every blocked
 // call by moving the data streams' deadlines into the past. It reports
 // whether f was the first.
 func (t *Transport) record(f *transport.Fault) bool {
-	t.mu.Lock()
-	if t.fault != nil {
-		t.mu.Unlock()
+	if !t.latch.Record(f) {
 		return false
-	}
-	t.fault = f
-	close(t.faulted)
-	t.mu.Unlock()
-	if t.onFault != nil {
-		t.onFault(f)
 	}
 	past := time.Unix(1, 0)
 	for _, pr := range t.peers {
@@ -283,10 +271,7 @@ func (t *Transport) notify(kind transport.Kind, payload []byte, last bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h := transport.Header{Kind: kind, From: int32(t.rank), Length: uint64(len(payload))}
-			b := make([]byte, transport.HeaderSize+len(payload))
-			h.Encode(b)
-			copy(b[transport.HeaderSize:], payload)
+			b := transport.ControlMessage(kind, t.rank, payload)
 			pr.ctrlMu.Lock()
 			defer pr.ctrlMu.Unlock()
 			pr.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
@@ -384,7 +369,7 @@ func (t *Transport) linkError(pr *peerLink, dir string, err error) error {
 	tm := time.NewTimer(faultGrace)
 	defer tm.Stop()
 	select {
-	case <-t.faulted:
+	case <-t.latch.Faulted():
 		return t.Fault()
 	case <-pr.goodbye:
 		t.Abort(&transport.Fault{Kind: transport.FaultPeerLost, Peer: pr.rank, Reporter: t.rank,
