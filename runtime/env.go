@@ -22,6 +22,13 @@ const (
 	EnvNodeAddr = "RINGO_NODE_ADDR"
 	// EnvNNodes is the number of nodes in the round.
 	EnvNNodes = "RINGO_NNODES"
+	// EnvTransport selects the collective transport: tcp, shm, libp2p, or
+	// empty for the default (shm when every rank shares one host).
+	EnvTransport = "RINGO_TRANSPORT"
+	// EnvP2PIdentity and EnvP2PPeers name, for libp2p, this worker's
+	// private key file and the file of every rank's peer ID.
+	EnvP2PIdentity = "RINGO_P2P_IDENTITY"
+	EnvP2PPeers    = "RINGO_P2P_PEERS"
 )
 
 // Heartbeat wire, from worker to launcher over the pipe: 9 bytes per

@@ -29,6 +29,9 @@ type Group struct {
 	// Launched is true under `ringo launch`, false for a group of one
 	// made because the program ran alone.
 	Launched bool
+	// Transport is what the collectives run over: "tcp", "shm" or
+	// "libp2p".
+	Transport string
 
 	beat beater
 	rep  reporter
@@ -105,10 +108,17 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 	}
 	g.tcfg, g.ccfg = tcfg, ccfg
 	g.rep.ckpt.LastStep = -1
-	if g.Comm, err = collective.NewTCP(ctx, tcfg, ccfg); err != nil {
-		g.beat.close()
-		return nil, fmt.Errorf("rank %d of %d: joining the collective group at %s: %w", e.rank, e.size, e.collAddr, err)
+	tr, name, err := joinTransport(ctx, e, tcfg)
+	if err == nil {
+		if g.Comm, err = collective.New(tr, ccfg); err != nil {
+			tr.Close()
+		}
 	}
+	if err != nil {
+		g.beat.close()
+		return nil, fmt.Errorf("rank %d of %d: joining the collective group (%s) at %s: %w", e.rank, e.size, name, e.collAddr, err)
+	}
+	g.Transport = name
 	g.beat.report = g.report
 	return g, nil
 }
@@ -119,6 +129,7 @@ type workerEnv struct {
 	nodeRank, nodes, restarts, gen   int
 	runID, collAddr, nodeAddr        string
 	tokenFile                        string
+	transport, p2pIdentity, p2pPeers string
 	beatFD                           int
 }
 
@@ -152,6 +163,7 @@ func readEnv() (workerEnv, error) {
 		e.runID = v
 	}
 	e.collAddr, e.nodeAddr, e.tokenFile = os.Getenv(EnvCollectiveAddr), os.Getenv(EnvNodeAddr), os.Getenv(EnvTokenFile)
+	e.transport, e.p2pIdentity, e.p2pPeers = os.Getenv(EnvTransport), os.Getenv(EnvP2PIdentity), os.Getenv(EnvP2PPeers)
 	switch {
 	case e.size < 1 || e.rank < 0 || e.rank >= e.size:
 		return e, fmt.Errorf("RANK=%d and WORLD_SIZE=%d do not make a rank of a group", e.rank, e.size)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# compare-peers.sh: ringo's all-reduce next to Gloo (torch.distributed), Open
-# MPI (TCP, and shared memory when available) and the machine's own TCP ring
-# ceiling, on one host. See docs/compare-peers.md.
+# compare-peers.sh: ringo's all-reduce (TCP, and shared memory) next to Gloo
+# (torch.distributed), Open MPI (TCP, and shared memory when available) and
+# the machine's own TCP ring ceiling, on one host. See docs/compare-peers.md.
 #
 #   scripts/compare-peers.sh [--install] [--np "2 4"] [--min-bytes 4K]
 #       [--max-bytes 64M] [--iters 20] [--warmup 5] [--sockets K]
 #       [--out bench-results] [--timeout 300] [--seconds 3]
-#       [--skip "gloo openmpi-shm ..."] [--python /usr/bin/python3]
+#       [--skip "gloo openmpi-shm ringo-shm ..."] [--python /usr/bin/python3]
 set -euo pipefail
 
 usage() {
@@ -26,7 +26,7 @@ usage() {
   --out DIR      raw JSON lines and logs (default bench-results)
   --timeout S    time limit for each single run in seconds (default 300)
   --seconds S    ringceiling measurement window (default 3)
-  --skip LIST    any of: ringceiling gloo openmpi openmpi-shm ringo
+  --skip LIST    any of: ringceiling gloo openmpi openmpi-shm ringo ringo-shm
   --python PATH  Python with torch for Gloo (default /usr/bin/python3)
 EOF
 }
@@ -215,6 +215,73 @@ run() {
 	note "np=$np $name done in $((SECONDS - t0))s, $(grep -c '^{' "$f.jsonl" || true) lines"
 }
 
+# as_peer NAME FILE: relabel ringo bench rows as rows of peer NAME, so that
+# compare_table.py keeps its ringo column for the TCP transport.
+as_peer() {
+	[[ -s "$2" ]] || return 0
+	"$PY_TABLE" - "$1" "$2" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+out = []
+for line in open(path):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(r, dict) and "op" in r:
+        r["peer"] = name
+        r["ringo_op"] = r.pop("op")
+        out.append(json.dumps(r))
+open(path, "w").write("".join(l + "\n" for l in out))
+PY
+}
+
+# shm_tables DIR: one table per np of ringo's shared-memory transport next
+# to its TCP transport and Open MPI's shared memory.
+shm_tables() {
+	"$PY_TABLE" - "$1" <<'PY'
+import glob, json, os, sys
+rows = {}
+for path in glob.glob(os.path.join(sys.argv[1], "*.jsonl")):
+    for line in open(path):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or "bytes" not in r or "np" not in r:
+            continue
+        who = r.get("peer") or ("ringo" if r.get("op") == "allreduce" else None)
+        if who in ("ringo", "ringo-shm", "openmpi-shm"):
+            rows[(who, int(r["np"]), int(r["bytes"]))] = r
+def get(who, n, b, k):
+    r = rows.get((who, n, b))
+    return None if r is None else float(r[k])
+def f(x, fmt="%.3f"):
+    return "-" if x is None else fmt % x
+def q(a, b):
+    return "-" if a is None or not b else "%.2f" % (a / b)
+def human(b):
+    for u, m in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if b >= m and b % m == 0:
+            return "%d%s" % (b // m, u)
+    return str(b)
+for n in sorted({k[1] for k in rows if k[0] == "ringo-shm"}):
+    sizes = sorted({k[2] for k in rows if k[0] == "ringo-shm" and k[1] == n})
+    print("\n### shared memory, np = %d\n" % n)
+    head = ["bytes", "shm time_us", "shm busbw", "ringo tcp busbw", "openmpi-shm busbw",
+            "openmpi-shm time_us", "shm/tcp", "shm/ompi-shm", "shm/ompi-shm time"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---:" for _ in head) + "|")
+    for b in sizes:
+        st, sb = get("ringo-shm", n, b, "time_us"), get("ringo-shm", n, b, "busbw_gbps")
+        tb = get("ringo", n, b, "busbw_gbps")
+        ob, ot = get("openmpi-shm", n, b, "busbw_gbps"), get("openmpi-shm", n, b, "time_us")
+        wrong = "!" if (rows.get(("ringo-shm", n, b)) or {}).get("wrong") else ""
+        print("| " + " | ".join([human(b) + wrong, f(st, "%.1f"), f(sb), f(tb), f(ob), f(ot, "%.1f"),
+                                  q(sb, tb), q(sb, ob), q(st, ot)]) + " |")
+PY
+}
+
 SIZES=(--min-bytes "$MIN_B" --max-bytes "$MAX_B" --iters "$ITERS" --warmup "$WARMUP")
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 
@@ -241,8 +308,14 @@ for np in $NPS; do
 		run ringo "$np" bin/ringo bench allreduce --np "$np" "${SIZES[@]}" \
 			--dtype float32 --transport tcp --sockets "$K" --json
 	fi
+	if [[ $RINGO -eq 1 ]] && ! skipped ringo-shm; then
+		run ringo-shm "$np" bin/ringo bench allreduce --np "$np" "${SIZES[@]}" \
+			--dtype float32 --transport shm --json
+		as_peer ringo-shm "$OUT/ringo-shm-np$np.jsonl"
+	fi
 done
 
 "$PY_TABLE" scripts/peers/compare_table.py "$OUT" --np "$NPS" | tee "$OUT/tables.md" ||
 	note "no tables (nothing ran to completion?)"
+shm_tables "$OUT" | tee -a "$OUT/tables.md" || note "no shared-memory tables"
 note "raw results and logs in $OUT/"

@@ -10,12 +10,18 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	worker "github.com/ringo-ml/ringo/runtime"
 	"github.com/ringo-ml/ringo/topology"
 )
 
 const topoUsage = `Usage: ringo topo <command> ...
 
 Commands:
+  probe --out MATRIX.json [--bytes 4M]
+                   run as the program of a job (ringo launch ... -- ringo topo
+                   probe) to measure bandwidth and latency between every pair
+                   of its ranks, in contention-free rounds; rank 0 writes the
+                   matrix and prints it
   place --hosts FILE --matrix FILE [--ranks N] [--json]
                    put a job's ranks on the hosts' slots and order its ring for
                    the largest bottleneck bandwidth; compares the naive order
@@ -34,6 +40,8 @@ func runTopo(ctx context.Context, args []string) error {
 		return err
 	}
 	switch args[0] {
+	case "probe":
+		return topoProbe(ctx, args[1:])
 	case "place":
 		return topoPlace(args[1:])
 	case "show":
@@ -207,4 +215,42 @@ func topoShow(args []string) error {
 	}
 	fmt.Printf("heat map: %s\n", *pngPath)
 	return nil
+}
+
+// topoProbe is a standalone probe job: every rank of the job it runs in
+// measures its links, and rank 0 saves and prints the matrix.
+func topoProbe(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("topo probe", flag.ContinueOnError)
+	out := fs.String("out", "matrix.json", "where rank 0 writes the matrix")
+	cfg := topology.DefaultProbeConfig()
+	size := int64(cfg.MessageBytes)
+	fs.Var(byteFlag{&size}, "bytes", "size of each timed message")
+	fs.IntVar(&cfg.Iterations, "iters", cfg.Iterations, "timed messages per direction and pair")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	cfg.MessageBytes = int(size)
+	g, err := worker.Init(ctx)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	if g.Size() < 2 {
+		return errors.New("a probe needs at least 2 ranks: run it under ringo launch, e.g. ringo launch --nnodes 4 ... -- ringo topo probe")
+	}
+	m, perr := g.Probe(ctx, cfg)
+	if m == nil {
+		return perr
+	}
+	if g.Rank() == 0 {
+		if err := topology.WriteMatrix(*out, m); err != nil {
+			return err
+		}
+		topology.WriteTable(os.Stdout, m)
+		fmt.Printf("matrix of %d ranks written to %s\n", m.Size(), *out)
+	}
+	return perr
 }

@@ -204,3 +204,30 @@ func TestTopoBadInput(t *testing.T) {
 		}
 	}
 }
+
+// ringo topo probe, as the program of a 3-rank job on this host, writes
+// a full matrix.
+func TestTopoProbeJob(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "m.json")
+	b, err := exec.Command(ringoBin, "launch", "--nproc-per-node", "3", "--", ringoBin, "topo", "probe", "--out", out, "--bytes", "256K", "--iters", "4").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	m, err := topology.ReadMatrix(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Size() != 3 {
+		t.Fatalf("matrix of %d ranks", m.Size())
+	}
+	for i := range 3 {
+		for j := range 3 {
+			if i != j && (m.Bandwidth[i][j] <= 0 || m.LatencyUS[i][j] <= 0) {
+				t.Errorf("link %d->%d: %v B/s, %v µs", i, j, m.Bandwidth[i][j], m.LatencyUS[i][j])
+			}
+		}
+	}
+	if !strings.Contains(string(b), "matrix of 3 ranks written") {
+		t.Errorf("output:\n%s", b)
+	}
+}

@@ -71,6 +71,7 @@ func (c Config) Validate() error {
 // Row is one line of results, as printed with --json.
 type Row struct {
 	Op        string  `json:"op"`
+	Transport string  `json:"transport"`
 	NP        int     `json:"np"`
 	Bytes     int64   `json:"bytes"`
 	Count     int64   `json:"count"`
@@ -222,7 +223,7 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 		}
 		sec := stat[0]
 		algbw := float64(size) / sec / 1e9
-		row := Row{Op: c.Op, NP: n, Bytes: size, Count: count, DType: c.DType.String(), Algo: b.algo(c).String(),
+		row := Row{Op: c.Op, Transport: c.Transport, NP: n, Bytes: size, Count: count, DType: c.DType.String(), Algo: b.algo(c).String(),
 			TimeUS: sec * 1e6, AlgBWGBps: algbw, BusBWGBps: algbw * busFactor(c.Op, n), Wrong: wrongBuf[0]}
 		if size == 0 {
 			row.AlgBWGBps, row.BusBWGBps = 0, 0

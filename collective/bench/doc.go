@@ -1,5 +1,6 @@
 // Package bench runs ringo's collective benchmarks: `ringo bench` starts N
-// local worker processes that form a real TCP group, sweep a range of sizes,
+// local worker processes that form a real group (over TCP, or with
+// --transport shm over shared memory), sweep a range of sizes,
 // check every result against the value it must have, and report one row
 // per size in nccl-tests' format (time, algbw, busbw, wrong results).
 //

@@ -68,7 +68,7 @@ func join(ctx context.Context, c Config, rank int, addr string) (collective.Comm
 	if c.Transport == "shm" {
 		scfg := shm.DefaultConfig()
 		scfg.Rendezvous, scfg.Rank, scfg.Size = addr, rank, c.NP
-		scfg.Spin, scfg.Yield = shm.SpinFor(c.NP), shm.YieldFor(c.NP)
+		scfg.Yield = shm.YieldFor(c.NP)
 		scfg, err := scfg.FromEnv()
 		if err != nil {
 			return nil, err
@@ -125,8 +125,12 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 		head = stderr
 	}
 	host, _ := os.Hostname()
-	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %d sockets/peer, algo %s (small < %d B), chunk %d B, timeout %v, iters %d, warmup %d\n",
-		c.Op, c.NP, c.DType, c.Transport, c.Sockets, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.ChunkBytes, c.Coll.Timeout, c.Iters, c.Warmup)
+	link := fmt.Sprintf("%d sockets/peer", c.Sockets)
+	if c.Transport == "shm" {
+		link = "one ring per ordered pair"
+	}
+	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (small < %d B), chunk %d B, timeout %v, iters %d, warmup %d\n",
+		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.ChunkBytes, c.Coll.Timeout, c.Iters, c.Warmup)
 
 	cmds := make([]*exec.Cmd, c.NP)
 	exits := make(chan exit, c.NP)

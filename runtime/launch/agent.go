@@ -52,6 +52,7 @@ type agent struct {
 	attempt int
 	audit   *audit.Log // nil when --audit-log is not set
 	board   *board
+	p2p     *p2pFiles // this round's libp2p identities, with --transport libp2p
 }
 
 // Run launches the job on this node and supervises it until it succeeds,
@@ -235,12 +236,10 @@ func (a *agent) prepareToken() error {
 	if len(a.cfg.Token) == 0 || a.cfg.TokenFile != "" {
 		return nil
 	}
-	dir, err := os.MkdirTemp("", "ringo-launch-")
-	if err != nil {
+	if err := a.ensurePrivDir(); err != nil {
 		return err
 	}
-	a.privDir = dir
-	a.cfg.TokenFile = filepath.Join(dir, "token")
+	a.cfg.TokenFile = filepath.Join(a.privDir, "token")
 	return auth.WriteTokenFile(a.cfg.TokenFile, a.cfg.Token)
 }
 
@@ -370,6 +369,13 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 	}
 	if a.cfg.AuditLog != "" {
 		set[audit.EnvFile] = a.cfg.AuditLog
+	}
+	if a.cfg.Transport != "" {
+		set[ringo.EnvTransport] = a.cfg.Transport
+	}
+	if a.p2p != nil {
+		set[ringo.EnvP2PIdentity] = a.p2p.identity[local]
+		set[ringo.EnvP2PPeers] = a.p2p.peers
 	}
 	env := make([]string, 0, len(a.cfg.Env)+len(set)+1)
 	for _, kv := range a.cfg.Env {

@@ -355,6 +355,9 @@ func TestMetricsOfARunningJob(t *testing.T) {
 	if !strings.Contains(string(b), `"rank":1`) || !strings.Contains(string(b), `"run_id":"TestMetricsOfARunningJob"`) {
 		t.Errorf("status.json: %s", b)
 	}
+	if os.Geteuid() == 0 && !strings.Contains(body, "ringo_tcp_retransmits_total") && !strings.Contains(j.out.String(), "no TCP retransmit counters") {
+		t.Error("as root, neither TCP counters from eBPF nor a word on why not")
+	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
@@ -399,5 +402,26 @@ func TestStrangersAtTheStoreAreRefused(t *testing.T) {
 	}
 	if len(results(j.out.String())) != 2 {
 		t.Error("the job did not finish")
+	}
+}
+
+// Workers on one host use shared memory unless told otherwise; tcp and
+// libp2p (with an identity per worker and the job's allowlist) on demand.
+func TestTransports(t *testing.T) {
+	for want, cfg := range map[string]string{"shm": "", "tcp": "tcp", "libp2p": "libp2p"} {
+		t.Run(want, func(t *testing.T) {
+			j := newJob(t, 3, "--steps", "10", "--step-time", "1ms")
+			j.cfg.Transport = cfg
+			if err := j.run(t); err != nil {
+				t.Fatal(err)
+			}
+			out := j.out.String()
+			if n := strings.Count(out, "transport "+want+"\n"); n != 3 {
+				t.Errorf("%d of 3 workers report transport %s", n, want)
+			}
+			if len(results(out)) != 3 {
+				t.Error("not every worker finished")
+			}
+		})
 	}
 }

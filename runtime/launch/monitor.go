@@ -22,6 +22,14 @@ const quitWait = 2 * time.Second
 // cannot go on at all.
 func (a *agent) generation(ctx context.Context, r *rendezvous.Round) (rendezvous.End, error) {
 	bg := context.WithoutCancel(ctx)
+	a.p2p = nil
+	var err error
+	if a.cfg.Transport == "libp2p" {
+		if a.p2p, err = a.prepareIdentities(ctx, r); err != nil {
+			end := rendezvous.End{Kind: "failure", Cause: "start", Reason: fmt.Sprintf("node %s: libp2p identities: %v", a.cfg.Host, err), Node: a.me.ID}
+			return a.m.PostEnd(bg, a.store, r.Gen, end)
+		}
+	}
 	ws, err := a.startAll(r)
 	if err != nil {
 		// The program cannot start here, and would not on a restart:

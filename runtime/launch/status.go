@@ -9,6 +9,7 @@ import (
 	"github.com/ringo-ml/ringo/device"
 	"github.com/ringo-ml/ringo/runtime/launch/observe"
 	"github.com/ringo-ml/ringo/runtime/rendezvous"
+	"github.com/ringo-ml/ringo/topology"
 )
 
 // maxEvents bounds the recent events a status page shows.
@@ -20,6 +21,8 @@ type board struct {
 	srv     *observe.Server // nil without --metrics-addr
 	gpus    *device.Sampler // nil without GPUs
 	host    *device.Host
+	tcp     *topology.TCPCounters // nil where eBPF may not be loaded
+	tcp0    topology.TCPCounts    // the counters when the launcher started
 	started time.Time
 
 	mu     sync.Mutex
@@ -50,6 +53,14 @@ func (a *agent) openBoard() error {
 			host.Close()
 		}
 	}
+	// System-wide TCP counters from eBPF where allowed (root); where not,
+	// say so once and go on without them.
+	if c, err := topology.StartTCPCounters(); err == nil {
+		a.board.tcp = c
+		a.board.tcp0, _ = c.Read()
+	} else {
+		a.logf("no TCP retransmit counters: %v", err)
+	}
 	a.logf("metrics and status page on http://%s/", srv.Addr())
 	return nil
 }
@@ -61,6 +72,9 @@ func (b *board) close() {
 	if b.gpus != nil {
 		b.gpus.Close()
 		b.host.Close()
+	}
+	if b.tcp != nil {
+		b.tcp.Close()
 	}
 	if b.srv != nil {
 		b.srv.Close()
@@ -106,6 +120,12 @@ func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 	}
 	if b.gpus != nil {
 		snap.GPUs = b.gpus.Latest().GPUs
+	}
+	if b.tcp != nil {
+		if now, err := b.tcp.Read(); err == nil {
+			d := now.Sub(b.tcp0)
+			snap.TCP = &observe.TCPCounters{Retransmits: d.Retransmits, Segments: d.Segments, MeanRTTSeconds: d.MeanRTT().Seconds()}
+		}
 	}
 	b.srv.Update(snap)
 }

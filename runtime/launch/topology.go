@@ -12,57 +12,10 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
+	ringo "github.com/ringo-ml/ringo/runtime"
 	"github.com/ringo-ml/ringo/runtime/rendezvous"
 	"github.com/ringo-ml/ringo/topology"
 )
-
-// commPeer lets topology.Probe talk through a collective group of the
-// launchers.
-type commPeer struct {
-	c     collective.Comm
-	hosts []string
-}
-
-func (p commPeer) Rank() int       { return p.c.Rank() }
-func (p commPeer) Size() int       { return p.c.Size() }
-func (p commPeer) Hosts() []string { return p.hosts }
-
-func bytesBuf(b []byte) (collective.Buffer, error) {
-	if len(b)%4 != 0 {
-		return collective.Buffer{}, fmt.Errorf("probe message of %d bytes: want a multiple of 4", len(b))
-	}
-	return collective.BufferOf(collective.Int32, b), nil
-}
-
-func (p commPeer) Send(ctx context.Context, peer int, b []byte) error {
-	buf, err := bytesBuf(b)
-	if err != nil {
-		return err
-	}
-	return p.c.Send(ctx, buf, peer)
-}
-
-func (p commPeer) Recv(ctx context.Context, peer int, b []byte) error {
-	buf, err := bytesBuf(b)
-	if err != nil {
-		return err
-	}
-	return p.c.Recv(ctx, buf, peer)
-}
-
-func (p commPeer) Barrier(ctx context.Context) error { return p.c.Barrier(ctx) }
-
-func (p commPeer) AllGather(ctx context.Context, mine []float64) ([][]float64, error) {
-	all := make([]float64, len(mine)*p.c.Size())
-	if err := p.c.AllGather(ctx, collective.Float64s(mine), collective.Float64s(all)); err != nil {
-		return nil, err
-	}
-	out := make([][]float64, p.c.Size())
-	for r := range out {
-		out[r] = all[r*len(mine) : (r+1)*len(mine)]
-	}
-	return out, nil
-}
 
 // probeConfig is lighter than topology's default: it runs at every
 // (re)formation, with training waiting, and 8 MiB each way is enough to
@@ -94,7 +47,7 @@ func (a *agent) solveTopology(ctx context.Context, r *rendezvous.Round) error {
 		return fmt.Errorf("topology probe: joining the other nodes: %w", err)
 	}
 	defer comm.Close()
-	m, err := topology.Probe(pctx, commPeer{c: comm, hosts: hosts}, probeConfig())
+	m, err := topology.Probe(pctx, ringo.ProbePeer(comm, hosts), probeConfig())
 	if m == nil {
 		return fmt.Errorf("topology probe: %w", err)
 	}

@@ -55,13 +55,17 @@ var (
 	dGPUTemp    = desc("gpu_temperature_celsius", "GPU temperature.", gpuID...)
 	dGPUPower   = desc("gpu_power_watts", "GPU power draw.", gpuID...)
 
+	dTCPRetrans = desc("tcp_retransmits_total", "TCP segments this machine retransmitted since the launcher started (eBPF tracepoint tcp_retransmit_skb).")
+	dTCPSegs    = desc("tcp_segments_received_total", "TCP segments this machine received since the launcher started (eBPF tracepoint tcp_probe).")
+	dTCPRTT     = desc("tcp_srtt_seconds", "Smoothed TCP round-trip time averaged over the segments received (eBPF tcp_probe).")
+
 	dAlert  = desc("alert", "1 for each alert instance that is firing (rank or gpu empty when it has no such subject).", "alert", "rank", "gpu")
 	dAlerts = desc("alerts_firing", "Instances of each alert that are firing.", "alert")
 
 	allDescs = []*prometheus.Desc{dInfo, dWorkersUp, dWorkers, dGeneration, dWorld, dNodes, dRestarts, dStart,
 		dStep, dBeat, dStepDur, dStepTime, dCollCalls, dCollBytes, dCollBus, dCollSec, dCollBusbw,
 		dSamples, dDataBytes, dStall, dLoader, dStallR, dSaves, dSaveSec, dSaveBytes, dLoads, dLoadSec, dCkptStep, dCkptTime,
-		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dAlert, dAlerts}
+		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dTCPRetrans, dTCPSegs, dTCPRTT, dAlert, dAlerts}
 )
 
 // restartCauses are the causes the launcher names (Snapshot.RestartCauses);
@@ -186,6 +190,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if gp.PowerW >= 0 {
 			g(dGPUPower, gp.PowerW, lv...)
+		}
+	}
+
+	if t := snap.TCP; t != nil {
+		ctr(dTCPRetrans, float64(t.Retransmits))
+		ctr(dTCPSegs, float64(t.Segments))
+		if t.Segments > 0 {
+			g(dTCPRTT, t.MeanRTTSeconds)
 		}
 	}
 

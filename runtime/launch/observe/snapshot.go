@@ -28,6 +28,16 @@ type Snapshot struct {
 	Events         []Event         `json:"events"`
 	LastCheckpoint *Checkpoint     `json:"last_checkpoint,omitempty"`
 	GPUs           []device.Sample `json:"gpus,omitempty"`
+	// TCP holds this machine's TCP counters from eBPF tracepoints, when
+	// the launcher may load them (root); nil otherwise.
+	TCP *TCPCounters `json:"tcp,omitempty"`
+}
+
+// TCPCounters are system-wide TCP counters since the launcher started.
+type TCPCounters struct {
+	Retransmits    uint64  `json:"retransmits"`
+	Segments       uint64  `json:"segments"`         // segments received (tcp_probe)
+	MeanRTTSeconds float64 `json:"mean_rtt_seconds"` // smoothed RTT averaged over those segments
 }
 
 // Rank is one local worker.

@@ -95,6 +95,6 @@ func main() {
 		g.Heartbeat(int64(step))
 		time.Sleep(*stepTime)
 	}
-	fmt.Printf("rank %d of %d: done %d steps, last sum %v, restarts %d, generation %d, local %d/%d, node %d/%d\n",
-		g.Rank(), n, *steps, buf[0], g.Restarts, g.Generation, g.LocalRank, g.LocalSize, g.NodeRank, g.Nodes)
+	fmt.Printf("rank %d of %d: done %d steps, last sum %v, restarts %d, generation %d, local %d/%d, node %d/%d, transport %s\n",
+		g.Rank(), n, *steps, buf[0], g.Restarts, g.Generation, g.LocalRank, g.LocalSize, g.NodeRank, g.Nodes, g.Transport)
 }

@@ -1,0 +1,73 @@
+// Package shm is ringo's shared-memory transport, for ranks that are
+// processes on one host.
+//
+// Between every ordered pair of ranks there is one ring in a shared
+// segment: a memfd (or, where memfd_create is refused, an unnamed
+// O_TMPFILE file in /dev/shm) that the receiving rank creates and passes
+// to the sender over a unix socket with SCM_RIGHTS. Segments never have a
+// name, so nothing can outlive a job, however its processes end (kill -9
+// included): the kernel frees a segment when the last descriptor and
+// mapping of it go.
+//
+// # Rings
+//
+// A ring is single-producer, single-consumer and lock-free: Slots slots of
+// SlotBytes each, a head counter the sender alone writes (slots
+// published) and a tail counter the receiver alone writes (slots
+// released), each on a cache line of its own. A message starts at a slot
+// boundary: its 48-byte header (the same header and checksum as on TCP)
+// in a 64-byte area, then its payload, running on through as many slots
+// as it needs. The sender copies 64 KiB at a time and publishes each
+// batch, and the receiver copies out and releases in the same steps, so a
+// message larger than the ring streams through it with both sides copying
+// at once. RecvPayloadFunc hands out the payload where it lies in the ring,
+// so that a reduction can read the peer's data without a copy first.
+//
+// # Waiting
+//
+// A rank that waits for data (or for room in a full ring) polls the
+// counter for up to Config.Spin (1 ms by default), in bursts of looks with
+// a yield between bursts: to its own goroutines (the other lane of a
+// collective may need the only P), and, after the first 20 µs or from the
+// start when ranks outnumber cores (Config.Yield), to other processes (the
+// peer it waits for may be waiting for this very core). Then it raises a
+// waiting flag in the segment, looks once more, and sleeps on an eventfd
+// in Go's poller, holding no thread. The other side checks the flag after
+// each publish or release and, if it is up, clears it and writes the
+// eventfd. Since both the flag and the counter are sequentially
+// consistent atomics, a wake-up is never lost; an idle rank costs nothing
+// once its poll has run out.
+//
+// # Failures
+//
+// Beside the rings, every pair of ranks keeps the unix socket the rings
+// were passed on. It carries fault notices (Abort) and goodbyes (Close),
+// as the tcp transport's control connections do. The kernel closes a dead
+// process's sockets, so the end of the socket without a goodbye tells its
+// peers at once that it died, even while they wait on a ring it will
+// never write again; every waiting call is woken and fails with a
+// transport.Fault that wraps ErrPeerLost and names the rank. A peer that
+// is alive but silent is caught by the call's deadline (ErrTimeout).
+//
+// # Bootstrap, version 1
+//
+// Rank 0 listens on the TCP rendezvous address (as the tcp transport
+// does). Every rank, rank 0 included, opens an abstract unix socket
+// ("@ringo-shm-<pid>-<random>": a name in the kernel, not a file),
+// connects to the rendezvous (with the token handshake of internal/auth
+// when Config.Token is set), and sends one JSON line {"v":1,"rank":R,
+// "size":N,"host":H,"boot":B,"netns":NS,"pid":P,"sock":S,"slot_bytes":SB,
+// "slots":K}. When all N have registered, rank 0 checks that every rank
+// runs under its kernel (the boot id) and in its network namespace, and
+// answers each with {"v":1,"nonce":X,"socks":[...],"pids":[...],"host":H,
+// "slot_bytes":SB,"slots":K} (rank 0's ring shape wins), or with
+// {"error":"..."}, naming the rank on another host. Then each rank dials
+// every lower rank's socket; each connection opens with the token
+// handshake and a 24-byte hello: "RGSH", version u32, nonce u64, from
+// u32, 4 zero bytes. Both ends then send a 32-byte offer: "RGSO", version
+// u32, nonce u64, from u32, slot bytes u32, slots u32, 4 zero bytes, with
+// three descriptors attached: the ring the sender will read (the other
+// side writes it), and the two eventfds that wake the sender (data has
+// arrived; room has been made). The segment layout is documented in
+// ring.go. The hello and the offer decoders are fuzzed.
+package shm
