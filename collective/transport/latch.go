@@ -1,6 +1,10 @@
 package transport
 
-import "sync"
+import (
+	"fmt"
+	"sync"
+	"time"
+)
 
 // FaultLatch holds a transport's first fault: every transport records
 // the first thing that went wrong, tells its owner once, and from then on
@@ -54,4 +58,34 @@ func ControlMessage(kind Kind, from int, payload []byte) []byte {
 	h.Encode(b)
 	copy(b[HeaderSize:], payload)
 	return b
+}
+
+// TimeoutFault is the fault of a call that waited on peer past its
+// deadline; what says which way ("got nothing from", "could not send to
+// (it stopped reading)"). It is not recorded: the caller may find a better
+// explanation (a peer's header that disagrees) before it aborts with one.
+func TimeoutFault(rank, peer int, addr, what string) *Fault {
+	return &Fault{Kind: FaultTimeout, Peer: peer, Reporter: rank,
+		Detail: fmt.Sprintf("rank %d %s rank %d (%s) before the deadline: rank %d is stuck, stopped, or slower than the call's timeout (RINGO_TIMEOUT)", rank, what, peer, addr, peer)}
+}
+
+// LinkBroken decides what a broken link to peer means, records it through
+// abort, and returns the transport's fault. The peer may have broken the
+// link because it failed for another reason, and its fault notice says
+// which: wait up to grace for that notice (or for the peer's goodbye, when
+// it closed its group mid-call) before blaming the peer itself. dir and
+// err say what broke ("receive", the read error).
+func (l *FaultLatch) LinkBroken(abort func(*Fault), goodbye <-chan struct{}, rank, peer int, addr, dir string, err error, grace time.Duration) *Fault {
+	tm := time.NewTimer(grace)
+	defer tm.Stop()
+	select {
+	case <-l.faulted:
+	case <-goodbye:
+		abort(&Fault{Kind: FaultPeerLost, Peer: peer, Reporter: rank,
+			Detail: fmt.Sprintf("rank %d (%s) closed its group while rank %d was still in a call with it", peer, addr, rank)})
+	case <-tm.C:
+		abort(&Fault{Kind: FaultPeerLost, Peer: peer, Reporter: rank,
+			Detail: fmt.Sprintf("lost rank %d (%s) during a %s: %v; the process died, was killed, or the network cut it", peer, addr, dir, err)})
+	}
+	return l.Fault()
 }

@@ -359,26 +359,9 @@ func (t *Transport) linkError(pr *peerLink, dir string, err error) error {
 		if dir == "send" {
 			what = "could not send to (it stopped reading)"
 		}
-		// Not aborted here: the caller may find a better explanation
-		// (PeekHeader) before it aborts the group with one.
-		return &transport.Fault{Kind: transport.FaultTimeout, Peer: pr.rank, Reporter: t.rank,
-			Detail: fmt.Sprintf("rank %d %s rank %d (%s) before the deadline: rank %d is stuck, stopped, or slower than the call's timeout (RINGO_TIMEOUT)", t.rank, what, pr.rank, pr.addr, pr.rank)}
+		return transport.TimeoutFault(t.rank, pr.rank, pr.addr, what)
 	}
-	// The peer may have broken the link because it failed for another
-	// reason; its notice says which. Give it a moment to arrive.
-	tm := time.NewTimer(faultGrace)
-	defer tm.Stop()
-	select {
-	case <-t.latch.Faulted():
-		return t.Fault()
-	case <-pr.goodbye:
-		t.Abort(&transport.Fault{Kind: transport.FaultPeerLost, Peer: pr.rank, Reporter: t.rank,
-			Detail: fmt.Sprintf("rank %d (%s) closed its group while rank %d was still in a call with it", pr.rank, pr.addr, t.rank)})
-	case <-tm.C:
-		t.Abort(&transport.Fault{Kind: transport.FaultPeerLost, Peer: pr.rank, Reporter: t.rank,
-			Detail: fmt.Sprintf("lost rank %d (%s) during a %s: %v; the process died, was killed, or the network cut it", pr.rank, pr.addr, dir, err)})
-	}
-	return t.Fault()
+	return t.latch.LinkBroken(t.Abort, pr.goodbye, t.rank, pr.rank, pr.addr, dir, err, faultGrace)
 }
 
 func (t *Transport) peer(p int) (*peerLink, error) {
