@@ -158,22 +158,45 @@ const settleGrace = 100 * time.Millisecond
 // earliest exit; it waits for that worker's output to drain.
 func firstFailed(ws []*worker) *worker {
 	time.Sleep(settleGrace)
-	var first *worker
-	var at time.Time
-	var prim bool
-	for _, w := range ws {
-		st, ok := w.reapedStatus()
-		if !ok || st.ok() {
-			continue
+	pick := func() *worker {
+		var first *worker
+		var at time.Time
+		var prim bool
+		for _, w := range ws {
+			st, ok := w.reapedStatus()
+			if !ok || st.ok() {
+				continue
+			}
+			<-w.done // its panic text, if any, has been read
+			p := primary(w)
+			if first == nil || (p && !prim) || (p == prim && st.at.Before(at)) {
+				first, at, prim = w, st.at, p
+			}
 		}
-		<-w.done // its panic text, if any, has been read
-		p := primary(w)
-		if first == nil || (p && !prim) || (p == prim && st.at.Before(at)) {
-			first, at, prim = w, st.at, p
+		return first
+	}
+	first := pick()
+	// A worker that failed because its group blamed another local rank
+	// that is still on its way out (a Go panic runs deferred calls, then
+	// prints, then exits) is not the root cause: give the blamed one a
+	// moment to exit, then look again.
+	if peer, ok := first.blamed(); ok && !primary(first) {
+		for _, w := range ws {
+			if w.rank == peer {
+				select {
+				case <-w.done:
+				case <-time.After(blameWait):
+				}
+				first = pick()
+			}
 		}
 	}
 	return first
 }
+
+// blameWait bounds how long a report waits for the rank a failed worker
+// blamed to exit.
+const blameWait = 2 * time.Second
 
 // primary says whether a worker's failure can be a root cause: it was
 // killed by a signal, panicked, or failed without its collective group
