@@ -41,7 +41,7 @@ func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport
 		if err != nil {
 			return nil, kind, err
 		}
-		c.Rendezvous, c.Rank, c.Size, c.Token = tcfg.Rendezvous, tcfg.Rank, tcfg.Size, tcfg.Token
+		c.Rendezvous, c.Rank, c.Size, c.Token, c.OnFault = tcfg.Rendezvous, tcfg.Rank, tcfg.Size, tcfg.Token, tcfg.OnFault
 		tr, err := shm.Join(ctx, c)
 		return tr, kind, err
 	case "libp2p":

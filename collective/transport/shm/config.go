@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/internal/auth"
 )
 
@@ -41,6 +42,10 @@ type Config struct {
 	// slots as they need, so a message longer than the ring streams
 	// through it. Rank 0's values win.
 	SlotBytes, Slots int
+	// OnFault, if set, is called once, synchronously, when the transport
+	// records its first fault (before any call returns it), so that a
+	// worker can tell its launcher whom it blames. It must not block.
+	OnFault func(*transport.Fault)
 
 	// hostID overrides this host's identity (tests of the same-host check).
 	hostID string
