@@ -136,7 +136,9 @@ func mapSegment(fd, slotBytes, slots int) (*ring, error) {
 	if st.Size != int64(size) {
 		return nil, fmt.Errorf("shared segment is %d bytes, a ring of %d slots of %d bytes needs %d", st.Size, slots, slotBytes, size)
 	}
-	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	// MAP_POPULATE: fault every page in now rather than in the first
+	// transfers.
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("mapping a %d-byte shared segment: %w", size, err)
 	}
@@ -185,6 +187,26 @@ func (r *ring) put(pos uint64, b []byte) {
 	n := copy(r.data[o:], b)
 	if n < len(b) {
 		copy(r.data, b[n:])
+	}
+}
+
+// putNT is put with non-temporal stores for the whole 64-byte blocks of b
+// (pos must be 64-byte aligned): the bytes go to memory instead of
+// staying in this core's caches, from where the reader's core would have
+// to fetch them line by line.
+func (r *ring) putNT(pos uint64, b []byte) {
+	o := pos % r.size
+	n := min(uint64(len(b)), r.size-o)
+	ntPart(r.data[o:o+n], b[:n])
+	if n < uint64(len(b)) {
+		ntPart(r.data[:uint64(len(b))-n], b[n:])
+	}
+}
+
+func ntPart(dst, src []byte) {
+	copyNT(dst, src)
+	if k := len(src) &^ 63; k < len(src) {
+		copy(dst[k:], src[k:])
 	}
 }
 
