@@ -57,7 +57,7 @@ func runBench(ctx context.Context, args []string) error {
 	dtype := fs.String("dtype", c.DType.String(), "element type: float32, float64, int32, int64, bfloat16, float16")
 	redop := fs.String("op", c.RedOp.String(), "reduction: sum, avg, min, max, prod")
 	fs.IntVar(&c.Root, "root", c.Root, "root rank for broadcast")
-	fs.StringVar(&c.Transport, "transport", c.Transport, "transport between workers: tcp")
+	fs.StringVar(&c.Transport, "transport", c.Transport, "transport between workers: tcp or shm")
 	fs.IntVar(&c.Sockets, "sockets", c.Sockets, "TCP connections per peer pair that large messages are striped over (0: one per core each worker can have, 1 to 4)")
 	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd (also RINGO_ALGO)")
 	small := c.Coll.SmallBytes

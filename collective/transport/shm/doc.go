@@ -20,8 +20,13 @@
 // as it needs. The sender copies 64 KiB at a time and publishes each
 // batch, and the receiver copies out and releases in the same steps, so a
 // message larger than the ring streams through it with both sides copying
-// at once. RecvPayloadFunc hands out the payload where it lies in the ring,
-// so that a reduction can read the peer's data without a copy first.
+// at once. A sender that finds its copies of large messages (256 KiB and
+// up) into a ring slow, which happens when the reader's core holds the
+// ring's lines in a cache the writer's core does not share, switches to
+// non-temporal stores for that ring, and tries ordinary ones again every
+// 200 ms (see ntMin in shm.go for the measurements). RecvPayloadFunc hands
+// out the payload where it lies in the ring, so that a reduction can read
+// the peer's data without a copy first.
 //
 // # Waiting
 //
