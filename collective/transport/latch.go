@@ -89,3 +89,15 @@ func (l *FaultLatch) LinkBroken(abort func(*Fault), goodbye <-chan struct{}, ran
 	}
 	return l.Fault()
 }
+
+// ClosedFault is what a transport records when its own rank closes it:
+// every later call fails with it.
+func ClosedFault(rank int) *Fault {
+	return &Fault{Kind: FaultClosed, Peer: -1, Reporter: rank, Detail: fmt.Sprintf("rank %d closed its group", rank)}
+}
+
+// KilledFault is what a transport records when a test kills it as a crash
+// would.
+func KilledFault(rank int) *Fault {
+	return &Fault{Kind: FaultClosed, Peer: rank, Reporter: rank, Detail: fmt.Sprintf("rank %d was killed", rank)}
+}

@@ -752,8 +752,7 @@ func (t *Transport) Close() error {
 	}
 	t.closing = true
 	t.mu.Unlock()
-	t.record(&transport.Fault{Kind: transport.FaultClosed, Peer: -1, Reporter: t.rank,
-		Detail: fmt.Sprintf("rank %d closed its group", t.rank)})
+	t.record(transport.ClosedFault(t.rank))
 	t.notify(transport.KindGoodbye, nil)
 	t.shutdown()
 	return nil
@@ -766,8 +765,7 @@ func (t *Transport) Kill() {
 	t.mu.Lock()
 	t.closing = true
 	t.mu.Unlock()
-	t.record(&transport.Fault{Kind: transport.FaultClosed, Peer: t.rank, Reporter: t.rank,
-		Detail: fmt.Sprintf("rank %d was killed", t.rank)})
+	t.record(transport.KilledFault(t.rank))
 	t.shutdown()
 }
 
