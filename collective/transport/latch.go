@@ -3,6 +3,7 @@ package transport
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,7 +12,7 @@ import (
 // answers every call with it. Embed one and call Init before use.
 type FaultLatch struct {
 	mu      sync.Mutex
-	fault   *Fault
+	fault   atomic.Pointer[Fault] // read without the lock on hot paths
 	faulted chan struct{}
 	onFault func(*Fault)
 }
@@ -27,11 +28,11 @@ func (l *FaultLatch) Init(onFault func(*Fault)) {
 // whether f was the first. The caller then wakes its blocked calls.
 func (l *FaultLatch) Record(f *Fault) bool {
 	l.mu.Lock()
-	if l.fault != nil {
+	if l.fault.Load() != nil {
 		l.mu.Unlock()
 		return false
 	}
-	l.fault = f
+	l.fault.Store(f)
 	close(l.faulted)
 	l.mu.Unlock()
 	if l.onFault != nil {
@@ -40,12 +41,8 @@ func (l *FaultLatch) Record(f *Fault) bool {
 	return true
 }
 
-// Fault returns the recorded fault, or nil.
-func (l *FaultLatch) Fault() *Fault {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.fault
-}
+// Fault returns the recorded fault, or nil; it takes no lock.
+func (l *FaultLatch) Fault() *Fault { return l.fault.Load() }
 
 // Faulted is closed when a fault is recorded.
 func (l *FaultLatch) Faulted() <-chan struct{} { return l.faulted }

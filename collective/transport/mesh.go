@@ -1,0 +1,438 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// Link is what a transport implements per peer: the data path both ways,
+// a control channel beside it, and the steps of its lifecycle. Mesh does
+// the rest (the fault latch, fault notices, goodbyes, turning I/O errors
+// into faults that name the peer), the same way for every transport, so
+// that one Mesh can hold links of several transports.
+//
+// The data calls are made by one goroutine per direction, as Transport's
+// are. Their errors are plain: a deadline that passed (os.ErrDeadlineExceeded
+// or a net.Error that says Timeout), ErrInterrupted, ErrPeerLeft, a
+// *ProtocolError, or whatever broke the connection.
+type Link interface {
+	// Send writes h (From and Length set) and then payload.
+	Send(h *Header, payload []byte, deadline time.Time) error
+	// RecvHeader reads the next message's header and returns its
+	// HeaderSize bytes, valid until the next call on the receiving side.
+	RecvHeader(deadline time.Time) ([]byte, error)
+	// RecvPayload reads the payload of that message into buf, whose
+	// length Mesh has checked against the header.
+	RecvPayload(buf []byte, deadline time.Time) error
+	// PeekHeader returns the next header if it has already arrived,
+	// without consuming it, or nil (Peeker).
+	PeekHeader() []byte
+	// Addr says where the peer is, for messages.
+	Addr() string
+
+	// Control is the channel for fault notices and goodbyes. It is read by
+	// one goroutine of Mesh's and written under Mesh's lock.
+	Control() Control
+	// Interrupt is called once a fault is recorded: blocked data calls
+	// return ErrInterrupted (or a deadline error) at once, and so do later
+	// ones.
+	Interrupt()
+	// PeerLeft is called when the peer said goodbye: a data call that
+	// waits for it must not wait for ever (ErrPeerLeft).
+	PeerLeft()
+	// CloseWrite ends this rank's half of the data path, before its
+	// goodbye: the peer can still read what was sent.
+	CloseWrite()
+	// Close releases everything the link holds, once; the data calls
+	// have returned (they were interrupted) or will fail.
+	Close()
+}
+
+// Control is a link's control channel: a net.Conn, a unix socket or a
+// libp2p stream.
+type Control interface {
+	io.Reader
+	io.Writer
+	SetWriteDeadline(time.Time) error
+	CloseWrite() error
+}
+
+var (
+	// ErrInterrupted: the link's data call was woken by Interrupt.
+	ErrInterrupted = errors.New("interrupted by a fault")
+	// ErrPeerLeft: the peer said goodbye while this rank waited for it.
+	ErrPeerLeft = errors.New("peer left the group")
+)
+
+// ProtocolError is a link's finding that the peer broke its rules.
+type ProtocolError struct{ Msg string }
+
+func (e *ProtocolError) Error() string { return e.Msg }
+
+// MeshConfig tunes a Mesh.
+type MeshConfig struct {
+	// OnFault, if set, is called once, synchronously, with the first
+	// fault (FaultLatch.Init).
+	OnFault func(*Fault)
+	// OnShutdown, if set, runs after every link is closed and before
+	// Close or Kill waits for the mesh's goroutines (libp2p closes its
+	// host there).
+	OnShutdown func()
+}
+
+// faultGrace: when a link breaks, wait this long for the peer's fault
+// notice, which names the real culprit if the peer was only reacting to
+// someone else's failure.
+const faultGrace = 300 * time.Millisecond
+
+// goodbyeWait bounds how long Close waits for its peers to acknowledge
+// its goodbye.
+const goodbyeWait = time.Second
+
+// maxControl bounds a control message's payload.
+const maxControl = 1 << 16
+
+// Mesh is a Transport made of one Link per peer, each of whatever
+// transport reaches that peer best. It implements Transport, Peeker and
+// Addresser.
+type Mesh struct {
+	rank, size int
+	peers      []*meshPeer // nil for this rank
+	latch      FaultLatch
+	onShutdown func()
+
+	mu      sync.Mutex
+	closing bool
+
+	shutOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+type meshPeer struct {
+	rank int
+	link Link
+
+	ctrlMu    sync.Mutex    // serialises writes on the control channel
+	goodbye   chan struct{} // closed when the peer said goodbye
+	watchDone chan struct{} // closed when watch has returned
+
+	// The receiving side: the length of the header just returned.
+	inN  uint64
+	inOK bool
+}
+
+// NewMesh makes a mesh of rank in a group of size from links (indexed
+// by rank, nil for this rank) and starts watching their control channels.
+func NewMesh(rank, size int, links []Link, cfg MeshConfig) *Mesh {
+	m := &Mesh{rank: rank, size: size, peers: make([]*meshPeer, size), onShutdown: cfg.OnShutdown}
+	m.latch.Init(cfg.OnFault)
+	for p, l := range links {
+		if l == nil || p == rank {
+			continue
+		}
+		m.peers[p] = &meshPeer{rank: p, link: l, goodbye: make(chan struct{}), watchDone: make(chan struct{})}
+	}
+	for _, pr := range m.peers {
+		if pr != nil {
+			m.wg.Add(1)
+			go m.watch(pr)
+		}
+	}
+	return m
+}
+
+func (m *Mesh) Rank() int { return m.rank }
+func (m *Mesh) Size() int { return m.size }
+
+// Link returns the link to peer p, or nil.
+func (m *Mesh) Link(p int) Link {
+	if p >= 0 && p < m.size && m.peers[p] != nil {
+		return m.peers[p].link
+	}
+	return nil
+}
+
+// PeerAddr says where peer p is (Addresser).
+func (m *Mesh) PeerAddr(p int) string {
+	if l := m.Link(p); l != nil {
+		return l.Addr()
+	}
+	return ""
+}
+
+func (m *Mesh) Fault() *Fault { return m.latch.Fault() }
+
+// record stores f unless a fault is set and interrupts every link. It
+// reports whether f was the first.
+func (m *Mesh) record(f *Fault) bool {
+	if !m.latch.Record(f) {
+		return false
+	}
+	for _, pr := range m.peers {
+		if pr != nil {
+			pr.link.Interrupt()
+		}
+	}
+	return true
+}
+
+func (m *Mesh) Abort(f *Fault) {
+	if m.record(f) {
+		m.notify(KindFault, EncodeFault(f), false)
+	}
+}
+
+// notify writes a control message to every peer, in parallel and bounded
+// in time, since a peer may be gone or stuck. With last, it also ends
+// this rank's half of each control channel.
+func (m *Mesh) notify(kind Kind, payload []byte, last bool) {
+	b := ControlMessage(kind, m.rank, payload)
+	var wg sync.WaitGroup
+	for _, pr := range m.peers {
+		if pr == nil {
+			continue
+		}
+		wg.Go(func() {
+			c := pr.link.Control()
+			pr.ctrlMu.Lock()
+			defer pr.ctrlMu.Unlock()
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(b)
+			if last {
+				c.CloseWrite()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// watch reads a peer's control channel: fault notices, the goodbye, and
+// the end of the channel that tells of a dead process (the kernel, or
+// libp2p, closes a process's connections however it ends).
+func (m *Mesh) watch(pr *meshPeer) {
+	defer m.wg.Done()
+	defer close(pr.watchDone)
+	c := pr.link.Control()
+	var hb [HeaderSize]byte
+	for {
+		if _, err := io.ReadFull(c, hb[:]); err != nil {
+			m.mu.Lock()
+			closing := m.closing
+			m.mu.Unlock()
+			if !closing {
+				m.Abort(&Fault{Kind: FaultPeerLost, Peer: pr.rank, Reporter: m.rank,
+					Detail: fmt.Sprintf("lost rank %d (%s): its control channel ended without a goodbye (%v); the process died, was killed, or the network cut it", pr.rank, pr.link.Addr(), err)})
+			}
+			return
+		}
+		var h Header
+		if err := h.Decode(hb[:]); err != nil || h.Length > maxControl {
+			if err == nil {
+				err = fmt.Errorf("a control message of %d bytes", h.Length)
+			}
+			m.Abort(&Fault{Kind: FaultProtocol, Peer: pr.rank, Reporter: m.rank,
+				Detail: fmt.Sprintf("garbage on the control channel from rank %d (%s): %v", pr.rank, pr.link.Addr(), err)})
+			return
+		}
+		payload := make([]byte, h.Length)
+		if _, err := io.ReadFull(c, payload); err != nil {
+			continue // the next read reports the broken channel
+		}
+		switch h.Kind {
+		case KindGoodbye:
+			close(pr.goodbye)
+			pr.link.PeerLeft()
+			// Acknowledge: the peer waits for this end of the channel
+			// before it closes its connections, so that nothing it sent
+			// before its goodbye is lost (closing a libp2p connection
+			// drops what the other side has not read yet).
+			pr.ctrlMu.Lock()
+			c.CloseWrite()
+			pr.ctrlMu.Unlock()
+			return
+		case KindFault:
+			f, err := DecodeFault(payload)
+			if err != nil {
+				f = &Fault{Kind: FaultProtocol, Peer: pr.rank, Reporter: m.rank,
+					Detail: fmt.Sprintf("unreadable fault notice from rank %d (%s): %v", pr.rank, pr.link.Addr(), err)}
+			}
+			m.record(f)
+		}
+	}
+}
+
+// IsTimeout reports whether err is a deadline that passed.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// linkError turns an error of pr's link into the Fault every call
+// returns (or, for a timeout, the one the caller may still explain).
+func (m *Mesh) linkError(pr *meshPeer, dir string, err error) error {
+	if f := m.Fault(); f != nil {
+		return f
+	}
+	var f *Fault
+	var pe *ProtocolError
+	switch {
+	case errors.As(err, &f):
+		return f
+	case errors.As(err, &pe):
+		m.Abort(&Fault{Kind: FaultProtocol, Peer: pr.rank, Reporter: m.rank,
+			Detail: fmt.Sprintf("rank %d got a bad message from rank %d (%s): %s", m.rank, pr.rank, pr.link.Addr(), pe.Msg)})
+		return m.Fault()
+	case IsTimeout(err):
+		what := "heard nothing from"
+		if dir == "send" {
+			what = "could not send to (it stopped reading)"
+		}
+		return TimeoutFault(m.rank, pr.rank, pr.link.Addr(), what)
+	}
+	// ErrInterrupted comes after a fault is recorded, so it was returned
+	// above; ErrPeerLeft finds goodbye closed.
+	return m.latch.LinkBroken(m.Abort, pr.goodbye, m.rank, pr.rank, pr.link.Addr(), dir, err, faultGrace)
+}
+
+func (m *Mesh) peer(p int) (*meshPeer, error) {
+	if p < 0 || p >= m.size || m.peers[p] == nil {
+		return nil, fmt.Errorf("transport: rank %d has no peer %d", m.rank, p)
+	}
+	if f := m.Fault(); f != nil {
+		return nil, f
+	}
+	return m.peers[p], nil
+}
+
+func (m *Mesh) Send(p int, h *Header, payload []byte, deadline time.Time) error {
+	pr, err := m.peer(p)
+	if err != nil {
+		return err
+	}
+	h.From = int32(m.rank)
+	h.Length = uint64(len(payload))
+	if err := pr.link.Send(h, payload, deadline); err != nil {
+		return m.linkError(pr, "send", err)
+	}
+	return nil
+}
+
+func (m *Mesh) RecvHeader(p int, h *Header, deadline time.Time) error {
+	pr, err := m.peer(p)
+	if err != nil {
+		return err
+	}
+	b, err := pr.link.RecvHeader(deadline)
+	if err != nil {
+		return m.linkError(pr, "receive", err)
+	}
+	if err := h.Decode(b); err != nil || h.Kind != KindData {
+		if err == nil {
+			err = fmt.Errorf("a %v message on the data path", h.Kind)
+		}
+		return m.linkError(pr, "receive", &ProtocolError{err.Error()})
+	}
+	pr.inN, pr.inOK = h.Length, true
+	return nil
+}
+
+func (m *Mesh) RecvPayload(p int, buf []byte, deadline time.Time) error {
+	pr, err := m.peer(p)
+	if err != nil {
+		return err
+	}
+	if !pr.inOK || uint64(len(buf)) != pr.inN {
+		return fmt.Errorf("transport: rank %d: payload of %d bytes asked from rank %d, header said %d", m.rank, len(buf), p, pr.inN)
+	}
+	pr.inOK = false
+	if err := pr.link.RecvPayload(buf, deadline); err != nil {
+		return m.linkError(pr, "receive", err)
+	}
+	return nil
+}
+
+// PeekHeader reports the header of the next message from p if it has
+// already arrived, without consuming it (Peeker). It is for explaining a
+// failure.
+func (m *Mesh) PeekHeader(p int, h *Header) bool {
+	if p < 0 || p >= m.size || m.peers[p] == nil {
+		return false
+	}
+	b := m.peers[p].link.PeekHeader()
+	return b != nil && h.Decode(b) == nil && h.Kind == KindData
+}
+
+// Close says goodbye to every peer, waits (briefly) for each to
+// acknowledge, closes every link and waits for the mesh's goroutines.
+//
+// The order matters where closing a connection discards what the peer
+// has received but not yet read (libp2p): this rank first ends its half
+// of every data path (the peer can then read what is buffered), then
+// sends its goodbye on the control channel, which the peer acknowledges
+// once it has read it, and so everything before it.
+func (m *Mesh) Close() error {
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closing = true
+	m.mu.Unlock()
+	m.record(ClosedFault(m.rank))
+	for _, pr := range m.peers {
+		if pr != nil {
+			pr.link.CloseWrite()
+		}
+	}
+	m.notify(KindGoodbye, nil, true)
+	tm := time.NewTimer(goodbyeWait)
+	defer tm.Stop()
+wait:
+	for _, pr := range m.peers {
+		if pr == nil {
+			continue
+		}
+		select {
+		case <-pr.watchDone:
+		case <-tm.C:
+			break wait
+		}
+	}
+	m.shutdown()
+	return nil
+}
+
+// Kill drops every link without a goodbye, as a crashed process would. It
+// exists for tests of peers' failure handling.
+func (m *Mesh) Kill() {
+	m.mu.Lock()
+	m.closing = true
+	m.mu.Unlock()
+	m.record(KilledFault(m.rank))
+	m.shutdown()
+}
+
+func (m *Mesh) shutdown() {
+	m.shutOnce.Do(func() {
+		for _, pr := range m.peers {
+			if pr != nil {
+				pr.link.Close()
+			}
+		}
+		if m.onShutdown != nil {
+			m.onShutdown()
+		}
+		m.wg.Wait()
+	})
+}
+
+var (
+	_ Transport = (*Mesh)(nil)
+	_ Peeker    = (*Mesh)(nil)
+	_ Addresser = (*Mesh)(nil)
+)
