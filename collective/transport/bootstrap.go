@@ -115,7 +115,7 @@ type Arrival struct {
 	Member Member
 	// Where says where it came from, for messages.
 	Where string
-	Reply  interface {
+	Reply interface {
 		io.Writer
 		SetWriteDeadline(time.Time) error
 	}

@@ -101,9 +101,9 @@ func newLink(cfg Config, addr string, conns []net.Conn, k, stripeMin int, pollin
 	return l, nil
 }
 
-func (l *link) Addr() string                { return l.addr }
+func (l *link) Addr() string               { return l.addr }
 func (l *link) Control() transport.Control { return l.ctrl }
-func (l *link) PeerLeft()                   {}
+func (l *link) PeerLeft()                  {}
 
 // CloseWrite does nothing: TCP delivers what was written before a close.
 func (l *link) CloseWrite() {}
