@@ -299,6 +299,11 @@ func (m *Mesh) linkError(pr *meshPeer, dir string, err error) error {
 	return m.latch.LinkBroken(m.Abort, pr.goodbye, m.rank, pr.rank, pr.link.Addr(), dir, err, faultGrace)
 }
 
+// LinkError is what a call on peer p's link that failed with err
+// returns: the Fault that names the peer. dir is "send" or "receive".
+// It is for calls a transport adds beside Transport's own.
+func (m *Mesh) LinkError(p int, dir string, err error) error { return m.linkError(m.peers[p], dir, err) }
+
 func (m *Mesh) peer(p int) (*meshPeer, error) {
 	if p < 0 || p >= m.size || m.peers[p] == nil {
 		return nil, fmt.Errorf("transport: rank %d has no peer %d", m.rank, p)

@@ -146,3 +146,10 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// overrideHost applies hostID, if set, to h.
+func (c Config) overrideHost(h *transport.Host) {
+	if c.hostID != "" {
+		h.Name, h.Boot = c.hostID, c.hostID
+	}
+}

@@ -8,20 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FuzzDecodeHello: whatever a stray process writes to a rank's socket,
-// decodeHello rejects it or returns what encodes back to the same bytes.
-func FuzzDecodeHello(f *testing.F) {
-	f.Fuzz(func(t *testing.T, b []byte, nonce uint64) {
-		from, err := decodeHello(b, nonce)
-		if err != nil {
-			return
-		}
-		if out := encodeHello(nonce, from); !bytes.Equal(out, b) {
-			t.Fatalf("decode/encode changed the hello:\n in %x\nout %x", b, out)
-		}
-	})
-}
-
 // FuzzDecodeOffer: an offer comes from a peer; decoding never panics, and
 // what it accepts re-encodes identically.
 func FuzzDecodeOffer(f *testing.F) {
