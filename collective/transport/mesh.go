@@ -302,7 +302,9 @@ func (m *Mesh) linkError(pr *meshPeer, dir string, err error) error {
 // LinkError is what a call on peer p's link that failed with err
 // returns: the Fault that names the peer. dir is "send" or "receive".
 // It is for calls a transport adds beside Transport's own.
-func (m *Mesh) LinkError(p int, dir string, err error) error { return m.linkError(m.peers[p], dir, err) }
+func (m *Mesh) LinkError(p int, dir string, err error) error {
+	return m.linkError(m.peers[p], dir, err)
+}
 
 func (m *Mesh) peer(p int) (*meshPeer, error) {
 	if p < 0 || p >= m.size || m.peers[p] == nil {

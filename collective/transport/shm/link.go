@@ -53,7 +53,7 @@ type link struct {
 	closeOnce sync.Once
 }
 
-func (l *link) Addr() string                { return l.addr }
+func (l *link) Addr() string               { return l.addr }
 func (l *link) Control() transport.Control { return l.ctrl }
 
 // CloseWrite does nothing: what was published stays in the ring.
@@ -271,7 +271,6 @@ func (l *link) wait(kind waitKind, target uint64, deadline time.Time) (uint64, e
 	}
 }
 
-
 func (l *link) Send(h *transport.Header, payload []byte, deadline time.Time) error {
 	if err := l.enter(); err != nil {
 		return err
@@ -415,7 +414,6 @@ func (l *link) release(upto uint64) {
 	}
 }
 
-
 // consume reads the pending message's payload into buf, or hands it to fn,
 // or (both nil) skips it, releasing slots as it goes.
 func (l *link) consume(buf []byte, fn func(int, []byte), deadline time.Time) error {
@@ -443,11 +441,10 @@ func (l *link) consume(buf []byte, fn func(int, []byte), deadline time.Time) err
 		}
 		rd = end
 		if rd < total {
-			l.release((base+rd)/sb)
+			l.release((base + rd) / sb)
 		}
 	}
 	l.pend = false
 	l.release(last)
 	return nil
 }
-
