@@ -91,8 +91,8 @@ func (m Member) Offer(name string, v any) error {
 // connection of this group carries in its hello (so that a stale process
 // of another group is never mistaken for a peer), and one member per rank.
 type Table struct {
-	Nonce   uint64   `json:"nonce"`
-	Members []Member `json:"members"`
+	Nonce   uint64   `json:"nonce,omitempty"`
+	Members []Member `json:"members,omitempty"`
 }
 
 // The two lines of the rendezvous, each one JSON object and a newline.

@@ -89,7 +89,10 @@ type MeshPlan struct {
 // forgotten: only the token's holders get that far, but a stale process
 // of an earlier group might. It returns conns[p][i] once every one is
 // there, or the first failure (closing all it had).
-func FormMesh[C io.Closer](ctx context.Context, plan MeshPlan, dial func(ctx context.Context, p, i int) (C, error), accepted <-chan Accepted[C]) (map[int][]C, error) {
+//
+// verify, if set, vets each accepted connection once its hello checks
+// out: libp2p proves the dialler's peer ID, which must be the rank's.
+func FormMesh[C io.Closer](ctx context.Context, plan MeshPlan, dial func(ctx context.Context, p, i int) (C, error), accepted <-chan Accepted[C], verify func(from int, c C) bool) (map[int][]C, error) {
 	conns := map[int][]C{}
 	want := 0
 	for _, p := range plan.Peers {
@@ -126,7 +129,8 @@ func FormMesh[C io.Closer](ctx context.Context, plan MeshPlan, dial func(ctx con
 				return
 			}
 			h := a.Hello
-			if h.Nonce != plan.Nonce || h.From <= plan.Rank || h.Index >= plan.PerPeer || !slices.Contains(plan.Peers, h.From) {
+			if h.Nonce != plan.Nonce || h.From <= plan.Rank || h.Index >= plan.PerPeer || !slices.Contains(plan.Peers, h.From) ||
+				verify != nil && !verify(h.From, a.Conn) {
 				a.Conn.Close()
 				continue
 			}

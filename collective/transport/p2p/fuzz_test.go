@@ -38,24 +38,3 @@ func FuzzDecodeIdentity(f *testing.F) {
 		}
 	})
 }
-
-// FuzzHello: the hello check never panics and accepts only hellos from a
-// higher rank with the group's nonce.
-func FuzzHello(f *testing.F) {
-	f.Add(encodeHello(7, 2, kindData), uint64(7))
-	f.Add(encodeHello(7, 0, kindControl), uint64(7))
-	f.Add([]byte("RGP2"), uint64(0))
-	f.Fuzz(func(t *testing.T, b []byte, nonce uint64) {
-		ms := make([]member, 4) // all with the empty peer ID
-		from, kind, err := checkHello(b, nonce, 1, ms, "")
-		if err != nil {
-			return
-		}
-		if from <= 1 || from >= 4 || (kind != kindControl && kind != kindData) {
-			t.Fatalf("accepted from=%d kind=%d", from, kind)
-		}
-		if !bytes.Equal(encodeHello(nonce, from, kind), b) {
-			t.Fatalf("accepted a hello that is not the canonical encoding: %x", b)
-		}
-	})
-}

@@ -3,12 +3,9 @@ package p2p
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -24,65 +21,37 @@ import (
 // with one write (one yamux frame: they carry at most 64 KiB).
 const smallWrite = 60 << 10
 
-// faultGrace: when a data stream breaks, wait this long for the peer's
-// fault notice, which names the real culprit if the peer was only
-// reacting to someone else's failure.
-const faultGrace = 300 * time.Millisecond
-
-// goodbyeWait bounds how long Close waits for its peers to acknowledge
-// its goodbye.
-const goodbyeWait = time.Second
-
-// Transport is a mesh of libp2p streams. It implements
-// transport.Transport, transport.Peeker and transport.Addresser.
+// Transport is a mesh of libp2p streams: a transport.Mesh of libp2p
+// links.
 type Transport struct {
-	rank, size int
-	h          host.Host // nil for a group of one
-	gater      *gater
-	peers      []*peerLink
-	over       chan struct{} // closed once Join is over: later streams are refused
-
-	latch transport.FaultLatch // the first fault
-
-	mu      sync.Mutex
-	closing bool
-
-	shutOnce sync.Once
-	wg       sync.WaitGroup
+	*transport.Mesh
+	h     host.Host // nil for a group of one
+	gater *gater
+	links []*link
+	over  chan struct{} // closed once Join is over: later streams are refused
 }
 
-var (
-	_ transport.Transport = (*Transport)(nil)
-	_ transport.Peeker    = (*Transport)(nil)
-	_ transport.Addresser = (*Transport)(nil)
-)
-
-type peerLink struct {
-	rank int
+// link is the pair of streams with one peer (transport.Link).
+type link struct {
 	id   peer.ID
 	addr string // where the peer listens, with its peer ID
 
-	// ctrl carries fault notices and goodbyes both ways: this rank writes
-	// its own (under ctrlMu), watch reads the peer's.
-	ctrl   network.Stream
-	ctrlMu sync.Mutex
+	// ctrl carries fault notices and goodbyes both ways.
+	ctrl network.Stream
 	// data carries this rank's messages to the peer one way and the
 	// peer's messages to this rank the other.
 	data network.Stream
 	rd   *bufio.Reader // over data
 
-	goodbye   chan struct{} // closed when the peer said goodbye
-	watchDone chan struct{} // closed when watch has returned
+	interrupted atomic.Bool
 
 	// The deadlines last set on data, by the receiving and the sending
 	// goroutine respectively.
 	rdl, wdl       time.Time
 	rdlSet, wdlSet bool
 
-	out  []byte // header (+ small payload) staging for sends
-	in   [transport.HeaderSize]byte
-	inN  uint64 // payload length of the header just received
-	inOK bool
+	out []byte // header (+ small payload) staging for sends
+	in  [transport.HeaderSize]byte
 }
 
 // quietReader hides an error that comes with data: a yamux stream reports
@@ -99,17 +68,21 @@ func (q quietReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// controlStream is a control stream read through quietReader.
+type controlStream struct{ network.Stream }
+
+func (c controlStream) Read(p []byte) (int, error) { return quietReader{c.Stream}.Read(p) }
+
 // Join forms the group: it blocks until every rank has joined or ctx ends.
 // A group of one needs no network and returns at once.
 func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Transport{rank: cfg.Rank, size: cfg.Size, peers: make([]*peerLink, cfg.Size),
-		over: make(chan struct{})}
-	t.latch.Init(cfg.OnFault)
+	t := &Transport{over: make(chan struct{})}
 	if cfg.Size == 1 {
 		close(t.over)
+		t.Mesh = transport.NewMesh(0, 1, nil, transport.MeshConfig{OnFault: cfg.OnFault})
 		return t, nil
 	}
 	if err := t.join(ctx, cfg); err != nil {
@@ -136,12 +109,12 @@ func (t *Transport) join(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("rank %d: %w", cfg.Rank, err)
 	}
 	t.h = h
-	accepts := make(chan hello)
+	accepts := make(chan transport.Accepted[resettable])
 	h.SetStreamHandler(ProtocolCollective, collectiveHandler(accepts, t.over))
-	var regs chan registered
+	var arrivals chan transport.Arrival
 	if cfg.Rank == 0 {
-		regs = make(chan registered)
-		h.SetStreamHandler(ProtocolBootstrap, bootstrapHandler(regs, t.over))
+		arrivals = make(chan transport.Arrival)
+		h.SetStreamHandler(ProtocolBootstrap, bootstrapHandler(arrivals, t.over))
 	}
 	if err := h.Network().Listen(listen); err != nil {
 		what := "its listen address"
@@ -154,13 +127,14 @@ func (t *Transport) join(ctx context.Context, cfg Config) error {
 	if err != nil || len(addrs) == 0 {
 		return fmt.Errorf("rank %d: no address to register (listening on %s): %v", cfg.Rank, listen, err)
 	}
-	self := registration{V: bootstrapVersion, Rank: cfg.Rank, Size: cfg.Size}
+	o := Offer{ID: h.ID().String()}
 	for _, a := range addrs {
-		self.Addrs = append(self.Addrs, a.String())
+		o.Addrs = append(o.Addrs, a.String())
 	}
-	var tab table
+	self := transport.NewMember(cfg.Rank, map[string]any{Name: o})
+	var tab *transport.Table
 	if cfg.Rank == 0 {
-		tab, err = serveRendezvous(ctx, cfg, self, h.ID(), regs)
+		tab, err = serveRendezvous(ctx, cfg, self, arrivals)
 		h.RemoveStreamHandler(ProtocolBootstrap)
 	} else {
 		tab, err = register(ctx, h, cfg, rv, self)
@@ -172,33 +146,23 @@ func (t *Transport) join(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	links, err := connectMesh(ctx, h, cfg.Rank, tab.Nonce, ms, accepts)
+	streams, err := connectMesh(ctx, h, cfg.Rank, tab.Nonce, ms, accepts)
 	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
-		}
 		return err
 	}
-	for p, l := range links {
-		if p == t.rank {
-			continue
-		}
-		t.peers[p] = &peerLink{rank: p, id: ms[p].id, addr: ms[p].name(), ctrl: l.ctrl, data: l.data,
-			rd:      bufio.NewReaderSize(quietReader{l.data}, 64<<10),
-			goodbye: make(chan struct{}), watchDone: make(chan struct{}),
+	t.links = make([]*link, cfg.Size)
+	tl := make([]transport.Link, cfg.Size)
+	for p, ss := range streams {
+		l := &link{id: ms[p].id, addr: ms[p].name(), ctrl: ss[streamControl], data: ss[streamData],
+			rd:  bufio.NewReaderSize(quietReader{ss[streamData]}, 64<<10),
 			out: make([]byte, transport.HeaderSize+smallWrite)}
+		t.links[p], tl[p] = l, l
 	}
-	for _, pr := range t.peers {
-		if pr != nil {
-			t.wg.Add(1)
-			go t.watch(pr)
-		}
-	}
+	// Closing the host resets every stream, which ends the mesh's
+	// readers of the control streams.
+	t.Mesh = transport.NewMesh(cfg.Rank, cfg.Size, tl, transport.MeshConfig{OnFault: cfg.OnFault, OnShutdown: func() { h.Close() }})
 	return nil
 }
-
-func (t *Transport) Rank() int { return t.rank }
-func (t *Transport) Size() int { return t.size }
 
 // ID returns this rank's peer ID ("" in a group of one).
 func (t *Transport) ID() peer.ID {
@@ -208,10 +172,17 @@ func (t *Transport) ID() peer.ID {
 	return t.h.ID()
 }
 
+func (t *Transport) link(p int) *link {
+	if p >= 0 && p < len(t.links) {
+		return t.links[p]
+	}
+	return nil
+}
+
 // PeerID returns the peer ID of rank p.
 func (t *Transport) PeerID(p int) peer.ID {
-	if p >= 0 && p < len(t.peers) && t.peers[p] != nil {
-		return t.peers[p].id
+	if l := t.link(p); l != nil {
+		return l.id
 	}
 	return ""
 }
@@ -219,159 +190,28 @@ func (t *Transport) PeerID(p int) peer.ID {
 // ConnSecurity returns the security protocol of the connection to rank p
 // (/noise or /tls/1.0.0).
 func (t *Transport) ConnSecurity(p int) protocol.ID {
-	if p >= 0 && p < len(t.peers) && t.peers[p] != nil {
-		return t.peers[p].data.Conn().ConnState().Security
+	if l := t.link(p); l != nil {
+		return l.data.Conn().ConnState().Security
 	}
 	return ""
 }
 
-// PeerAddr returns where rank p listens, as a multiaddr with its peer ID
-// (transport.Addresser).
-func (t *Transport) PeerAddr(p int) string {
-	if p >= 0 && p < len(t.peers) && t.peers[p] != nil {
-		return t.peers[p].addr
-	}
-	return ""
-}
+func (l *link) Addr() string                { return l.addr }
+func (l *link) Control() transport.Control { return controlStream{l.ctrl} }
+func (l *link) PeerLeft()                   {}
 
-func (t *Transport) Fault() *transport.Fault { return t.latch.Fault() }
+// CloseWrite ends this rank's half of the data stream: the peer can read
+// what is buffered to its end even after the connection goes.
+func (l *link) CloseWrite() { l.data.CloseWrite() }
 
-// record stores f as the fault unless one is set, and wakes every blocked
-// call by moving the data streams' deadlines into the past. It reports
-// whether f was the first.
-func (t *Transport) record(f *transport.Fault) bool {
-	if !t.latch.Record(f) {
-		return false
-	}
-	past := time.Unix(1, 0)
-	for _, pr := range t.peers {
-		if pr != nil {
-			pr.data.SetDeadline(past)
-		}
-	}
-	return true
-}
+// Close does nothing: the host's close resets every stream.
+func (l *link) Close() {}
 
-func (t *Transport) Abort(f *transport.Fault) {
-	if !t.record(f) {
-		return
-	}
-	t.notify(transport.KindFault, transport.EncodeFault(f), false)
-}
-
-// notify writes a control message to every peer, in parallel and bounded
-// in time, since a peer may be gone or stuck. With last, it also closes
-// this rank's side of each control stream.
-func (t *Transport) notify(kind transport.Kind, payload []byte, last bool) {
-	var wg sync.WaitGroup
-	for _, pr := range t.peers {
-		if pr == nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			b := transport.ControlMessage(kind, t.rank, payload)
-			pr.ctrlMu.Lock()
-			defer pr.ctrlMu.Unlock()
-			pr.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-			pr.ctrl.Write(b)
-			if last {
-				pr.ctrl.CloseWrite()
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-// watch reads peer's control stream: fault notices, the goodbye, and the
-// reset that tells of a dead process (libp2p resets every stream of a
-// connection that breaks).
-func (t *Transport) watch(pr *peerLink) {
-	defer t.wg.Done()
-	defer close(pr.watchDone)
-	r := quietReader{pr.ctrl}
-	var hb [transport.HeaderSize]byte
-	for {
-		if _, err := io.ReadFull(r, hb[:]); err != nil {
-			select {
-			case <-pr.goodbye:
-				return
-			default:
-			}
-			t.mu.Lock()
-			closing := t.closing
-			t.mu.Unlock()
-			if closing {
-				return
-			}
-			t.Abort(&transport.Fault{Kind: transport.FaultPeerLost, Peer: pr.rank, Reporter: t.rank,
-				Detail: fmt.Sprintf("lost rank %d (%s): its control stream ended without a goodbye (%v); the process died, was killed, or the network cut it", pr.rank, pr.addr, err)})
-			return
-		}
-		var h transport.Header
-		if err := h.Decode(hb[:]); err != nil || h.Length > 1<<16 {
-			if err == nil {
-				err = fmt.Errorf("a control message of %d bytes", h.Length)
-			}
-			t.Abort(&transport.Fault{Kind: transport.FaultProtocol, Peer: pr.rank, Reporter: t.rank,
-				Detail: fmt.Sprintf("garbage on the control stream from rank %d (%s): %v", pr.rank, pr.addr, err)})
-			return
-		}
-		payload := make([]byte, h.Length)
-		if _, err := io.ReadFull(r, payload); err != nil {
-			continue // the next read reports the broken stream
-		}
-		switch h.Kind {
-		case transport.KindGoodbye:
-			close(pr.goodbye)
-			// Acknowledge: the peer waits for this end of the stream before
-			// it closes its connections, so that nothing it sent before
-			// its goodbye is lost.
-			pr.ctrlMu.Lock()
-			pr.ctrl.CloseWrite()
-			pr.ctrlMu.Unlock()
-			return
-		case transport.KindFault:
-			f, err := transport.DecodeFault(payload)
-			if err != nil {
-				f = &transport.Fault{Kind: transport.FaultProtocol, Peer: pr.rank, Reporter: t.rank,
-					Detail: fmt.Sprintf("unreadable fault notice from rank %d (%s): %v", pr.rank, pr.addr, err)}
-			}
-			t.record(f)
-		}
-	}
-}
-
-// isTimeout reports whether err is a deadline that passed.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
-}
-
-// linkError turns an I/O error on the data stream with pr into a Fault.
-func (t *Transport) linkError(pr *peerLink, dir string, err error) error {
-	if f := t.Fault(); f != nil {
-		return f
-	}
-	if isTimeout(err) {
-		what := "heard nothing from"
-		if dir == "send" {
-			what = "could not send to (it stopped reading)"
-		}
-		return transport.TimeoutFault(t.rank, pr.rank, pr.addr, what)
-	}
-	return t.latch.LinkBroken(t.Abort, pr.goodbye, t.rank, pr.rank, pr.addr, dir, err, faultGrace)
-}
-
-func (t *Transport) peer(p int) (*peerLink, error) {
-	if p < 0 || p >= t.size || t.peers[p] == nil {
-		return nil, fmt.Errorf("p2p: rank %d has no peer %d", t.rank, p)
-	}
-	if f := t.Fault(); f != nil {
-		return nil, f
-	}
-	return t.peers[p], nil
+// Interrupt moves the data stream's deadlines into the past; armRead and
+// armWrite look at the flag after they set one.
+func (l *link) Interrupt() {
+	l.interrupted.Store(true)
+	l.data.SetDeadline(time.Unix(1, 0))
 }
 
 // deadlineGrain: deadlines are rounded up to this, so that consecutive
@@ -387,184 +227,83 @@ func roundDeadline(d time.Time) time.Time {
 	return time.Unix(0, (d.UnixNano()/g+1)*g)
 }
 
-// armRead sets the read deadline of pr's data stream, then looks for a
-// fault once more: record moves deadlines into the past after it stores
-// the fault, so either this sees the fault or record overrides deadline.
-func (t *Transport) armRead(pr *peerLink, deadline time.Time) error {
-	if d := roundDeadline(deadline); !pr.rdlSet || !d.Equal(pr.rdl) {
-		pr.data.SetReadDeadline(d)
-		pr.rdl, pr.rdlSet = d, true
+func (l *link) armRead(deadline time.Time) error {
+	if d := roundDeadline(deadline); !l.rdlSet || !d.Equal(l.rdl) {
+		l.data.SetReadDeadline(d)
+		l.rdl, l.rdlSet = d, true
 	}
-	if f := t.Fault(); f != nil {
-		return f
+	if l.interrupted.Load() {
+		return transport.ErrInterrupted
 	}
 	return nil
 }
 
-func (t *Transport) armWrite(pr *peerLink, deadline time.Time) error {
-	if d := roundDeadline(deadline); !pr.wdlSet || !d.Equal(pr.wdl) {
-		pr.data.SetWriteDeadline(d)
-		pr.wdl, pr.wdlSet = d, true
+func (l *link) armWrite(deadline time.Time) error {
+	if d := roundDeadline(deadline); !l.wdlSet || !d.Equal(l.wdl) {
+		l.data.SetWriteDeadline(d)
+		l.wdl, l.wdlSet = d, true
 	}
-	if f := t.Fault(); f != nil {
-		return f
-	}
-	return nil
-}
-
-func (t *Transport) Send(p int, h *transport.Header, payload []byte, deadline time.Time) error {
-	pr, err := t.peer(p)
-	if err != nil {
-		return err
-	}
-	if err := t.armWrite(pr, deadline); err != nil {
-		return err
-	}
-	h.From = int32(t.rank)
-	h.Length = uint64(len(payload))
-	h.Encode(pr.out)
-	if len(payload) <= smallWrite {
-		n := copy(pr.out[transport.HeaderSize:], payload)
-		if _, err := pr.data.Write(pr.out[:transport.HeaderSize+n]); err != nil {
-			return t.linkError(pr, "send", err)
-		}
-		return nil
-	}
-	// The header shares its frame with the first part of the payload.
-	n := copy(pr.out[transport.HeaderSize:], payload)
-	if _, err := pr.data.Write(pr.out[:transport.HeaderSize+n]); err != nil {
-		return t.linkError(pr, "send", err)
-	}
-	if _, err := pr.data.Write(payload[n:]); err != nil {
-		return t.linkError(pr, "send", err)
+	if l.interrupted.Load() {
+		return transport.ErrInterrupted
 	}
 	return nil
 }
 
-func (t *Transport) RecvHeader(p int, h *transport.Header, deadline time.Time) error {
-	pr, err := t.peer(p)
-	if err != nil {
+func (l *link) Send(h *transport.Header, payload []byte, deadline time.Time) error {
+	if err := l.armWrite(deadline); err != nil {
 		return err
 	}
-	if err := t.armRead(pr, deadline); err != nil {
+	h.Encode(l.out)
+	// The header shares its frame with the (first part of the) payload.
+	n := copy(l.out[transport.HeaderSize:], payload)
+	if _, err := l.data.Write(l.out[:transport.HeaderSize+n]); err != nil {
 		return err
 	}
-	if _, err := io.ReadFull(pr.rd, pr.in[:]); err != nil {
-		return t.linkError(pr, "receive", err)
+	if n < len(payload) {
+		_, err := l.data.Write(payload[n:])
+		return err
 	}
-	if err := h.Decode(pr.in[:]); err != nil || h.Kind != transport.KindData {
-		if err == nil {
-			err = fmt.Errorf("a %v message on a data stream", h.Kind)
-		}
-		t.Abort(&transport.Fault{Kind: transport.FaultProtocol, Peer: p, Reporter: t.rank,
-			Detail: fmt.Sprintf("rank %d got a bad message from rank %d (%s): %v", t.rank, p, pr.addr, err)})
-		return t.Fault()
-	}
-	pr.inN, pr.inOK = h.Length, true
 	return nil
 }
 
-func (t *Transport) RecvPayload(p int, buf []byte, deadline time.Time) error {
-	pr, err := t.peer(p)
-	if err != nil {
+func (l *link) RecvHeader(deadline time.Time) ([]byte, error) {
+	if err := l.armRead(deadline); err != nil {
+		return nil, err
+	}
+	_, err := io.ReadFull(l.rd, l.in[:])
+	return l.in[:], err
+}
+
+func (l *link) RecvPayload(buf []byte, deadline time.Time) error {
+	if err := l.armRead(deadline); err != nil {
 		return err
 	}
-	if !pr.inOK || uint64(len(buf)) != pr.inN {
-		return fmt.Errorf("p2p: rank %d: payload of %d bytes asked from rank %d, header said %d", t.rank, len(buf), p, pr.inN)
-	}
-	pr.inOK = false
-	if err := t.armRead(pr, deadline); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(pr.rd, buf); err != nil {
-		return t.linkError(pr, "receive", err)
-	}
-	return nil
+	_, err := io.ReadFull(l.rd, buf)
+	return err
 }
 
 // peekWait bounds how long PeekHeader waits for bytes already on their way.
 const peekWait = 2 * time.Millisecond
 
-// PeekHeader reports the header of the next message from p if it has
-// already arrived, without consuming it (transport.Peeker). It is for
-// explaining a failure; the next receive sets its own deadline.
-func (t *Transport) PeekHeader(p int, h *transport.Header) bool {
-	if p < 0 || p >= t.size || t.peers[p] == nil {
-		return false
+// PeekHeader returns the header of the next message if it has already
+// arrived, without consuming it. It is for explaining a failure; the next
+// receive sets its own deadline.
+func (l *link) PeekHeader() []byte {
+	if l.interrupted.Load() {
+		return nil
 	}
-	pr := t.peers[p]
-	if t.Fault() != nil {
-		return false
-	}
-	pr.data.SetReadDeadline(time.Now().Add(peekWait))
-	pr.rdlSet = false // the next receive sets its own
-	b, err := pr.rd.Peek(transport.HeaderSize)
+	l.data.SetReadDeadline(time.Now().Add(peekWait))
+	l.rdlSet = false // the next receive sets its own
+	b, err := l.rd.Peek(transport.HeaderSize)
 	if err != nil {
-		return false
-	}
-	return h.Decode(b) == nil && h.Kind == transport.KindData
-}
-
-// Close says goodbye to every peer, waits (briefly) for each to
-// acknowledge, closes the libp2p host and waits for the transport's
-// goroutines.
-//
-// The order matters because closing a libp2p connection discards what the
-// peer has received but not yet read, unlike closing a TCP socket: this
-// rank first ends its half of every data stream (the peer can then read
-// what is buffered to its end even after the connection goes), then
-// sends its goodbye on the control stream of the same connection, which
-// the peer acknowledges once it has read it, and so everything before it.
-func (t *Transport) Close() error {
-	t.mu.Lock()
-	if t.closing {
-		t.mu.Unlock()
 		return nil
 	}
-	t.closing = true
-	t.mu.Unlock()
-	t.record(transport.ClosedFault(t.rank))
-	if t.h == nil {
-		return nil
-	}
-	for _, pr := range t.peers {
-		if pr != nil {
-			pr.data.CloseWrite()
-		}
-	}
-	t.notify(transport.KindGoodbye, nil, true)
-	tm := time.NewTimer(goodbyeWait)
-	defer tm.Stop()
-wait:
-	for _, pr := range t.peers {
-		if pr == nil {
-			continue
-		}
-		select {
-		case <-pr.watchDone:
-		case <-tm.C:
-			break wait
-		}
-	}
-	t.shutdown()
-	return nil
+	return b
 }
 
-// Kill drops every connection without a goodbye, as a crashed process
-// would. It exists for tests of peers' failure handling.
-func (t *Transport) Kill() {
-	t.mu.Lock()
-	t.closing = true
-	t.mu.Unlock()
-	t.record(transport.KilledFault(t.rank))
-	t.shutdown()
-}
-
-func (t *Transport) shutdown() {
-	t.shutOnce.Do(func() {
-		if t.h != nil {
-			t.h.Close() // resets every stream; watch returns
-		}
-		t.wg.Wait()
-	})
-}
+var (
+	_ transport.Transport = (*Transport)(nil)
+	_ transport.Peeker    = (*Transport)(nil)
+	_ transport.Addresser = (*Transport)(nil)
+	_ transport.Link      = (*link)(nil)
+)

@@ -3,7 +3,6 @@ package p2p_test
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -65,13 +64,7 @@ func addrInfo(t *testing.T, tts []*p2p.Transport, r int) peer.AddrInfo {
 
 // forgedHello is the hello a rank writes on a collective stream.
 func forgedHello(nonce uint64, from, kind int) []byte {
-	b := make([]byte, 24)
-	copy(b, "RGP2")
-	binary.LittleEndian.PutUint32(b[4:], 1)
-	binary.LittleEndian.PutUint64(b[8:], nonce)
-	binary.LittleEndian.PutUint32(b[16:], uint32(from))
-	binary.LittleEndian.PutUint32(b[20:], uint32(kind))
-	return b
+	return transport.Hello{Nonce: nonce, From: from, Index: kind}.Encode()
 }
 
 // checkWorks runs an all-reduce on the group's transports and checks the
@@ -218,10 +211,10 @@ func TestAllowlistedOutsiderCannotInject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(s, `{"v":1,"rank":1,"size":%d,"addrs":["/ip4/127.0.0.1/tcp/1"]}`+"\n", n)
+	fmt.Fprintf(s, `{"v":%d,"rank":1,"size":%d,"offers":{"libp2p":{"id":"x","addrs":["/ip4/127.0.0.1/tcp/1"]}}}`+"\n", transport.BootstrapVersion, n)
 	answer, _ := bufio.NewReader(s).ReadString('\n')
 	s.Close()
-	if !strings.Contains(answer, `"error"`) || strings.Contains(answer, `"peers"`) {
+	if !strings.Contains(answer, `"error"`) || strings.Contains(answer, `"members"`) {
 		t.Fatalf("the spare registering as rank 1 got %q; want an error and no table", answer)
 	}
 

@@ -180,7 +180,7 @@ func (e *Endpoint) Links(ctx context.Context, tab *transport.Table, peers []int)
 		return c, nil
 	}
 	plan := transport.MeshPlan{Rank: cfg.Rank, Peers: peers, PerPeer: 1, Nonce: tab.Nonce}
-	conns, err := transport.FormMesh(ctx, plan, dial, acc.C)
+	conns, err := transport.FormMesh(ctx, plan, dial, acc.C, nil)
 	if err != nil {
 		return nil, err
 	}

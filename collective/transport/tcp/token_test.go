@@ -3,6 +3,7 @@ package tcp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -107,11 +108,11 @@ func TestIntruderCannotTakeAPeersPlace(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 				continue
 			}
-			c.Write([]byte(`{"v":1,"rank":1,"size":2,"addr":"127.0.0.1:1","sockets":1,"stripe_min":1}` + "\n"))
+			fmt.Fprintf(c, `{"v":%d,"rank":1,"size":2,"offers":{"tcp":{"addr":"127.0.0.1:1","sockets":1,"stripe_min":1}}}`+"\n", transport.BootstrapVersion)
 			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 			b := make([]byte, 256)
 			n, _ := c.Read(b)
-			if strings.Contains(string(b[:n]), "addrs") {
+			if strings.Contains(string(b[:n]), "members") {
 				t.Errorf("intruder read the group table: %q", b[:n])
 			}
 			c.Close()
