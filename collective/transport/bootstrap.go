@@ -378,7 +378,7 @@ func dialRendezvous(ctx context.Context, cfg RendezvousConfig, self func(net.Add
 	t, err := Register(ctx, conn, cfg.Size, m, cfg.Addr)
 	if err != nil && len(cfg.Token) == 0 && ctx.Err() == nil && !strings.Contains(err.Error(), "refused the group") {
 		// Rank 0 drops a rank that fails its challenge without a word.
-		return nil, fmt.Errorf("%w (this rank has no job token: is RINGO_TOKEN_FILE set?)", err)
+		return nil, fmt.Errorf("rank %d: the rendezvous at %s refused this rank, which has no job token (is RINGO_TOKEN_FILE set?): %w", cfg.Rank, cfg.Addr, err)
 	}
 	return t, err
 }
