@@ -42,17 +42,18 @@ test: vet
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzHeaderDecode -fuzztime=60s ./collective/transport/
 	$(GO) test -run='^$$' -fuzz=FuzzFaultDecode -fuzztime=60s ./collective/transport/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeHello -fuzztime=60s ./collective/transport/
+	$(GO) test -run='^$$' -fuzz=FuzzReadRegistration -fuzztime=60s ./collective/transport/
+	$(GO) test -run='^$$' -fuzz=FuzzRegisterAnswer -fuzztime=60s ./collective/transport/
 	$(GO) test -run='^$$' -fuzz=FuzzParseHeader -fuzztime=60s ./checkpoint/safetensors/
 	$(GO) test -run='^$$' -fuzz=FuzzParseManifest -fuzztime=60s ./checkpoint/
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=60s ./dataloader/shard/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeFields -fuzztime=60s ./dataloader/shard/
 	$(GO) test -run='^$$' -fuzz=FuzzParseIndex -fuzztime=60s ./dataloader/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeFrame -fuzztime=60s ./runtime/rendezvous/
-	$(GO) test -run='^$$' -fuzz=FuzzDecodeHello -fuzztime=60s ./collective/transport/shm/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeOffer -fuzztime=60s ./collective/transport/shm/
 	$(GO) test -run='^$$' -fuzz=FuzzSegmentCheck -fuzztime=60s ./collective/transport/shm/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeIdentity -fuzztime=60s ./collective/transport/p2p/
-	$(GO) test -run='^$$' -fuzz=FuzzHello -fuzztime=60s ./collective/transport/p2p/
 	$(GO) test -run='^$$' -fuzz=FuzzParseHosts -fuzztime=60s ./topology/
 
 clean:
