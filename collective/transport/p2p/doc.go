@@ -26,32 +26,28 @@
 // connection from any other peer as soon as its security handshake has
 // proved which peer it is, before any stream can be opened on it.
 //
-// # Bootstrap, version 1
+// # Bootstrap and streams, version 2
 //
 // Rank 0 listens on the rendezvous address (Config.Rendezvous, a
 // multiaddr ending in /p2p/<rank 0's peer ID>). Every other rank connects
 // to it over libp2p, so that both ends are authenticated and the
-// allowlists apply, opens a stream with protocol /ringo/bootstrap/1.0.0
-// and sends one JSON line {"v":1,"rank":R,"size":N,"addrs":[multiaddr...]}.
-// Rank 0 files each registration under the peer ID the handshake proved
-// (never one the message claims). When all N have registered it answers
-// each with {"v":1,"nonce":X,"peers":[{"id":"12D3...","addrs":[...]},...]}
-// (entry r is rank r), or with {"v":1,"error":"..."} when registrations
-// conflict: a size that differs, a rank registered twice, or one identity
-// registered as two ranks. When Config.Peers pins every rank to its
-// identity, a registration from any other peer is answered with an error
-// on its own and the rendezvous goes on waiting for the real rank.
-//
-// # Streams, version 1
+// allowlists apply, opens a stream with protocol /ringo/bootstrap/2.0.0
+// and sends package transport's registration (version 2), offering
+// {"id":"12D3...","addrs":[multiaddr...]}. Rank 0 files each under the
+// peer ID the handshake proved (never one the message claims) and answers
+// with the table, or with an error when registrations conflict: a size
+// that differs, a rank registered twice, or one identity registered as
+// two ranks. When Config.Peers pins every rank to its identity, a
+// registration from any other peer is answered with an error on its own
+// and the rendezvous goes on waiting for the real rank.
 //
 // Then each rank connects to every lower rank and opens two streams with
-// protocol /ringo/collective/1.0.0 on that one connection: a control
-// stream and a data stream. Each starts with a 24-byte hello: "RGP2",
-// version u32, nonce u64, from u32, kind u32 (0 control, 1 data), all
-// little-endian. The accepting rank refuses a hello with another nonce (a
-// stale process of an earlier group), from a rank that is not higher than
-// its own, or from a rank whose peer ID is not the one the connection
-// proved.
+// protocol /ringo/collective/2.0.0 on that one connection, each starting
+// with the hello of package transport: index 0 is the control stream, 1
+// the data stream. The accepting rank refuses a hello with another nonce
+// (a stale process of an earlier group), from a rank that is not higher
+// than its own, or from a rank whose peer ID is not the one the
+// connection proved.
 //
 // Both streams are used in both directions. On the data stream each
 // message is a transport.Header followed by its payload, exactly as on a

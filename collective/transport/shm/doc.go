@@ -54,25 +54,20 @@
 // transport.Fault that wraps ErrPeerLost and names the rank. A peer that
 // is alive but silent is caught by the call's deadline (ErrTimeout).
 //
-// # Bootstrap, version 1
+// # Bootstrap
 //
-// Rank 0 listens on the TCP rendezvous address (as the tcp transport
-// does). Every rank, rank 0 included, opens an abstract unix socket
-// ("@ringo-shm-<pid>-<random>": a name in the kernel, not a file),
-// connects to the rendezvous (with the token handshake of internal/auth
-// when Config.Token is set), and sends one JSON line {"v":1,"rank":R,
-// "size":N,"host":H,"boot":B,"netns":NS,"pid":P,"sock":S,"slot_bytes":SB,
-// "slots":K}. When all N have registered, rank 0 checks that every rank
-// runs under its kernel (the boot id) and in its network namespace, and
-// answers each with {"v":1,"nonce":X,"socks":[...],"pids":[...],"host":H,
-// "slot_bytes":SB,"slots":K} (rank 0's ring shape wins), or with
-// {"error":"..."}, naming the rank on another host. Then each rank dials
-// every lower rank's socket; each connection opens with the token
-// handshake and a 24-byte hello: "RGSH", version u32, nonce u64, from
-// u32, 4 zero bytes. Both ends then send a 32-byte offer: "RGSO", version
-// u32, nonce u64, from u32, slot bytes u32, slots u32, 4 zero bytes, with
-// three descriptors attached: the ring the sender will read (the other
-// side writes it), and the two eventfds that wake the sender (data has
-// arrived; room has been made). The segment layout is documented in
-// ring.go. The hello and the offer decoders are fuzzed.
+// The group meets through package transport's bootstrap (version 2) at
+// the TCP rendezvous address. Every rank opens an abstract unix socket
+// ("@ringo-shm-<pid>-<random>": a name in the kernel, not a file) and
+// offers {"sock":S,"slot_bytes":SB,"slots":K}; rank 0's ring shape wins.
+// Rank 0 checks that every rank runs under its kernel (the boot id) and
+// in its network namespace, and names the rank that does not. Each rank
+// then dials every lower rank's socket; the connection opens with the
+// token challenge and the hello, and both ends send a 32-byte offer:
+// "RGSO", version u32, nonce u64, from u32, slot bytes u32, slots u32, 4
+// zero bytes, with three descriptors attached: the ring the sender will
+// read (the other side writes it), and the two eventfds that wake the
+// sender (data has arrived; room has been made). The segment layout is
+// documented in ring.go. The offer decoder is fuzzed. Endpoint is that
+// half of Join alone, for a mixed transport.
 package shm

@@ -25,16 +25,13 @@
 // when no data is flowing to or from that peer, and a fault notice from any
 // rank fails every call in flight with that rank's explanation.
 //
-// # Bootstrap, version 1
+// # Bootstrap
 //
-// Rank 0 listens on the rendezvous address. Every rank, rank 0 included,
-// opens a data listener, connects to the rendezvous and sends one JSON line
-// {"v":1,"rank":R,"size":N,"addr":"ip:port","sockets":K,"stripe_min":S}.
-// When all N have registered, rank 0 answers each with {"v":1,"nonce":X,
-// "addrs":[...],"sockets":K,"stripe_min":S} (rank 0's K and S win, so the
-// group agrees), or with {"error":"..."} when registrations conflict. Then
-// each rank dials every lower rank K+1 times; each connection opens with a
-// 24-byte hello: "RGHI", version u32, nonce u64, from u32, index u32 (0 is
-// the control connection). A hello with another nonce is refused, so a
-// stray or stale process cannot join.
+// The group meets through package transport's bootstrap (version 2), with
+// rank 0 listening on the rendezvous address. A rank's offer is its data
+// listener and its striping settings, {"addr":"ip:port","sockets":K,
+// "stripe_min":S}; rank 0's K and S win, so the group agrees. Each rank
+// then dials every lower rank K+1 times (index 0 is the control
+// connection), each connection opening with the token challenge and the
+// hello. Endpoint is that half of Join alone, for a mixed transport.
 package tcp
