@@ -196,9 +196,9 @@ func (t *Transport) ConnSecurity(p int) protocol.ID {
 	return ""
 }
 
-func (l *link) Addr() string                { return l.addr }
+func (l *link) Addr() string               { return l.addr }
 func (l *link) Control() transport.Control { return controlStream{l.ctrl} }
-func (l *link) PeerLeft()                   {}
+func (l *link) PeerLeft()                  {}
 
 // CloseWrite ends this rank's half of the data stream: the peer can read
 // what is buffered to its end even after the connection goes.
