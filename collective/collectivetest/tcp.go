@@ -12,8 +12,8 @@ import (
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
 
-// freePort returns a loopback address that was free a moment ago.
-func freePort(t testing.TB) string {
+// FreePort returns a loopback address that was free a moment ago.
+func FreePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,7 +31,7 @@ func freePort(t testing.TB) string {
 // as a crashed process would.
 func TCP(t testing.TB, n int, cfg collective.Config, tune func(*tcp.Config)) Group {
 	t.Helper()
-	addr := freePort(t)
+	addr := FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	tts := make([]*tcp.Transport, n)

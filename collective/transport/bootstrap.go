@@ -24,6 +24,18 @@ const BootstrapVersion = 2
 // maxBootstrapLine bounds a registration or an answer.
 const maxBootstrapLine = 1 << 20
 
+// CheckRank reports a group size below one or a rank outside it, for the
+// Config of the transport called name.
+func CheckRank(name string, rank, size int) error {
+	switch {
+	case size < 1:
+		return fmt.Errorf("%s: group size %d must be at least 1", name, size)
+	case rank < 0 || rank >= size:
+		return fmt.Errorf("%s: rank %d is outside 0..%d", name, rank, size-1)
+	}
+	return nil
+}
+
 // Host says where a process runs. Two ranks can share memory when they
 // run under one kernel (boot id) and in one network namespace (abstract
 // unix sockets are per namespace): the same hostname proves neither.

@@ -2,7 +2,6 @@ package mix_test
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -28,12 +27,7 @@ func pairs(a, b transport.Member) string {
 
 func join(t testing.TB, n int, choose func(a, b transport.Member) string) []*mix.Transport {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free loopback port: %v", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := collectivetest.FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	tts := make([]*mix.Transport, n)
@@ -111,12 +105,7 @@ func TestKinds(t *testing.T) {
 // A Choose that names no kind fails the join with a message naming it,
 // on every rank, instead of leaving a pair half-connected.
 func TestChooseUnknownKind(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := collectivetest.FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	errs := make([]error, 2)

@@ -77,11 +77,10 @@ func DefaultConfig() Config {
 
 // Validate reports the first field out of range.
 func (c Config) Validate() error {
+	if err := transport.CheckRank("p2p", c.Rank, c.Size); err != nil {
+		return err
+	}
 	switch {
-	case c.Size < 1:
-		return fmt.Errorf("p2p: group size %d must be at least 1", c.Size)
-	case c.Rank < 0 || c.Rank >= c.Size:
-		return fmt.Errorf("p2p: rank %d is outside 0..%d", c.Rank, c.Size-1)
 	case c.Security != SecurityNoise && c.Security != SecurityTLS:
 		return fmt.Errorf("p2p: Security %q: want %q or %q", c.Security, SecurityNoise, SecurityTLS)
 	case c.Size == 1:

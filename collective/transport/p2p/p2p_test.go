@@ -2,7 +2,6 @@ package p2p_test
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -15,18 +14,6 @@ import (
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/p2p"
 )
-
-// freePort returns a loopback address that was free a moment ago.
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free loopback port: %v", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
 
 // job is a group's identities and rendezvous, before anyone joins.
 type job struct {
@@ -49,7 +36,7 @@ func newJob(t testing.TB, n int) job {
 		}
 		j.keys[r], j.ids[r] = k, id
 	}
-	rv, err := p2p.RendezvousAddr(freePort(t), j.ids[0])
+	rv, err := p2p.RendezvousAddr(collectivetest.FreePort(t), j.ids[0])
 	if err != nil {
 		t.Fatal(err)
 	}

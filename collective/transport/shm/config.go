@@ -128,11 +128,10 @@ func (c Config) FromEnv() (Config, error) {
 
 // Validate reports the first field out of range.
 func (c Config) Validate() error {
+	if err := transport.CheckRank("shm", c.Rank, c.Size); err != nil {
+		return err
+	}
 	switch {
-	case c.Size < 1:
-		return fmt.Errorf("shm: group size %d must be at least 1", c.Size)
-	case c.Rank < 0 || c.Rank >= c.Size:
-		return fmt.Errorf("shm: rank %d is outside 0..%d", c.Rank, c.Size-1)
 	case c.Spin < 0:
 		return fmt.Errorf("shm: Spin %v must not be negative", c.Spin)
 	case c.SlotBytes < minSlotBytes || c.SlotBytes > maxSlotBytes || c.SlotBytes%64 != 0:

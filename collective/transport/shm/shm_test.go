@@ -17,18 +17,6 @@ import (
 	"github.com/ringo-ml/ringo/internal/auth"
 )
 
-// freePort returns a loopback address that was free a moment ago.
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free loopback port: %v", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // joinAll forms a group of n ranks, each joining from its own goroutine.
 func joinAll(t testing.TB, n int, tune func(r int, c *shm.Config)) ([]*shm.Transport, []error) {
 	return joinWithin(t, n, 20*time.Second, tune)
@@ -36,7 +24,7 @@ func joinAll(t testing.TB, n int, tune func(r int, c *shm.Config)) ([]*shm.Trans
 
 func joinWithin(t testing.TB, n int, timeout time.Duration, tune func(r int, c *shm.Config)) ([]*shm.Transport, []error) {
 	t.Helper()
-	addr := freePort(t)
+	addr := collectivetest.FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	tts := make([]*shm.Transport, n)
@@ -398,7 +386,7 @@ func TestSteadyStateAllocatesNothing(t *testing.T) {
 // the group forms anyway.
 func TestIntruderLearnsNothing(t *testing.T) {
 	tok := auth.NewToken()
-	addr := freePort(t)
+	addr := collectivetest.FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	tts := make([]*shm.Transport, 2)

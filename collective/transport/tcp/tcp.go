@@ -121,11 +121,10 @@ func (c Config) FromEnv() (Config, error) {
 
 // Validate reports the first field out of range.
 func (c Config) Validate() error {
+	if err := transport.CheckRank("tcp", c.Rank, c.Size); err != nil {
+		return err
+	}
 	switch {
-	case c.Size < 1:
-		return fmt.Errorf("tcp: group size %d must be at least 1", c.Size)
-	case c.Rank < 0 || c.Rank >= c.Size:
-		return fmt.Errorf("tcp: rank %d is outside 0..%d", c.Rank, c.Size-1)
 	case c.SocketsPerPeer < 1 || c.SocketsPerPeer > 64:
 		return fmt.Errorf("tcp: SocketsPerPeer %d must be 1..64", c.SocketsPerPeer)
 	case c.StripeMin < 1:
