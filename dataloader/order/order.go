@@ -125,7 +125,7 @@ type Order struct {
 	spans  []span // V2's spans in natural order, fixed by the layout
 
 	mu       sync.Mutex
-	cacheKey State // Seed, Epoch, Version, Streams, Chunk; Consumed 0
+	cacheKey State    // Seed, Epoch, Version, Streams, Chunk; Consumed 0
 	cache    []Sample // read-only once published
 }
 
