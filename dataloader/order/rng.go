@@ -14,6 +14,7 @@ const (
 	// Domain separation constants for deriving the PCG seed.
 	domainHi = 0x6F72646572000001 // "order\0\0\1"
 	domainLo = 0x6F72646572000002
+	domainV2 = 0x6F72646572000200 // V2's generators (newPCGv2)
 )
 
 // mix64 is the splitmix64 finaliser; it is a bijection on uint64.
