@@ -70,6 +70,16 @@ func TestKilledWhileSaving(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		if last == 0 {
+			// Until a first save has landed, wait for it: a child that
+			// starts slowly (a loaded machine, -race) would otherwise be
+			// killed before it saves anything, every time.
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				if _, _, err := checkpoint.Latest(dir); err == nil {
+					break
+				}
+			}
+		}
 		time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
