@@ -9,7 +9,9 @@ import (
 // views of byte slices; dst may alias a or b. They are generic over the Go
 // element type so that every instantiation is a tight loop with no calls
 // per element. 16-bit floats are widened to float32, combined, and rounded
-// back to nearest-even, so every rank computes the same bits.
+// back to nearest-even, so every rank computes the same bits; their kernels
+// have an AVX2 version on amd64 (half_amd64.s) that gives the same bits as
+// the portable one, NaN payloads included.
 
 type number interface {
 	~float32 | ~float64 | ~int32 | ~int64
@@ -148,54 +150,90 @@ func maxF32(x, y float32) float32 {
 	return x
 }
 
-// combineHalf reduces 16-bit floats: widen, combine in float32, round back.
-// One loop per op keeps the conversions inlined (a generic per-element
-// call ran at a quarter of a GB/s).
-func combineHalf(o Op, dst, a, b []uint16, widen func(uint16) float32, narrow func(float32) uint16) {
-	n := len(dst)
-	a, b = a[:n], b[:n]
-	switch o {
-	case Sum, Avg:
-		for i := range dst {
-			dst[i] = narrow(widen(a[i]) + widen(b[i]))
-		}
-	case Prod:
-		for i := range dst {
-			dst[i] = narrow(widen(a[i]) * widen(b[i]))
-		}
-	case Min:
-		for i := range dst {
-			x := widen(a[i])
-			if x == x {
-				x = minF32(x, widen(b[i]))
-			}
-			dst[i] = narrow(x)
-		}
-	case Max:
-		for i := range dst {
-			x := widen(a[i])
-			if x == x {
-				x = maxF32(x, widen(b[i]))
-			}
-			dst[i] = narrow(x)
-		}
+// NaN results of 16-bit float arithmetic follow one rule on every
+// architecture and on both the vector and the portable path: a NaN operand
+// wins over b's (a's payload, quieted), and an invalid operation on numbers
+// (Inf-Inf, 0*Inf) gives the negative quiet NaN. That is what x86 does in
+// hardware, so the AVX2 kernels need no fix-up; the portable loops apply it
+// by hand because arm64 and riscv64 pick NaNs differently (riscv64 always
+// returns its canonical NaN), and ranks on different machines must agree.
+// Narrowing quiets NaNs, so only the sign and the top payload bits reach the
+// result.
+func nanResult(x, y float32) float32 {
+	if x != x {
+		return x
 	}
+	if y != y {
+		return y
+	}
+	return math.Float32frombits(0xffc00000)
 }
 
+func minHalf(x, y float32) float32 {
+	if x != x {
+		return x
+	}
+	return minF32(x, y)
+}
+
+func maxHalf(x, y float32) float32 {
+	if x != x {
+		return x
+	}
+	return maxF32(x, y)
+}
+
+// combineBF16 reduces bfloat16s: the vector kernel takes what it can (a
+// multiple of 16 elements) and the portable loop finishes the tail, so both
+// paths must give the same bits (half_test.go checks that they do).
 func combineBF16(o Op, dst, a, b []uint16) {
 	n := len(dst)
 	a, b = a[:n], b[:n]
+	done := combineBF16SIMD(o, dst, a, b)
+	combineBF16Generic(o, dst[done:], a[done:], b[done:])
+}
+
+func combineF16(o Op, dst, a, b []uint16) {
+	n := len(dst)
+	a, b = a[:n], b[:n]
+	done := combineF16SIMD(o, dst, a, b)
+	combineF16Generic(o, dst[done:], a[done:], b[done:])
+}
+
+// combineBF16Generic and combineF16Generic are the portable kernels: widen
+// to float32, combine, round back. One loop per op keeps the conversions
+// inlined (a call per element through a function value ran at a quarter of
+// a GB/s).
+func combineBF16Generic(o Op, dst, a, b []uint16) {
+	n := len(dst)
+	a, b = a[:n], b[:n]
 	switch o {
 	case Sum, Avg:
 		for i := range dst {
-			dst[i] = f32ToBF16(bf16ToF32(a[i]) + bf16ToF32(b[i]))
+			x, y := bf16ToF32(a[i]), bf16ToF32(b[i])
+			r := x + y
+			if r != r {
+				r = nanResult(x, y)
+			}
+			dst[i] = f32ToBF16(r)
 		}
 	case Prod:
 		for i := range dst {
-			dst[i] = f32ToBF16(bf16ToF32(a[i]) * bf16ToF32(b[i]))
+			x, y := bf16ToF32(a[i]), bf16ToF32(b[i])
+			r := x * y
+			if r != r {
+				r = nanResult(x, y)
+			}
+			dst[i] = f32ToBF16(r)
 		}
-	default:
-		combineHalf(o, dst, a, b, bf16ToF32, f32ToBF16)
+	case Min:
+		for i := range dst {
+			dst[i] = f32ToBF16(minHalf(bf16ToF32(a[i]), bf16ToF32(b[i])))
+		}
+	case Max:
+		for i := range dst {
+			dst[i] = f32ToBF16(maxHalf(bf16ToF32(a[i]), bf16ToF32(b[i])))
+		}
 	}
 }
 
@@ -208,23 +246,37 @@ var f16Table = func() *[1 << 16]float32 {
 	return &t
 }()
 
-func f16Widen(h uint16) float32 { return f16Table[h] }
-
-func combineF16(o Op, dst, a, b []uint16) {
+func combineF16Generic(o Op, dst, a, b []uint16) {
 	n := len(dst)
 	a, b = a[:n], b[:n]
 	t := f16Table
 	switch o {
 	case Sum, Avg:
 		for i := range dst {
-			dst[i] = f32ToF16(t[a[i]] + t[b[i]])
+			x, y := t[a[i]], t[b[i]]
+			r := x + y
+			if r != r {
+				r = nanResult(x, y)
+			}
+			dst[i] = f32ToF16(r)
 		}
 	case Prod:
 		for i := range dst {
-			dst[i] = f32ToF16(t[a[i]] * t[b[i]])
+			x, y := t[a[i]], t[b[i]]
+			r := x * y
+			if r != r {
+				r = nanResult(x, y)
+			}
+			dst[i] = f32ToF16(r)
 		}
-	default:
-		combineHalf(o, dst, a, b, f16Widen, f32ToF16)
+	case Min:
+		for i := range dst {
+			dst[i] = f32ToF16(minHalf(t[a[i]], t[b[i]]))
+		}
+	case Max:
+		for i := range dst {
+			dst[i] = f32ToF16(maxHalf(t[a[i]], t[b[i]]))
+		}
 	}
 }
 
@@ -253,9 +305,40 @@ func divide[T number](s []T, n T) {
 	}
 }
 
-func divideHalf(s []uint16, n float32, widen func(uint16) float32, narrow func(float32) uint16) {
+// divideBF16 and divideF16 finish an Avg of 16-bit floats: vector kernel
+// first, portable loop for the tail, as in combineBF16.
+func divideBF16(s []uint16, n float32) {
+	done := divideBF16SIMD(s, n)
+	divideBF16Generic(s[done:], n)
+}
+
+func divideF16(s []uint16, n float32) {
+	done := divideF16SIMD(s, n)
+	divideF16Generic(s[done:], n)
+}
+
+// The divisor is a group size (finite, at least 1), so a NaN quotient comes
+// only from a NaN dividend, which is kept (see nanResult).
+func divideBF16Generic(s []uint16, n float32) {
 	for i := range s {
-		s[i] = narrow(widen(s[i]) / n)
+		x := bf16ToF32(s[i])
+		r := x / n
+		if r != r {
+			r = x
+		}
+		s[i] = f32ToBF16(r)
+	}
+}
+
+func divideF16Generic(s []uint16, n float32) {
+	t := f16Table
+	for i := range s {
+		x := t[s[i]]
+		r := x / n
+		if r != r {
+			r = x
+		}
+		s[i] = f32ToF16(r)
 	}
 }
 
@@ -271,8 +354,8 @@ func scaleForAvg(d DType, b []byte, n int) {
 	case Int64:
 		divide(view[int64](b), int64(n))
 	case BFloat16:
-		divideHalf(view[uint16](b), float32(n), bf16ToF32, f32ToBF16)
+		divideBF16(view[uint16](b), float32(n))
 	case Float16:
-		divideHalf(view[uint16](b), float32(n), f16ToF32, f32ToF16)
+		divideF16(view[uint16](b), float32(n))
 	}
 }
