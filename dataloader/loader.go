@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringo-ml/ringo/dataloader/order"
@@ -21,10 +23,14 @@ type LoaderConfig struct {
 	// State is where to start: order.State{Seed, Epoch} for a fresh epoch,
 	// or the state a checkpoint saved.
 	State order.State
-	// Workers fetch and decode in parallel (default 4).
+	// Workers read, verify and decode blocks in parallel (default 4).
 	Workers int
-	// MaxInFlight bounds the raw bytes fetched but not yet handed to the
-	// consumer (default 256 MiB): back-pressure instead of memory growth.
+	// MaxInFlight bounds the record bytes read ahead of the consumer
+	// (default 256 MiB): the bytes of the records of every block handed
+	// to a worker whose batch Next has not returned yet, as the blocks'
+	// sizes say. It is back-pressure instead of memory growth; the blocks
+	// of the batch Next returns next are read whatever it says, so a
+	// budget smaller than one batch still makes progress.
 	MaxInFlight int64
 	// SkipCorrupt skips records of corrupt blocks (counted in Stats)
 	// instead of failing.
@@ -34,9 +40,10 @@ type LoaderConfig struct {
 // Stats are the loader's counters since it started.
 type Stats struct {
 	Samples int64
-	Bytes   int64
-	Skipped int64         // records lost to corrupt blocks (SkipCorrupt)
-	Stall   time.Duration // time Next waited for data
+	Bytes   int64 // record bytes of the samples handed out
+	Read    int64 // stored bytes read from the source
+	Skipped int64 // records lost to corrupt blocks (SkipCorrupt)
+	Stall   time.Duration
 	Elapsed time.Duration
 }
 
@@ -48,49 +55,106 @@ type Batch[T any] struct {
 	State   order.State
 }
 
-type pending[T any] struct {
-	seq     int64 // batch number; the budget never holds up the head batch
+// maxRun is the most stored bytes one job reads with one range read:
+// consecutive blocks of a shard that are needed one after the other are
+// read together, large enough that the per-read cost vanishes, small
+// enough that a worker's buffer stays in the last-level cache while its
+// checksum is computed.
+const maxRun = 4 << 20
+
+// need is one sample of the rank's rest of the epoch: position pos in the
+// rank's sequence of samples (batch pos/B, slot pos%B) wants record rec
+// of a block.
+type need struct {
+	pos int64
+	rec int32
+}
+
+// readJob is a run of consecutive blocks of one shard, read with one range
+// read, and the samples it feeds.
+type readJob struct {
+	shard    int
+	block    int // first block
+	nblocks  int
+	off, len int64
+	needs    []need // grouped by block, in block order; each group by position
+	ends     []int  // ends[k]: end in needs of block block+k's group
+	first    int64  // the first position that needs the run
+	weight   int64  // record bytes the budget charges
+}
+
+// pendingBatch is one batch being filled by the workers.
+type pendingBatch[T any] struct {
 	samples []T
-	ok      []bool
-	state   order.State
-	wg      sync.WaitGroup
+	sizes   []int32 // record bytes per slot; -1: skipped (corrupt)
+	left    atomic.Int32
+	done    chan struct{}
 	errMu   sync.Mutex
 	err     error
-	bytes   int64
 }
 
-type job[T any] struct {
-	p   *pending[T]
-	i   int
-	smp order.Sample
+func (b *pendingBatch[T]) fill(n int32) {
+	if b.left.Add(-n) == 0 {
+		close(b.done)
+	}
 }
 
-// Loader streams one rank's batches of an epoch. Workers read blocks
-// (each block once, through a small cache, since shuffled samples still
-// arrive roughly block by block), pick records, and run the decode
-// function; Next hands batches out in order.
+func (b *pendingBatch[T]) fail(err error) {
+	b.errMu.Lock()
+	if b.err == nil {
+		b.err = err
+	}
+	b.errMu.Unlock()
+}
+
+// Loader streams one rank's batches of an epoch. It plans the rank's whole
+// rest of the epoch up front, so it knows which records of which blocks
+// it needs and in what order: each block is read once, with neighbouring
+// blocks in one range read, by a worker that verifies the checksums and
+// decodes the needed records straight from its read buffer into their
+// batches' slots. No channel send or lock is paid per sample, and the
+// read buffer is reused as soon as the decode function has returned.
 type Loader[T any] struct {
 	ds     *Dataset
 	cfg    LoaderConfig
 	decode func([]byte) (T, error)
-	cursor *order.Cursor
+	b      int64 // per-rank batch size
 
-	ready  chan *pending[T]
-	jobs   chan job[T]
+	readers []*shard.Reader
+	objs    []source.Object
+
+	jobs    []readJob
+	states  []order.State // after each batch
+	weights []int64       // budget each batch returns
+
+	work   chan *readJob
+	ctx    context.Context // the workers'; cancelled by Close
 	cancel context.CancelFunc
+	dead   chan struct{} // closed by Close
 	wg     sync.WaitGroup
 
-	blocks *recordStore
+	mu       sync.Mutex
+	cond     *sync.Cond
+	batches  []*pendingBatch[T] // created on first use, dropped once handed out
+	head     int                // the batch Next returns next
+	inflight int64
+	closed   bool
 
-	budget   *byteBudget
-	statsMu  sync.Mutex
-	stats    Stats
-	started  time.Time
-	closeErr error
+	read, skipped atomic.Int64
+
+	statsMu sync.Mutex
+	stats   Stats
+	started time.Time
 }
 
-// NewLoader starts the workers. decode turns a record into an example;
-// it runs on the workers.
+// NewLoader opens the dataset's shards, plans this rank's rest of the
+// epoch and starts the workers. decode turns a record into an example; it
+// runs on the workers.
+//
+// decode gets a view of the worker's read buffer: the record is valid
+// only until decode returns, and the buffer is reused for the next block.
+// decode must copy what it keeps (bytes.Clone, or by decoding into its own
+// types); shard.DecodeFields' values alias the record too.
 func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode func([]byte) (T, error)) (*Loader[T], error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
@@ -98,146 +162,335 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 256 << 20
 	}
-	ord, err := order.New(ds.Index.Counts(), cfg.Order)
-	if err != nil {
-		return nil, fmt.Errorf("dataloader: %w", err)
+	l := &Loader[T]{ds: ds, cfg: cfg, decode: decode, b: int64(cfg.Order.BatchSize), dead: make(chan struct{}), started: time.Now()}
+	l.cond = sync.NewCond(&l.mu)
+	if err := l.openShards(ctx); err != nil {
+		l.closeShards()
+		return nil, err
 	}
-	cur, err := ord.Cursor(cfg.State, cfg.Rank, cfg.World)
-	if err != nil {
-		return nil, fmt.Errorf("dataloader: %w", err)
-	}
-	// Walk this rank's whole epoch once to know which records it needs.
-	walk, _ := ord.Cursor(cfg.State, cfg.Rank, cfg.World)
-	var plan []order.Sample
-	for {
-		b, ok := walk.Next()
-		if !ok {
-			break
+	layout := make([][]int64, len(l.readers))
+	for i, r := range l.readers {
+		for b := range r.Blocks() {
+			layout[i] = append(layout[i], int64(r.Block(b).Records))
 		}
-		plan = append(plan, b...)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	l := &Loader[T]{ds: ds, cfg: cfg, decode: decode, cursor: cur,
-		ready: make(chan *pending[T], 64), jobs: make(chan job[T], 4*cfg.Workers), cancel: cancel,
-		blocks: newRecordStore(ds, plan), budget: newByteBudget(cfg.MaxInFlight), started: time.Now()}
+	ord, err := order.NewBlocks(layout, cfg.Order)
+	if err == nil {
+		err = l.plan(ord)
+	}
+	if err != nil {
+		l.closeShards()
+		return nil, fmt.Errorf("dataloader: %w", err)
+	}
+	l.batches = make([]*pendingBatch[T], len(l.states))
+	ctx, l.cancel = context.WithCancel(ctx)
+	l.ctx = ctx
+	l.work = make(chan *readJob, cfg.Workers)
 	l.wg.Add(1 + cfg.Workers)
-	go l.produce(ctx)
+	go l.dispatch(ctx)
 	for range cfg.Workers {
-		go l.work(ctx)
+		go l.worker(ctx)
 	}
 	return l, nil
 }
 
-// produce walks the cursor and queues every sample of every batch.
-func (l *Loader[T]) produce(ctx context.Context) {
-	defer l.wg.Done()
-	defer close(l.ready)
-	defer close(l.jobs)
-	for seq := int64(0); ; seq++ {
-		samples, ok := l.cursor.Next()
+// openShards opens every shard, Workers at a time: the order needs the
+// block layout of all of them, and the rank reads from nearly all of them.
+func (l *Loader[T]) openShards(ctx context.Context) error {
+	n := len(l.ds.Index.Shards)
+	l.readers = make([]*shard.Reader, n)
+	l.objs = make([]source.Object, n)
+	errs := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(l.cfg.Workers, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				l.readers[i], l.objs[i], errs[i] = l.ds.OpenShard(ctx, i)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (l *Loader[T]) closeShards() {
+	for _, o := range l.objs {
+		if o != nil {
+			o.Close()
+		}
+	}
+}
+
+// plan walks the rank's rest of the epoch and turns it into read jobs in
+// the order the samples are first needed.
+func (l *Loader[T]) plan(ord *order.Order) error {
+	cur, err := ord.Cursor(l.cfg.State, l.cfg.Rank, l.cfg.World)
+	if err != nil {
+		return err
+	}
+	// Blocks get global ids: base[s] + block index in shard s.
+	base := make([]int, len(l.readers)+1)
+	firsts := make([][]int64, len(l.readers))
+	for s, r := range l.readers {
+		base[s+1] = base[s] + r.Blocks()
+		firsts[s] = make([]int64, r.Blocks())
+		for b := range firsts[s] {
+			firsts[s][b] = r.Block(b).First
+		}
+	}
+	var gids []int32
+	var recs []int32
+	for {
+		batch, ok := cur.Next()
 		if !ok {
+			break
+		}
+		for _, smp := range batch {
+			f := firsts[smp.Shard]
+			b := sort.Search(len(f), func(i int) bool { return f[i] > smp.Index }) - 1
+			gids = append(gids, int32(base[smp.Shard]+b))
+			recs = append(recs, int32(smp.Index-f[b]))
+		}
+		l.states = append(l.states, cur.State())
+	}
+	nblocks := base[len(l.readers)]
+	// Group the needs by block (a counting sort keeps each group in
+	// position order).
+	start := make([]int, nblocks+1)
+	for _, g := range gids {
+		start[g+1]++
+	}
+	for g := range nblocks {
+		start[g+1] += start[g]
+	}
+	needs := make([]need, len(gids))
+	fill := slices.Clone(start[:nblocks])
+	for pos, g := range gids {
+		needs[fill[g]] = need{pos: int64(pos), rec: recs[pos]}
+		fill[g]++
+	}
+	shardOf := func(g int) int { return sort.Search(len(l.readers), func(s int) bool { return base[s+1] > g }) }
+	var used []int
+	for g := range nblocks {
+		if start[g+1] > start[g] {
+			used = append(used, g)
+		}
+	}
+	sort.Slice(used, func(i, j int) bool { return needs[start[used[i]]].pos < needs[start[used[j]]].pos })
+	l.weights = make([]int64, len(l.states))
+	for _, g := range used {
+		s := shardOf(g)
+		bi := l.readers[s].Block(g - base[s])
+		// Each need is charged its share of the block's raw bytes, and
+		// the same amount comes back when its batch is handed out.
+		w := bi.Raw / int64(bi.Records)
+		for _, nd := range needs[start[g]:start[g+1]] {
+			l.weights[nd.pos/l.b] += w
+		}
+		weight := w * int64(start[g+1]-start[g])
+		if n := len(l.jobs); n > 0 {
+			j := &l.jobs[n-1]
+			if j.shard == s && j.block+j.nblocks == g-base[s] && j.len+bi.Stored <= maxRun {
+				j.nblocks++
+				j.len += bi.Stored
+				j.needs = needs[start[g-j.nblocks+1]:start[g+1]]
+				j.ends = append(j.ends, start[g+1]-start[g-j.nblocks+1])
+				j.weight += weight
+				continue
+			}
+		}
+		l.jobs = append(l.jobs, readJob{shard: s, block: g - base[s], nblocks: 1, off: bi.Offset, len: bi.Stored,
+			needs: needs[start[g]:start[g+1]], ends: []int{start[g+1] - start[g]}, first: needs[start[g]].pos, weight: weight})
+	}
+	return nil
+}
+
+// batch returns batch i, creating it; l.mu is held.
+func (l *Loader[T]) batch(i int) *pendingBatch[T] {
+	b := l.batches[i]
+	if b == nil {
+		b = &pendingBatch[T]{samples: make([]T, l.b), sizes: make([]int32, l.b), done: make(chan struct{})}
+		b.left.Store(int32(l.b))
+		l.batches[i] = b
+	}
+	return b
+}
+
+// dispatch hands the jobs to the workers in plan order, within the
+// budget. The jobs the head batch needs come first in that order (it is
+// by first use), so waiting on the budget never holds them up.
+func (l *Loader[T]) dispatch(ctx context.Context) {
+	defer l.wg.Done()
+	defer close(l.work)
+	for i := range l.jobs {
+		j := &l.jobs[i]
+		l.mu.Lock()
+		for !l.closed && l.inflight+j.weight > l.cfg.MaxInFlight && j.first >= int64(l.head+1)*l.b {
+			l.cond.Wait()
+		}
+		if l.closed {
+			l.mu.Unlock()
 			return
 		}
-		p := &pending[T]{seq: seq, samples: make([]T, len(samples)), ok: make([]bool, len(samples)), state: l.cursor.State()}
-		p.wg.Add(len(samples))
+		l.inflight += j.weight
+		// The batches this job fills exist before any worker writes.
+		for _, nd := range j.needs {
+			l.batch(int(nd.pos / l.b))
+		}
+		l.mu.Unlock()
 		select {
-		case l.ready <- p:
+		case l.work <- j:
 		case <-ctx.Done():
 			return
 		}
-		for i, s := range samples {
-			select {
-			case l.jobs <- job[T]{p: p, i: i, smp: s}:
-			case <-ctx.Done():
-				for range len(samples) - i {
-					p.wg.Done()
-				}
-				return
-			}
-		}
 	}
 }
 
-func (l *Loader[T]) work(ctx context.Context) {
+func (l *Loader[T]) worker(ctx context.Context) {
 	defer l.wg.Done()
-	for j := range l.jobs {
-		l.fetch(ctx, j)
-		j.p.wg.Done()
-	}
-}
-
-func (l *Loader[T]) fetch(ctx context.Context, j job[T]) {
-	fail := func(err error) {
-		j.p.errMu.Lock()
-		if j.p.err == nil {
-			j.p.err = err
-		}
-		j.p.errMu.Unlock()
-	}
-	rec, err := l.blocks.record(ctx, j.smp)
-	if err != nil {
-		if l.cfg.SkipCorrupt && errors.Is(err, shard.ErrCorrupt) {
-			l.statsMu.Lock()
-			l.stats.Skipped++
-			l.statsMu.Unlock()
+	var buf, scratch []byte
+	var recs [][]byte
+	for j := range l.work {
+		if ctx.Err() != nil {
 			return
 		}
-		fail(err)
-		return
+		if int64(cap(buf)) < j.len {
+			buf = make([]byte, j.len)
+		}
+		buf, scratch, recs = buf[:j.len], scratch[:0], recs[:0]
+		scratch, recs = l.run(j, buf, scratch, recs)
+		buf = buf[:0]
 	}
-	if err := l.budget.take(ctx, int64(len(rec)), j.p.seq); err != nil {
-		fail(err)
-		return
-	}
-	v, err := l.decode(rec)
-	if err != nil {
-		l.budget.give(int64(len(rec)))
-		fail(fmt.Errorf("dataloader: decoding record %d of shard %s: %w", j.smp.Index, l.ds.Index.Shards[j.smp.Shard].Name, err))
-		return
-	}
-	j.p.samples[j.i], j.p.ok[j.i] = v, true
-	j.p.errMu.Lock()
-	j.p.bytes += int64(len(rec))
-	j.p.errMu.Unlock()
 }
 
-// Next returns this rank's next batch, or io.EOF after the epoch's last.
-func (l *Loader[T]) Next(ctx context.Context) (Batch[T], error) {
-	t0 := time.Now()
-	var p *pending[T]
-	select {
-	case p = <-l.ready:
-	case <-ctx.Done():
-		return Batch[T]{}, ctx.Err()
+// run reads, verifies and decodes one job; it returns the scratch buffers
+// for reuse.
+func (l *Loader[T]) run(j *readJob, buf, scratch []byte, recs [][]byte) ([]byte, [][]byte) {
+	r := l.readers[j.shard]
+	name := l.ds.Index.Shards[j.shard].Name
+	// A failed read spoils the whole run; a block that fails its checks
+	// spoils only itself.
+	readErr := r.ReadAt(buf, j.off, j.block)
+	if readErr == nil {
+		l.read.Add(j.len)
 	}
-	if p == nil {
-		return Batch[T]{}, io.EOF
-	}
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return Batch[T]{}, ctx.Err()
-	}
-	stall := time.Since(t0)
-	l.budget.give(p.bytes)
-	l.budget.advance(p.seq + 1)
-	if p.err != nil {
-		return Batch[T]{}, p.err
-	}
-	out := p.samples[:0]
-	for i, ok := range p.ok {
-		if ok {
-			out = append(out, p.samples[i])
+	from := 0
+	for k := range j.nblocks {
+		group := j.needs[from:j.ends[k]]
+		from = j.ends[k]
+		blk := j.block + k
+		err := readErr
+		var raw []byte
+		if err == nil {
+			bi := r.Block(blk)
+			raw, err = r.CheckBlock(blk, buf[bi.Offset-j.off:][:bi.Stored], scratch)
+			if err == nil && bi.Compressed {
+				scratch = raw
+			}
+		}
+		if err == nil {
+			recs, err = r.SplitBlock(blk, raw, recs)
+		}
+		if err != nil {
+			l.lose(group, err)
+			continue
+		}
+		for _, nd := range group {
+			b := l.batches[nd.pos/l.b]
+			slot := nd.pos % l.b
+			rec := recs[nd.rec]
+			v, derr := l.decode(rec)
+			if derr != nil {
+				b.fail(fmt.Errorf("dataloader: decoding record %d of shard %s: %w", r.Block(blk).First+int64(nd.rec), name, derr))
+			} else {
+				b.samples[slot] = v
+			}
+			b.sizes[slot] = int32(len(rec))
+			b.fill(1)
 		}
 	}
+	return scratch, recs
+}
+
+// lose settles needs whose block could not be read: skipped when
+// SkipCorrupt allows it, else their batches fail.
+func (l *Loader[T]) lose(group []need, err error) {
+	skip := l.cfg.SkipCorrupt && errors.Is(err, shard.ErrCorrupt)
+	if skip {
+		l.skipped.Add(int64(len(group)))
+	}
+	for _, nd := range group {
+		b := l.batches[nd.pos/l.b]
+		if !skip {
+			b.fail(err)
+		}
+		b.sizes[nd.pos%l.b] = -1
+		b.fill(1)
+	}
+}
+
+// ErrClosed is returned by Next after Close.
+var ErrClosed = errors.New("dataloader: loader closed")
+
+// Next returns this rank's next batch, or io.EOF after the epoch's last.
+// The batch's samples are the caller's.
+func (l *Loader[T]) Next(ctx context.Context) (Batch[T], error) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return Batch[T]{}, ErrClosed
+	}
+	i := l.head
+	if i >= len(l.batches) {
+		l.mu.Unlock()
+		return Batch[T]{}, io.EOF
+	}
+	b := l.batch(i)
+	l.mu.Unlock()
+	t0 := time.Now()
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return Batch[T]{}, ctx.Err()
+	case <-l.dead:
+		return Batch[T]{}, ErrClosed
+	case <-l.ctx.Done():
+		// The context NewLoader got is done: the workers have stopped.
+		return Batch[T]{}, fmt.Errorf("dataloader: %w", l.ctx.Err())
+	}
+	stall := time.Since(t0)
+	l.mu.Lock()
+	l.batches[i] = nil
+	l.head = i + 1
+	l.inflight -= l.weights[i]
+	l.cond.Broadcast()
+	l.mu.Unlock()
+
+	var bytes int64
+	out := b.samples[:0]
+	for k, n := range b.sizes {
+		if n >= 0 {
+			out = append(out, b.samples[k])
+			bytes += int64(n)
+		}
+	}
+	clear(b.samples[len(out):])
 	l.statsMu.Lock()
-	l.stats.Samples += int64(len(out))
-	l.stats.Bytes += p.bytes
 	l.stats.Stall += stall
+	if b.err == nil {
+		l.stats.Samples += int64(len(out))
+		l.stats.Bytes += bytes
+	}
 	l.statsMu.Unlock()
-	return Batch[T]{Samples: out, State: p.state}, nil
+	if b.err != nil {
+		return Batch[T]{}, b.err
+	}
+	return Batch[T]{Samples: out, State: l.states[i]}, nil
 }
 
 // Stats returns the counters so far.
@@ -245,206 +498,25 @@ func (l *Loader[T]) Stats() Stats {
 	l.statsMu.Lock()
 	defer l.statsMu.Unlock()
 	s := l.stats
+	s.Read = l.read.Load()
+	s.Skipped = l.skipped.Load()
 	s.Elapsed = time.Since(l.started)
 	return s
 }
 
 // Close stops every goroutine the loader started and waits for them.
 func (l *Loader[T]) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.dead)
+	l.cond.Broadcast()
+	l.mu.Unlock()
 	l.cancel()
-	l.budget.close()
-	// Drain so that the producer is never stuck sending.
-	go func() {
-		for range l.ready {
-		}
-	}()
 	l.wg.Wait()
-	l.blocks.close()
+	l.closeShards()
 	return nil
-}
-
-// byteBudget is a weighted semaphore over bytes in flight. The batch
-// Next will return next (the head) always gets through, so a batch larger
-// than the budget still completes and the loader cannot deadlock; the
-// batches behind it wait.
-type byteBudget struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	left   int64
-	total  int64
-	head   int64
-	closed bool
-}
-
-func newByteBudget(n int64) *byteBudget {
-	b := &byteBudget{left: n, total: n}
-	b.cond = sync.NewCond(&b.mu)
-	return b
-}
-
-// take waits for n bytes of budget for a record of batch seq.
-func (b *byteBudget) take(ctx context.Context, n, seq int64) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for b.left < n && seq != b.head && !b.closed {
-		b.cond.Wait()
-	}
-	if b.closed {
-		return ctx.Err()
-	}
-	b.left -= n // may go below zero for the head batch
-	return nil
-}
-
-// advance makes seq the head batch.
-func (b *byteBudget) advance(seq int64) {
-	b.mu.Lock()
-	b.head = seq
-	b.cond.Broadcast()
-	b.mu.Unlock()
-}
-
-func (b *byteBudget) close() {
-	b.mu.Lock()
-	b.closed = true
-	b.cond.Broadcast()
-	b.mu.Unlock()
-}
-
-func (b *byteBudget) give(n int64) {
-	b.mu.Lock()
-	b.left += n
-	b.cond.Broadcast()
-	b.mu.Unlock()
-}
-
-// recordStore reads each block at most once per loader and keeps, of
-// its records, only those this rank still needs, until they are used.
-// The shuffle window means the samples of one block are spread over many
-// batches (a few stay in the window for long), so caching whole blocks by
-// recency would read a block again for every straggler; knowing the rank's
-// whole epoch in advance avoids that.
-type recordStore struct {
-	ds *Dataset
-
-	mu      sync.Mutex
-	readers map[int]*openShard
-	need    map[[2]int]map[int64]int // (shard, block) -> record -> uses left
-	blocks  map[[2]int]*storedBlock
-}
-
-type openShard struct {
-	r   *shard.Reader
-	obj source.Object
-}
-
-type storedBlock struct {
-	ready chan struct{}
-	recs  map[int64][]byte
-	err   error
-}
-
-// newRecordStore plans from the samples the rank will read, in order.
-func newRecordStore(ds *Dataset, samples []order.Sample) *recordStore {
-	rs := &recordStore{ds: ds, readers: map[int]*openShard{}, need: map[[2]int]map[int64]int{}, blocks: map[[2]int]*storedBlock{}}
-	// Blocks are not known until a shard is opened, so needs are kept by
-	// shard first and split per block on first use.
-	for _, smp := range samples {
-		k := [2]int{smp.Shard, -1}
-		if rs.need[k] == nil {
-			rs.need[k] = map[int64]int{}
-		}
-		rs.need[k][smp.Index]++
-	}
-	return rs
-}
-
-func (rs *recordStore) shard(ctx context.Context, i int) (*shard.Reader, error) {
-	if s, ok := rs.readers[i]; ok {
-		return s.r, nil
-	}
-	r, obj, err := rs.ds.OpenShard(ctx, i)
-	if err != nil {
-		return nil, err
-	}
-	rs.readers[i] = &openShard{r, obj}
-	// Split this shard's needs by block.
-	for idx, n := range rs.need[[2]int{i, -1}] {
-		b := blockOf(r, idx)
-		k := [2]int{i, b}
-		if rs.need[k] == nil {
-			rs.need[k] = map[int64]int{}
-		}
-		rs.need[k][idx] += n
-	}
-	delete(rs.need, [2]int{i, -1})
-	return r, nil
-}
-
-func blockOf(r *shard.Reader, idx int64) int {
-	return sort.Search(r.Blocks(), func(i int) bool {
-		bi := r.Block(i)
-		return bi.First+int64(bi.Records) > idx
-	})
-}
-
-func (rs *recordStore) record(ctx context.Context, s order.Sample) ([]byte, error) {
-	rs.mu.Lock()
-	r, err := rs.shard(ctx, s.Shard)
-	if err != nil {
-		rs.mu.Unlock()
-		return nil, err
-	}
-	b := blockOf(r, s.Index)
-	if b >= r.Blocks() {
-		rs.mu.Unlock()
-		return nil, fmt.Errorf("dataloader: shard %s has no record %d", rs.ds.Index.Shards[s.Shard].Name, s.Index)
-	}
-	key := [2]int{s.Shard, b}
-	sb, ok := rs.blocks[key]
-	if !ok {
-		sb = &storedBlock{ready: make(chan struct{})}
-		rs.blocks[key] = sb
-		rs.mu.Unlock()
-		recs, err := r.ReadBlock(b)
-		first := r.Block(b).First
-		rs.mu.Lock()
-		sb.err = err
-		if err == nil {
-			sb.recs = map[int64][]byte{}
-			for idx := range rs.need[key] {
-				// A copy, so the block's buffer can go at once.
-				sb.recs[idx] = append([]byte(nil), recs[idx-first]...)
-			}
-		}
-		close(sb.ready)
-		rs.mu.Unlock()
-	} else {
-		rs.mu.Unlock()
-	}
-	<-sb.ready
-	if sb.err != nil {
-		return nil, sb.err
-	}
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	rec := sb.recs[s.Index]
-	if rs.need[key][s.Index]--; rs.need[key][s.Index] <= 0 {
-		delete(rs.need[key], s.Index)
-		delete(sb.recs, s.Index)
-		if len(rs.need[key]) == 0 {
-			delete(rs.need, key)
-			delete(rs.blocks, key)
-		}
-	}
-	return rec, nil
-}
-
-func (rs *recordStore) close() {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	for _, s := range rs.readers {
-		s.obj.Close()
-	}
-	rs.readers = map[int]*openShard{}
 }

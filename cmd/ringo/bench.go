@@ -138,6 +138,7 @@ func runBenchData(ctx context.Context, args []string) error {
 	fs.IntVar(&c.BatchSize, "batch", c.BatchSize, "samples per rank per batch")
 	fs.IntVar(&c.Window, "window", c.Window, "shuffle window, samples")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "fetch and decode goroutines per loader")
+	fs.IntVar(&c.OrderVersion, "order", 2, "order version: 2 (ranks read disjoint blocks) or 1")
 	fs.DurationVar(&c.Consumer, "consumer", 0, "also run with a consumer spending this long per batch, and report its stall")
 	var size int64
 	fs.Var(byteFlag{&size}, "make", "first pack a synthetic dataset of this size into DIR")
@@ -168,6 +169,7 @@ func runBenchData(ctx context.Context, args []string) error {
 	fmt.Printf("# ringo bench data: %s, %d records, %s, %d ranks, batch %d, window %d\n", loc, r.Records, humanBytes(r.FileBytes), c.NP, c.BatchSize, c.Window)
 	fmt.Printf("plain sequential read   %7.3f GB/s\n", r.RawGBps)
 	fmt.Printf("ringo streaming         %7.3f GB/s of files (%.0f%% of plain), %.3f GB/s of records, %.0f samples/s\n", r.StreamFileGBps, 100*r.StreamFileGBps/r.RawGBps, r.StreamGBps, r.SamplesPerSec)
+	fmt.Printf("storage read            %7.2fx the dataset (%s)\n", r.ReadAmplification, humanBytes(r.StreamReadBytes))
 	if c.Consumer > 0 {
 		fmt.Printf("stall with a consumer of %v per batch: %.1f%%\n", c.Consumer, 100*r.Stall)
 	}

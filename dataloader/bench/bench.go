@@ -1,6 +1,6 @@
 // Package bench measures the data loader against the storage it reads:
 // `ringo bench data` reads every shard of a dataset plainly, then streams
-// the dataset shuffled and decompressed through np loaders (one per rank,
+// the dataset shuffled and checksummed (and decompressed) through np loaders (one per rank,
 // goroutines of one process), then streams again with a consumer that
 // spends a set time on each batch, and reports the consumer's stall.
 package bench
@@ -26,6 +26,9 @@ type Config struct {
 	Window    int           // shuffle window
 	Workers   int           // per loader
 	Consumer  time.Duration // time the slow consumer spends per batch
+	// OrderVersion is the order's version (0: order.V2, the one whose
+	// ranks read disjoint blocks).
+	OrderVersion int
 }
 
 // Result of a run; bandwidths in GB/s (1e9 bytes).
@@ -35,9 +38,14 @@ type Result struct {
 	RawGBps        float64 `json:"raw_read_gbps"`
 	StreamGBps     float64 `json:"stream_gbps"` // record bytes delivered
 	StreamFileGBps float64 `json:"stream_file_gbps"`
-	SamplesPerSec  float64 `json:"samples_per_sec"`
-	Stall          float64 `json:"stall_fraction"` // with the slow consumer
-	ConsumerMS     float64 `json:"consumer_ms"`
+	// StreamReadBytes is what the loaders read from storage together, and
+	// ReadAmplification that over the file bytes: 1 when the ranks read
+	// disjoint blocks, np when every rank reads every block.
+	StreamReadBytes   int64   `json:"stream_read_bytes"`
+	ReadAmplification float64 `json:"read_amplification"`
+	SamplesPerSec     float64 `json:"samples_per_sec"`
+	Stall             float64 `json:"stall_fraction"` // with the slow consumer
+	ConsumerMS        float64 `json:"consumer_ms"`
 }
 
 // Run measures.
@@ -68,15 +76,17 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	}
 	res.RawGBps = float64(res.FileBytes) / time.Since(start).Seconds() / 1e9
 
-	bytes, _, elapsed, err := stream(ctx, ds, c, 0)
+	bytes, read, _, elapsed, err := stream(ctx, ds, c, 0)
 	if err != nil {
 		return res, err
 	}
+	res.StreamReadBytes = read
+	res.ReadAmplification = float64(read) / float64(res.FileBytes)
 	res.StreamGBps = float64(bytes) / elapsed.Seconds() / 1e9
 	res.StreamFileGBps = float64(res.FileBytes) / elapsed.Seconds() / 1e9
 	res.SamplesPerSec = float64(res.Records) / elapsed.Seconds()
 	if c.Consumer > 0 {
-		_, stall, total, err := stream(ctx, ds, c, c.Consumer)
+		_, _, stall, total, err := stream(ctx, ds, c, c.Consumer)
 		if err != nil {
 			return res, err
 		}
@@ -87,16 +97,20 @@ func Run(ctx context.Context, c Config) (Result, error) {
 }
 
 // stream runs np loaders over one epoch; each consumer sleeps delay per
-// batch. It returns the record bytes delivered, the slowest rank's stall
-// and the elapsed time.
-func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Duration) (int64, time.Duration, time.Duration, error) {
-	cfg := order.Config{Seed: 1, Shuffle: true, Window: c.Window, BatchSize: c.BatchSize}
+// batch. It returns the record bytes delivered, the bytes read from
+// storage, the slowest rank's stall and the elapsed time.
+func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Duration) (int64, int64, time.Duration, time.Duration, error) {
+	v := c.OrderVersion
+	if v == 0 {
+		v = order.V2
+	}
+	cfg := order.Config{Version: v, Seed: 1, Shuffle: true, Window: c.Window, BatchSize: c.BatchSize}
 	o, err := order.New(ds.Index.Counts(), cfg)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	var mu sync.Mutex
-	var bytes int64
+	var bytes, read int64
 	var stall time.Duration
 	errs := make([]error, c.NP)
 	var wg sync.WaitGroup
@@ -128,6 +142,7 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Du
 			s := l.Stats()
 			mu.Lock()
 			bytes += s.Bytes
+			read += s.Read
 			stall = max(stall, s.Stall)
 			mu.Unlock()
 		}()
@@ -135,10 +150,10 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Du
 	wg.Wait()
 	for _, e := range errs {
 		if e != nil {
-			return 0, 0, 0, fmt.Errorf("rank: %w", e)
+			return 0, 0, 0, 0, fmt.Errorf("rank: %w", e)
 		}
 	}
-	return bytes, stall, time.Since(start), nil
+	return bytes, read, stall, time.Since(start), nil
 }
 
 // MakeSynthetic packs a dataset of total bytes of records of recordSize

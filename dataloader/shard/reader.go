@@ -209,8 +209,23 @@ func (r *Reader) ReadBlock(i int) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return r.SplitBlock(i, raw, make([][]byte, 0, r.blocks[i].Records))
+}
+
+// SplitBlock splits raw, the raw content of block i, into its records and
+// checks them as ReadBlock does. The records are appended to dst[:0] and
+// are sub-slices of raw, each capped to its own length: they are valid as
+// long as raw is. A reader that reuses its buffers passes the same dst
+// every time, so splitting allocates nothing.
+func (r *Reader) SplitBlock(i int, raw []byte, dst [][]byte) ([][]byte, error) {
+	if i < 0 || i >= len(r.blocks) {
+		return nil, fmt.Errorf("shard %s: block %d of %d: %w", r.name, i, len(r.blocks), ErrOutOfRange)
+	}
 	b := r.blocks[i]
-	out := make([][]byte, 0, b.Records)
+	if int64(len(raw)) != b.Raw {
+		return nil, r.corrupt(i, "%d raw bytes, footer declares %d", len(raw), b.Raw)
+	}
+	out := dst[:0]
 	p := raw
 	for len(p) > 0 {
 		n, k := binary.Uvarint(p)
@@ -243,6 +258,24 @@ func (r *Reader) readRaw(i int) ([]byte, error) {
 	if err := r.readAt(stored, b.Offset, i, "block"); err != nil {
 		return nil, err
 	}
+	return r.CheckBlock(i, stored, nil)
+}
+
+// CheckBlock verifies stored, the stored bytes of block i (Block(i).Stored
+// bytes from Block(i).Offset, however the caller read them, for example
+// with neighbouring blocks in one range read), against the footer's
+// length and XXH64, and returns the block's raw content: stored itself
+// for an uncompressed block, else the block decompressed into scratch,
+// which is reused when its capacity holds the raw length (a new buffer
+// otherwise). The result aliases stored or scratch.
+func (r *Reader) CheckBlock(i int, stored, scratch []byte) ([]byte, error) {
+	if i < 0 || i >= len(r.blocks) {
+		return nil, fmt.Errorf("shard %s: block %d of %d: %w", r.name, i, len(r.blocks), ErrOutOfRange)
+	}
+	b := r.blocks[i]
+	if int64(len(stored)) != b.Stored {
+		return nil, r.corrupt(i, "%d stored bytes, footer declares %d", len(stored), b.Stored)
+	}
 	if got := xxhash.Sum64(stored); got != r.sums[i] {
 		return nil, r.corrupt(i, "checksum %016x, footer says %016x", got, r.sums[i])
 	}
@@ -253,7 +286,12 @@ func (r *Reader) readRaw(i int) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shard %s: zstd decoder: %w", r.name, err)
 	}
-	raw, err := dec.DecodeAll(stored, make([]byte, 0, b.Raw))
+	if int64(cap(scratch)) < b.Raw {
+		scratch = make([]byte, 0, b.Raw)
+	}
+	// The decoder's cap limit keeps it inside scratch's capacity, so a
+	// frame that lies about its size cannot make it allocate.
+	raw, err := dec.DecodeAll(stored, scratch[:0:b.Raw])
 	if err != nil {
 		return nil, r.corrupt(i, "zstd: %v", err)
 	}
@@ -261,6 +299,13 @@ func (r *Reader) readRaw(i int) ([]byte, error) {
 		return nil, r.corrupt(i, "decompressed to %d bytes, footer declares %d", len(raw), b.Raw)
 	}
 	return raw, nil
+}
+
+// ReadAt reads exactly len(p) bytes of the shard at off, for callers that
+// read several blocks with one range read; a short read is corruption of
+// the given block (the first one asked for).
+func (r *Reader) ReadAt(p []byte, off int64, block int) error {
+	return r.readAt(p, off, block, "blocks")
 }
 
 // Record returns record idx (0-based in the shard), reading its block. The
