@@ -13,16 +13,13 @@ DATA bf16one<>+0(SB)/4, $0x00000001
 GLOBL bf16one<>(SB), RODATA|NOPTR, $4
 DATA bf16bias<>+0(SB)/4, $0x00007fff
 GLOBL bf16bias<>(SB), RODATA|NOPTR, $4
-DATA bf16quiet<>+0(SB)/4, $0x00000040
-GLOBL bf16quiet<>(SB), RODATA|NOPTR, $4
 
 // BF16SETUP loads the constants: Y15 zero, Y14 the lowest kept bit, Y13 the
-// rounding bias, Y12 the quiet bit of a bfloat16 NaN.
+// rounding bias.
 #define BF16SETUP \
 	VPXOR        Y15, Y15, Y15;            \
 	VPBROADCASTD bf16one<>(SB), Y14;       \
-	VPBROADCASTD bf16bias<>(SB), Y13;      \
-	VPBROADCASTD bf16quiet<>(SB), Y12
+	VPBROADCASTD bf16bias<>(SB), Y13
 
 // BF16LOAD widens 16 bfloat16s at ptr into float32 lanes by putting each
 // in the top half of a zero dword. Unpacking works within 128-bit lanes, so
@@ -34,22 +31,22 @@ GLOBL bf16quiet<>(SB), RODATA|NOPTR, $4
 
 // BF16NARROW rounds the float32 lanes of r to bfloat16 (left in the low 16
 // bits of each lane) as f32ToBF16 does: add 0x7fff plus the lowest kept bit,
-// then truncate. A NaN is truncated and made quiet instead, because rounding
-// could carry its payload into the exponent or the sign.
-#define BF16NARROW(r, t, u, m) \
-	VPSRLD    $16, r, t;  \
-	VCMPPS    $3, r, r, m; \
-	VPAND     Y14, t, u;  \
-	VPADDD    Y13, r, r;  \
-	VPADDD    u, r, r;    \
-	VPSRLD    $16, r, r;  \
-	VPOR      Y12, t, t;  \
-	VBLENDVPS m, t, r, r
+// then truncate. f32ToBF16 truncates NaNs and sets their quiet bit instead;
+// here no lane needs that, because every NaN these kernels produce comes
+// from the hardware, which returns an operand's NaN quieted, or its default
+// NaN: the quiet bit is set and, the operands being widened bfloat16s, the
+// low 16 bits are zero, so rounding adds no carry and truncates exactly.
+#define BF16NARROW(r, t) \
+	VPSRLD $16, r, t; \
+	VPAND  Y14, t, t; \
+	VPADDD Y13, r, r; \
+	VPADDD t, r, r;   \
+	VPSRLD $16, r, r
 
 // BF16STORE narrows lo and hi and stores the 16 results at DI.
 #define BF16STORE(lo, hi) \
-	BF16NARROW(lo, Y4, Y5, Y6); \
-	BF16NARROW(hi, Y7, Y8, Y9); \
+	BF16NARROW(lo, Y4); \
+	BF16NARROW(hi, Y5); \
 	VPACKUSDW hi, lo, lo;       \
 	VMOVDQU   lo, (DI)
 

@@ -151,9 +151,10 @@ func maxF32(x, y float32) float32 {
 }
 
 // NaN results of 16-bit float arithmetic follow one rule on every
-// architecture and on both the vector and the portable path: a NaN operand
-// wins over b's (a's payload, quieted), and an invalid operation on numbers
-// (Inf-Inf, 0*Inf) gives the negative quiet NaN. That is what x86 does in
+// architecture and on both the vector and the portable path: a NaN in a
+// gives the result (its sign and payload, quieted), else a NaN in b does,
+// and an invalid operation on numbers (Inf-Inf, 0*Inf) gives the negative
+// quiet NaN. Min and Max pick the same NaN. That is what x86 does in
 // hardware, so the AVX2 kernels need no fix-up; the portable loops apply it
 // by hand because arm64 and riscv64 pick NaNs differently (riscv64 always
 // returns its canonical NaN), and ranks on different machines must agree.
