@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -30,53 +29,65 @@ Without /step-N, the newest complete checkpoint in DIR is used.
 `
 
 func runCkpt(ctx context.Context, args []string) error {
-	if done, err := usageIfAsked(args, ckptUsage); done {
-		return err
+	return runGroup(ctx, "ckpt", ckptUsage, ckptCommands(), args)
+}
+
+func ckptCommands() []subcommand {
+	return []subcommand{
+		{name: "list", run: ckptList},
+		{name: "inspect", run: ckptInspect},
+		{name: "verify", run: ckptVerify},
+		{name: "restore", run: ckptRestore},
+		{name: "export", run: ckptExport},
 	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("ckpt "+cmd, flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "inspect: print the manifest as JSON")
-	world := fs.Int("world-size", 0, "restore: the number of ranks to reshard for")
-	out := fs.String("out", "", "restore: the directory to write; export: the file to write")
-	path, helped, err := parseWithTarget(fs, args)
-	if helped || err != nil {
-		return err
+}
+
+// ckptTarget parses a ckpt command's flags and its DIR[/step-N], and
+// resolves the step.
+func ckptTarget(fs *flag.FlagSet, args []string) (dir string, step int64, err error) {
+	path, err := parseWithTarget(fs, args)
+	if err != nil {
+		return "", 0, err
 	}
 	if path == "" {
-		return fmt.Errorf("%s needs a checkpoint directory\n\n%s", cmd, ckptUsage)
+		return "", 0, usageErr(fs, "missing the checkpoint DIR[/step-N]")
 	}
-	if cmd == "list" {
-		return ckptList(path)
-	}
-	dir, step, err := resolveStep(path)
+	return resolveStep(path)
+}
+
+func ckptRestore(ctx context.Context, args []string) error {
+	fs := newFlagSet("ckpt restore", ckptUsage)
+	world := fs.Int("world-size", 0, "the number of ranks to reshard for")
+	out := fs.String("out", "", "the directory to write")
+	dir, step, err := ckptTarget(fs, args)
 	if err != nil {
 		return err
 	}
-	switch cmd {
-	case "inspect":
-		return ckptInspect(dir, step, *asJSON)
-	case "verify":
-		return ckptVerify(dir, step)
-	case "restore":
-		if *world < 1 || *out == "" {
-			return errors.New("restore needs --world-size M (at least 1) and --out DIR")
-		}
-		if err := checkpoint.Reshard(ctx, dir, step, *world, *out); err != nil {
-			return err
-		}
-		fmt.Printf("resharded step %d of %s for %d ranks into %s\n", step, dir, *world, *out)
-		return nil
-	case "export":
-		if *out == "" {
-			return errors.New("export needs --out FILE")
-		}
-		if err := checkpoint.Export(ctx, dir, step, *out); err != nil {
-			return err
-		}
-		fmt.Printf("exported step %d of %s to %s\n", step, dir, *out)
-		return nil
+	if *world < 1 || *out == "" {
+		return usageErr(fs, "restore needs --world-size M (at least 1) and --out DIR")
 	}
-	return fmt.Errorf("unknown command %q\n\n%s", cmd, ckptUsage)
+	if err := checkpoint.Reshard(ctx, dir, step, *world, *out); err != nil {
+		return err
+	}
+	fmt.Printf("resharded step %d of %s for %d ranks into %s\n", step, dir, *world, *out)
+	return nil
+}
+
+func ckptExport(ctx context.Context, args []string) error {
+	fs := newFlagSet("ckpt export", ckptUsage)
+	out := fs.String("out", "", "the .safetensors file to write")
+	dir, step, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageErr(fs, "export needs --out FILE")
+	}
+	if err := checkpoint.Export(ctx, dir, step, *out); err != nil {
+		return err
+	}
+	fmt.Printf("exported step %d of %s to %s\n", step, dir, *out)
+	return nil
 }
 
 // resolveStep splits DIR/step-N, or finds the newest complete step in DIR
@@ -93,7 +104,15 @@ func resolveStep(path string) (string, int64, error) {
 	return clean, step, err
 }
 
-func ckptList(dir string) error {
+func ckptList(_ context.Context, args []string) error {
+	fs := newFlagSet("ckpt list", ckptUsage)
+	dir, err := parseWithTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	if dir == "" {
+		return usageErr(fs, "missing the checkpoint DIR")
+	}
 	entries, err := checkpoint.List(dir)
 	if err != nil {
 		return err
@@ -119,12 +138,18 @@ func ckptList(dir string) error {
 	return w.Flush()
 }
 
-func ckptInspect(dir string, step int64, asJSON bool) error {
+func ckptInspect(_ context.Context, args []string) error {
+	fs := newFlagSet("ckpt inspect", ckptUsage)
+	asJSON := fs.Bool("json", false, "print the manifest as JSON")
+	dir, step, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
 	m, err := checkpoint.ReadManifest(dir, step)
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if *asJSON {
 		b, _ := json.MarshalIndent(m, "", "  ")
 		fmt.Println(string(b))
 		return nil
@@ -170,7 +195,12 @@ func ckptInspect(dir string, step int64, asJSON bool) error {
 	return nil
 }
 
-func ckptVerify(dir string, step int64) error {
+func ckptVerify(_ context.Context, args []string) error {
+	fs := newFlagSet("ckpt verify", ckptUsage)
+	dir, step, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
 	progress := func(done, total int64) {}
 	if isTerminal(os.Stderr) {
 		progress = func(done, total int64) {
