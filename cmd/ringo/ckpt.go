@@ -42,29 +42,31 @@ func ckptCommands() []subcommand {
 	}
 }
 
-// ckptTarget parses a ckpt command's flags and its DIR[/step-N], and
-// resolves the step.
-func ckptTarget(fs *flag.FlagSet, args []string) (dir string, step int64, err error) {
+// ckptTarget parses a ckpt command's flags and its DIR[/step-N]. The
+// caller checks its flags before resolving the step, so that a mistake in
+// the command line is reported as one whatever the directory holds.
+func ckptTarget(fs *flag.FlagSet, args []string) (string, error) {
 	path, err := parseWithTarget(fs, args)
-	if err != nil {
-		return "", 0, err
+	if err == nil && path == "" {
+		err = usageErr(fs, "missing the checkpoint DIR[/step-N]")
 	}
-	if path == "" {
-		return "", 0, usageErr(fs, "missing the checkpoint DIR[/step-N]")
-	}
-	return resolveStep(path)
+	return path, err
 }
 
 func ckptRestore(ctx context.Context, args []string) error {
 	fs := newFlagSet("ckpt restore", ckptUsage)
 	world := fs.Int("world-size", 0, "the number of ranks to reshard for")
 	out := fs.String("out", "", "the directory to write")
-	dir, step, err := ckptTarget(fs, args)
+	path, err := ckptTarget(fs, args)
 	if err != nil {
 		return err
 	}
 	if *world < 1 || *out == "" {
 		return usageErr(fs, "restore needs --world-size M (at least 1) and --out DIR")
+	}
+	dir, step, err := resolveStep(path)
+	if err != nil {
+		return err
 	}
 	if err := checkpoint.Reshard(ctx, dir, step, *world, *out); err != nil {
 		return err
@@ -76,12 +78,16 @@ func ckptRestore(ctx context.Context, args []string) error {
 func ckptExport(ctx context.Context, args []string) error {
 	fs := newFlagSet("ckpt export", ckptUsage)
 	out := fs.String("out", "", "the .safetensors file to write")
-	dir, step, err := ckptTarget(fs, args)
+	path, err := ckptTarget(fs, args)
 	if err != nil {
 		return err
 	}
 	if *out == "" {
 		return usageErr(fs, "export needs --out FILE")
+	}
+	dir, step, err := resolveStep(path)
+	if err != nil {
+		return err
 	}
 	if err := checkpoint.Export(ctx, dir, step, *out); err != nil {
 		return err
@@ -141,7 +147,11 @@ func ckptList(_ context.Context, args []string) error {
 func ckptInspect(_ context.Context, args []string) error {
 	fs := newFlagSet("ckpt inspect", ckptUsage)
 	asJSON := fs.Bool("json", false, "print the manifest as JSON")
-	dir, step, err := ckptTarget(fs, args)
+	path, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	dir, step, err := resolveStep(path)
 	if err != nil {
 		return err
 	}
@@ -197,7 +207,11 @@ func ckptInspect(_ context.Context, args []string) error {
 
 func ckptVerify(_ context.Context, args []string) error {
 	fs := newFlagSet("ckpt verify", ckptUsage)
-	dir, step, err := ckptTarget(fs, args)
+	path, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	dir, step, err := resolveStep(path)
 	if err != nil {
 		return err
 	}
