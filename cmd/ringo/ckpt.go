@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,7 +26,9 @@ Commands:
                                      reshard for a job of M ranks
   export DIR[/step-N] --out FILE     one consolidated .safetensors file
 
-Without /step-N, the newest complete checkpoint in DIR is used.
+Without /step-N, the newest complete checkpoint in DIR is used. verify,
+restore and export show progress when stderr is a terminal (--progress:
+always).
 `
 
 func runCkpt(ctx context.Context, args []string) error {
@@ -57,6 +60,7 @@ func ckptRestore(ctx context.Context, args []string) error {
 	fs := newFlagSet("ckpt restore", ckptUsage)
 	world := fs.Int("world-size", 0, "the number of ranks to reshard for")
 	out := fs.String("out", "", "the directory to write")
+	forceProgress := progressFlag(fs)
 	path, err := ckptTarget(fs, args)
 	if err != nil {
 		return err
@@ -68,7 +72,10 @@ func ckptRestore(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkpoint.Reshard(ctx, dir, step, *world, *out); err != nil {
+	progress := newProgress("resharding", *forceProgress)
+	err = checkpoint.Reshard(ctx, dir, step, *world, *out, progress.report)
+	progress.end()
+	if err != nil {
 		return err
 	}
 	fmt.Printf("resharded step %d of %s for %d ranks into %s\n", step, dir, *world, *out)
@@ -78,6 +85,7 @@ func ckptRestore(ctx context.Context, args []string) error {
 func ckptExport(ctx context.Context, args []string) error {
 	fs := newFlagSet("ckpt export", ckptUsage)
 	out := fs.String("out", "", "the .safetensors file to write")
+	forceProgress := progressFlag(fs)
 	path, err := ckptTarget(fs, args)
 	if err != nil {
 		return err
@@ -89,7 +97,10 @@ func ckptExport(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkpoint.Export(ctx, dir, step, *out); err != nil {
+	progress := newProgress("exporting", *forceProgress)
+	err = checkpoint.Export(ctx, dir, step, *out, progress.report)
+	progress.end()
+	if err != nil {
 		return err
 	}
 	fmt.Printf("exported step %d of %s to %s\n", step, dir, *out)
@@ -207,6 +218,7 @@ func ckptInspect(_ context.Context, args []string) error {
 
 func ckptVerify(_ context.Context, args []string) error {
 	fs := newFlagSet("ckpt verify", ckptUsage)
+	forceProgress := progressFlag(fs)
 	path, err := ckptTarget(fs, args)
 	if err != nil {
 		return err
@@ -215,16 +227,9 @@ func ckptVerify(_ context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	progress := func(done, total int64) {}
-	if isTerminal(os.Stderr) {
-		progress = func(done, total int64) {
-			fmt.Fprintf(os.Stderr, "\rverifying %s / %s", humanBytes(done), humanBytes(total))
-			if done == total {
-				fmt.Fprintln(os.Stderr)
-			}
-		}
-	}
-	problems, err := checkpoint.Verify(dir, step, progress)
+	progress := newProgress("verifying", *forceProgress)
+	problems, err := checkpoint.Verify(dir, step, progress.report)
+	progress.end()
 	if err != nil {
 		return err
 	}
@@ -236,6 +241,49 @@ func ckptVerify(_ context.Context, args []string) error {
 	}
 	fmt.Printf("step %d in %s: every shard and tensor matches its checksum\n", step, dir)
 	return nil
+}
+
+// progressFlag is the --progress flag of the commands that show progress.
+func progressFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("progress", false, "show progress on stderr even when it is not a terminal")
+}
+
+// progressLine shows bytes done out of a total on one line of stderr that
+// rewrites itself. It is on only when stderr is a terminal or --progress
+// asks, so that scripts and logs get clean output; off, report does
+// nothing. Its callers call report one at a time.
+type progressLine struct {
+	w    io.Writer // nil when off
+	verb string
+	open bool // a line was started and not yet ended
+}
+
+func newProgress(verb string, force bool) *progressLine {
+	p := &progressLine{verb: verb}
+	if force || isTerminal(os.Stderr) {
+		p.w = os.Stderr
+	}
+	return p
+}
+
+func (p *progressLine) report(done, total int64) {
+	if p.w == nil {
+		return
+	}
+	fmt.Fprintf(p.w, "\r%s %s / %s", p.verb, humanBytes(done), humanBytes(total))
+	p.open = done < total
+	if !p.open {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// end ends a line that a failure left open, so that the error message
+// starts a line of its own.
+func (p *progressLine) end() {
+	if p.open {
+		fmt.Fprintln(p.w)
+		p.open = false
+	}
 }
 
 func isTerminal(f *os.File) bool {
