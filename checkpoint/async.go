@@ -44,6 +44,9 @@ type Options struct {
 	// checkpoint (see Replicate); a failed copy fails the save's report
 	// but never the checkpoint itself.
 	ReplicateTo string
+
+	// progress counts the tensor bytes written, for Reshard's caller.
+	progress *tally
 }
 
 // NewSaver returns a Saver writing into dir.

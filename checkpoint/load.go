@@ -70,6 +70,11 @@ type shardFile struct {
 // checked against its checksum. st.Metadata is set to the saved metadata.
 // Tensors of the checkpoint that st does not list are not read.
 func Load(ctx context.Context, dir string, step int64, st *State) error {
+	return load(ctx, dir, step, st, nil)
+}
+
+// load is Load telling prog, if not nil, the bytes of each tensor filled.
+func load(ctx context.Context, dir string, step int64, st *State, prog *tally) error {
 	m, err := ReadManifest(dir, step)
 	if err != nil {
 		return err
@@ -171,6 +176,7 @@ func Load(ctx context.Context, dir string, step int64, st *State) error {
 				copy(t.Data[(lo-want.Start)*rb:(hi-want.Start)*rb], buf[(lo-p.Rows[0])*rb:(hi-p.Rows[0])*rb])
 			}
 		}
+		prog.add(int64(len(t.Data)))
 	}
 	st.Metadata = m.Metadata
 	return nil

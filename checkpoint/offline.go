@@ -3,13 +3,14 @@ package checkpoint
 import (
 	"context"
 	"fmt"
-	"github.com/ringo-ml/ringo/internal/iox"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
 
 	"github.com/ringo-ml/ringo/checkpoint/safetensors"
+	"github.com/ringo-ml/ringo/internal/iox"
 )
 
 // localGroup coordinates goroutines standing in for ranks, for tools that
@@ -92,11 +93,86 @@ func stateForRank(m *Manifest, r, n int) *State {
 	return st
 }
 
+// tally adds up the bytes done by one or more goroutines (Reshard's ranks)
+// for a progress callback, which it calls one at a time so that whatever
+// the callback prints stays in order. A nil *tally counts nothing.
+type tally struct {
+	mu          sync.Mutex
+	fn          func(done, total int64)
+	done, total int64
+}
+
+func newTally(fn func(done, total int64), total int64) *tally {
+	if fn == nil {
+		return nil
+	}
+	return &tally{fn: fn, total: total}
+}
+
+func (t *tally) add(n int64) {
+	if t == nil || n == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.done += n
+	t.fn(t.done, t.total)
+}
+
+// progressWriter tells a tally about the tensor bytes written through it:
+// it passes over the first skip bytes (the safetensors header) and counts
+// at most left, the tensor bytes the file stands for, keeping the last one
+// back for finish, which runs once the file is durable. So the total is
+// reached once, and only when the work is done, even where compression or
+// encryption makes the stored bytes fewer than the tensors'.
+type progressWriter struct {
+	w          io.Writer
+	t          *tally
+	skip, left int64
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	c := int64(n)
+	s := min(c, p.skip)
+	p.skip -= s
+	if d := min(c-s, p.left-1); d > 0 {
+		p.left -= d
+		p.t.add(d)
+	}
+	return n, err
+}
+
+func (p *progressWriter) finish() {
+	p.t.add(p.left)
+	p.left = 0
+}
+
+// newProgressWriter is a progressWriter over w for a safetensors file of
+// tensors and meta, standing for left tensor bytes.
+func newProgressWriter(w io.Writer, t *tally, tensors []safetensors.Tensor, meta map[string]string, left int64) *progressWriter {
+	p := &progressWriter{w: w, t: t, left: left}
+	if t != nil { // the header is laid out again only for progress
+		if head, _, err := safetensors.Layout(tensors, meta); err == nil {
+			p.skip = int64(len(head))
+		}
+	}
+	return p
+}
+
+// tensorBytes is the size of a whole tensor of m.
+func tensorBytes(mt ManifestTensor) int64 {
+	return rows(mt.Shape) * rowBytes(mt.DType, mt.Shape)
+}
+
 // Reshard rewrites checkpoint step of src as the checkpoint a job of world
 // ranks would have saved, into dst: split tensors are cut evenly into world
 // row ranges, replicated ones stay whole. It is what a user runs before
 // restarting on another number of GPUs (Load can also reshard on the fly).
-func Reshard(ctx context.Context, src string, step int64, world int, dst string) error {
+// progress, if not nil, is told the tensor bytes read and written so far
+// out of the total of both (every rank reads the replicated tensors); it
+// is called from the ranks' goroutines, one call at a time.
+func Reshard(ctx context.Context, src string, step int64, world int, dst string, progress func(done, total int64)) error {
 	if world < 1 {
 		return fmt.Errorf("checkpoint: world size %d must be at least 1", world)
 	}
@@ -104,8 +180,19 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 	if err != nil {
 		return err
 	}
+	var total int64
+	for _, mt := range m.Tensors {
+		b := tensorBytes(mt)
+		total += b // written once, split or not
+		if mt.Split {
+			total += b
+		} else {
+			total += int64(world) * b
+		}
+	}
+	prog := newTally(progress, total)
 	compress, encrypt, _ := parseEncoding(m.Encoding)
-	opts := Options{Compress: compress, Encrypt: encrypt} // keep the source's encoding
+	opts := Options{Compress: compress, Encrypt: encrypt, progress: prog} // keep the source's encoding
 	coords := LocalGroup(world)
 	errs := make([]error, world)
 	var wg sync.WaitGroup
@@ -114,7 +201,7 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 		go func() {
 			defer wg.Done()
 			st := stateForRank(m, r, world)
-			if err := Load(ctx, src, step, st); err != nil {
+			if err := load(ctx, src, step, st, prog); err != nil {
 				errs[r] = err
 				st = nil
 			}
@@ -141,16 +228,23 @@ func Reshard(ctx context.Context, src string, step int64, world int, dst string)
 // file at out (every tensor whole), which Python's safetensors and
 // Hugging Face tools load directly. The user metadata goes into the file's
 // __metadata__ under "ringo.metadata", and the step under "ringo.step".
-func Export(ctx context.Context, dir string, step int64, out string) error {
+// progress, if not nil, is told the tensor bytes read and written so far
+// out of the total of both.
+func Export(ctx context.Context, dir string, step int64, out string, progress func(done, total int64)) error {
 	m, err := ReadManifest(dir, step)
 	if err != nil {
 		return err
 	}
+	var data int64
+	for _, mt := range m.Tensors {
+		data += tensorBytes(mt)
+	}
+	prog := newTally(progress, 2*data)
 	st := stateForRank(m, 0, 1)
 	for i := range st.Tensors {
 		st.Tensors[i].Split = nil // whole tensors
 	}
-	if err := Load(ctx, dir, step, st); err != nil {
+	if err := load(ctx, dir, step, st, prog); err != nil {
 		return err
 	}
 	tensors := make([]safetensors.Tensor, 0, len(st.Tensors))
@@ -167,7 +261,8 @@ func Export(ctx context.Context, dir string, step int64, out string) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint: export: %w", err)
 	}
-	err = safetensors.Write(f, tensors, meta)
+	pw := newProgressWriter(f, prog, tensors, meta, data)
+	err = safetensors.Write(pw, tensors, meta)
 	err = iox.SyncClose(f, err)
 	if err == nil {
 		err = os.Rename(tmp, out)
@@ -176,7 +271,11 @@ func Export(ctx context.Context, dir string, step int64, out string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("checkpoint: export to %s: %w", out, err)
 	}
-	return syncDir(filepath.Dir(out))
+	if err := syncDir(filepath.Dir(out)); err != nil {
+		return err
+	}
+	pw.finish()
+	return nil
 }
 
 // LocalGroup returns n Coordinators for n goroutines of one process that

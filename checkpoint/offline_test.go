@@ -3,9 +3,11 @@ package checkpoint_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ringo-ml/ringo/checkpoint"
@@ -15,7 +17,7 @@ import (
 func TestReshardThenLoad(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
 	mustSave(t, 3, src, 9)
-	if err := checkpoint.Reshard(context.Background(), src, 9, 5, dst); err != nil {
+	if err := checkpoint.Reshard(context.Background(), src, 9, 5, dst, nil); err != nil {
 		t.Fatal(err)
 	}
 	m, err := checkpoint.ReadManifest(dst, 9)
@@ -49,7 +51,7 @@ func TestExportIsOneSafetensorsFile(t *testing.T) {
 	dir := t.TempDir()
 	mustSave(t, 4, dir, 2)
 	out := filepath.Join(t.TempDir(), "model.safetensors")
-	if err := checkpoint.Export(context.Background(), dir, 2, out); err != nil {
+	if err := checkpoint.Export(context.Background(), dir, 2, out, nil); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(out)
@@ -98,5 +100,72 @@ func TestListAndVerify(t *testing.T) {
 	joined := strings.Join(problems, "\n")
 	if !strings.Contains(joined, m.Shards[1].File) || !strings.Contains(joined, "tensor") {
 		t.Errorf("problems do not name the file and tensor:\n%s", joined)
+	}
+}
+
+// progressLog checks a progress callback's calls: one at a time, always
+// forwards, the same total each time, and the last at exactly the total.
+type progressLog struct {
+	busy        atomic.Bool
+	calls       int
+	done, total int64
+	problem     string
+}
+
+func (p *progressLog) report(done, total int64) {
+	if !p.busy.CompareAndSwap(false, true) {
+		p.problem = "two calls at once"
+		return
+	}
+	defer p.busy.Store(false)
+	switch {
+	case p.calls > 0 && done <= p.done:
+		p.problem = fmt.Sprintf("went from %d to %d", p.done, done)
+	case p.calls > 0 && total != p.total:
+		p.problem = fmt.Sprintf("total changed from %d to %d", p.total, total)
+	case done > total:
+		p.problem = fmt.Sprintf("%d done of %d", done, total)
+	}
+	p.calls++
+	p.done, p.total = done, total
+}
+
+func (p *progressLog) check(t *testing.T, what string, want int64) {
+	t.Helper()
+	if p.problem != "" || p.calls < 2 || p.done != want || p.total != want {
+		t.Errorf("%s progress: %d calls, last %d of %d, want %d of %d; %s", what, p.calls, p.done, p.total, want, want, p.problem)
+	}
+}
+
+func TestReshardAndExportReportProgress(t *testing.T) {
+	var data, replicated int64
+	for _, s := range specs {
+		b := rowsOf(s) * rowBytes(s)
+		data += b
+		if !s.split {
+			replicated += b
+		}
+	}
+	plain, compressed := t.TempDir(), t.TempDir()
+	mustSave(t, 3, plain, 9)
+	// Compressed shards are smaller on disk than their tensors: progress
+	// still counts tensor bytes and ends at the total.
+	if err := checkpoint.SaveWith(context.Background(), checkpoint.Single{}, compressed, 9, stateFor(0, 1, true), checkpoint.Options{Compress: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{plain, compressed} {
+		var p progressLog
+		if err := checkpoint.Reshard(context.Background(), src, 9, 5, t.TempDir(), p.report); err != nil {
+			t.Fatal(err)
+		}
+		// Read: the split tensors once, the replicated ones by every rank;
+		// written: everything once.
+		p.check(t, "reshard", (data-replicated)+5*replicated+data)
+
+		var e progressLog
+		if err := checkpoint.Export(context.Background(), src, 9, filepath.Join(t.TempDir(), "m.safetensors"), e.report); err != nil {
+			t.Fatal(err)
+		}
+		e.check(t, "export", 2*data)
 	}
 }

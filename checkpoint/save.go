@@ -245,7 +245,7 @@ func SaveWith(ctx context.Context, coord Coordinator, dir string, step int64, st
 		return abort(err)
 	}
 
-	res := writeShard(tmp, rank, size, st, layout, enc)
+	res := writeShard(tmp, rank, size, st, layout, enc, opts.progress)
 	rb, _ := json.Marshal(res)
 	results, err := coord.AllGather(ctx, rb)
 	if err != nil {
@@ -346,10 +346,12 @@ func exists(path string) bool {
 }
 
 // writeShard writes this rank's shard: its slices of split tensors and
-// the replicated tensors assigned to it. The file is fsynced.
-func writeShard(tmp string, rank, size int, st *State, layout map[string]ManifestTensor, enc codec) shardResult {
+// the replicated tensors assigned to it. The file is fsynced. prog, if not
+// nil, is told the tensor bytes written.
+func writeShard(tmp string, rank, size int, st *State, layout map[string]ManifestTensor, enc codec, prog *tally) shardResult {
 	res := shardResult{Pieces: map[string]string{}}
 	var tensors []safetensors.Tensor
+	var plain int64
 	for _, t := range st.Tensors {
 		mine := false
 		for _, p := range layout[t.Name].Pieces {
@@ -372,6 +374,7 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 			stored = safetensors.Tensor{Name: t.Name, DType: safetensors.U8, Shape: []int64{int64(len(blob))}, Data: blob}
 		}
 		tensors = append(tensors, stored)
+		plain += int64(len(t.Data))
 		res.Pieces[t.Name] = hashOf(stored.Data)
 	}
 	path := filepath.Join(tmp, shardName(rank, size))
@@ -382,12 +385,15 @@ func writeShard(tmp string, rank, size int, st *State, layout map[string]Manifes
 	}
 	h := xxhash.New()
 	cw := &iox.CountingWriter{W: io.MultiWriter(f, h)}
-	err = safetensors.Write(cw, tensors, map[string]string{"format": FormatName, "shard": fmt.Sprint(rank)})
+	meta := map[string]string{"format": FormatName, "shard": fmt.Sprint(rank)}
+	pw := newProgressWriter(cw, prog, tensors, meta, plain)
+	err = safetensors.Write(pw, tensors, meta)
 	err = iox.SyncClose(f, err)
 	if err != nil {
 		res.Error = fmt.Sprintf("writing %s: %v", path, err)
 		return res
 	}
+	pw.finish()
 	res.Bytes = cw.N
 	res.Hash = fmt.Sprintf("%016x", h.Sum64())
 	return res

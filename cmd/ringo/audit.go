@@ -14,17 +14,27 @@ and its link to the line before. Exits 1 naming the first line that was
 removed, edited or is not an audit record.
 `
 
-func runAudit(_ context.Context, args []string) error {
-	if done, err := usageIfAsked(args, auditUsage); done {
+func runAudit(ctx context.Context, args []string) error {
+	return runGroup(ctx, "audit", auditUsage, auditCommands(), args)
+}
+
+func auditCommands() []subcommand {
+	return []subcommand{{name: "verify", run: auditVerify}}
+}
+
+func auditVerify(_ context.Context, args []string) error {
+	fs := newFlagSet("audit verify", auditUsage)
+	file, err := parseWithTarget(fs, args)
+	if err != nil {
 		return err
 	}
-	if args[0] != "verify" || len(args) != 2 {
-		return fmt.Errorf("unknown command %q\n\n%s", args, auditUsage)
+	if file == "" {
+		return usageErr(fs, "missing the audit log FILE")
 	}
-	n, err := audit.Verify(args[1])
+	n, err := audit.Verify(file)
 	if err != nil {
-		return fmt.Errorf("%s: %w", args[1], err)
+		return fmt.Errorf("%s: %w", file, err)
 	}
-	fmt.Printf("%s: %d lines, chain intact\n", args[1], n)
+	fmt.Printf("%s: %d lines, chain intact\n", file, n)
 	return nil
 }

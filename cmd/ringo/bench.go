@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -34,20 +32,42 @@ func (b byteFlag) Set(s string) error {
 	return nil
 }
 
+func benchUsage() string {
+	return fmt.Sprintf("Usage: ringo bench %s [flags]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n       ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]\n\n", strings.Join(bench.Ops, "|")) +
+		"Starts --np local worker processes that form a TCP group, sweeps sizes from\n--min-bytes to --max-bytes, checks every result and prints nccl-tests style rows.\nExits non-zero if any result is wrong or any worker fails.\n\nFlags:\n"
+}
+
+// benchCommands are one command per collective, then the checkpoint and
+// data-loader benchmarks.
+func benchCommands() []subcommand {
+	var cmds []subcommand
+	for _, op := range bench.Ops {
+		cmds = append(cmds, subcommand{name: op, run: func(ctx context.Context, args []string) error {
+			return benchCollective(ctx, op, args)
+		}})
+	}
+	return append(cmds, subcommand{name: "ckpt", run: runBenchCkpt}, subcommand{name: "data", run: runBenchData})
+}
+
+// runBench is a group whose command may be left out: flags alone measure
+// all-reduce.
 func runBench(ctx context.Context, args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return benchCollective(ctx, "allreduce", args)
+	}
+	return runGroup(ctx, "bench", benchUsage(), benchCommands(), args)
+}
+
+func benchCollective(ctx context.Context, op string, args []string) error {
 	c := bench.DefaultConfig()
+	// Named "bench" whatever the op, as the op may have been left out.
+	fs := newFlagSet("bench", benchUsage())
 	coll, err := collective.DefaultConfig().FromEnv()
 	if err != nil {
-		return err
+		return usageErr(fs, "%w", err)
 	}
 	c.Coll = coll
 
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: ringo bench %s [flags]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n       ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]\n\n", strings.Join(bench.Ops, "|"))
-		fmt.Fprintf(fs.Output(), "Starts --np local worker processes that form a TCP group, sweeps sizes from\n--min-bytes to --max-bytes, checks every result and prints nccl-tests style rows.\nExits non-zero if any result is wrong or any worker fails.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	fs.IntVar(&c.NP, "np", c.NP, "number of worker processes (ranks)")
 	fs.Var(byteFlag{&c.MinBytes}, "min-bytes", "smallest size in bytes (accepts K, M, G)")
 	fs.Var(byteFlag{&c.MaxBytes}, "max-bytes", "largest size in bytes (accepts K, M, G)")
@@ -68,50 +88,43 @@ func runBench(ctx context.Context, args []string) error {
 	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
 	fs.BoolVar(&c.JSON, "json", false, "print one JSON object per size instead of the table")
 
-	op := "allreduce"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		op, args = args[0], args[1:]
-	}
-	switch op {
-	case "ckpt":
-		return runBenchCkpt(ctx, args)
-	case "data":
-		return runBenchData(ctx, args)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (the op goes first: ringo bench allreduce --np 4)", fs.Arg(0))
+		return usageErr(fs, "unexpected argument %q (the op goes first: ringo bench allreduce --np 4)", fs.Arg(0))
 	}
 	c.Op = op
 	if c.DType, err = collective.ParseDType(*dtype); err != nil {
-		return err
+		return usageErr(fs, "%w", err)
 	}
 	if c.RedOp, err = collective.ParseOp(*redop); err != nil {
-		return err
+		return usageErr(fs, "%w", err)
 	}
 	if c.Coll.Algo, err = collective.ParseAlgo(*algo); err != nil {
-		return err
+		return usageErr(fs, "%w", err)
 	}
 	c.Coll.SmallBytes, c.Coll.ChunkBytes = int(smallB), int(chunk)
+	if err := c.Validate(); err != nil {
+		return usageErr(fs, "%w", err)
+	}
 	return bench.Run(ctx, c, os.Stdout, os.Stderr)
 }
 
+const benchCkptUsage = `Usage: ringo bench ckpt --size 1G --np 4 [--dir D] [--json]
+
+Saves and loads a checkpoint of --size from --np ranks in --dir, beside a
+plain write and read of the same bytes, and an async save's blocking time.
+`
+
 func runBenchCkpt(ctx context.Context, args []string) error {
 	c := ckptbench.Config{Bytes: 1 << 30, NP: 4, Dir: os.TempDir()}
-	fs := flag.NewFlagSet("bench ckpt", flag.ContinueOnError)
+	fs := newFlagSet("bench ckpt", benchCkptUsage)
 	fs.Var(byteFlag{&c.Bytes}, "size", "total checkpoint size (accepts K, M, G)")
 	fs.IntVar(&c.NP, "np", c.NP, "ranks saving together (goroutines of this process)")
 	fs.StringVar(&c.Dir, "dir", c.Dir, "directory on the disk to measure")
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	r, err := ckptbench.Run(ctx, c)
@@ -131,9 +144,15 @@ func runBenchCkpt(ctx context.Context, args []string) error {
 	return nil
 }
 
+const benchDataUsage = `Usage: ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]
+
+Streams a dataset through --np loaders, beside a plain sequential read of
+its files; --make SIZE first packs a synthetic one into DIR.
+`
+
 func runBenchData(ctx context.Context, args []string) error {
 	c := databench.Config{NP: 4, BatchSize: 64, Window: 16384, Workers: 4}
-	fs := flag.NewFlagSet("bench data", flag.ContinueOnError)
+	fs := newFlagSet("bench data", benchDataUsage)
 	fs.IntVar(&c.NP, "np", c.NP, "ranks reading together (loaders in this process)")
 	fs.IntVar(&c.BatchSize, "batch", c.BatchSize, "samples per rank per batch")
 	fs.IntVar(&c.Window, "window", c.Window, "shuffle window, samples")
@@ -145,12 +164,12 @@ func runBenchData(ctx context.Context, args []string) error {
 	recSize := fs.Int("record", 4096, "with --make: bytes per record")
 	level := fs.Int("level", 0, "with --make: zstd level of its blocks (0: none)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	loc, helped, err := parseWithTarget(fs, args)
-	if helped || err != nil {
+	loc, err := parseWithTarget(fs, args)
+	if err != nil {
 		return err
 	}
 	if loc == "" {
-		return errors.New("bench data needs a dataset DIR or URL (with --make SIZE, a directory to create it in)")
+		return usageErr(fs, "bench data needs a dataset DIR or URL (with --make SIZE, a directory to create it in)")
 	}
 	if size > 0 {
 		if err := databench.MakeSynthetic(loc, size, *recSize, *level); err != nil {

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -26,57 +26,85 @@ Commands:
                                      reshard for a job of M ranks
   export DIR[/step-N] --out FILE     one consolidated .safetensors file
 
-Without /step-N, the newest complete checkpoint in DIR is used.
+Without /step-N, the newest complete checkpoint in DIR is used. verify,
+restore and export show progress when stderr is a terminal (--progress:
+always).
 `
 
 func runCkpt(ctx context.Context, args []string) error {
-	if done, err := usageIfAsked(args, ckptUsage); done {
+	return runGroup(ctx, "ckpt", ckptUsage, ckptCommands(), args)
+}
+
+func ckptCommands() []subcommand {
+	return []subcommand{
+		{name: "list", run: ckptList},
+		{name: "inspect", run: ckptInspect},
+		{name: "verify", run: ckptVerify},
+		{name: "restore", run: ckptRestore},
+		{name: "export", run: ckptExport},
+	}
+}
+
+// ckptTarget parses a ckpt command's flags and its DIR[/step-N]. The
+// caller checks its flags before resolving the step, so that a mistake in
+// the command line is reported as one whatever the directory holds.
+func ckptTarget(fs *flag.FlagSet, args []string) (string, error) {
+	path, err := parseWithTarget(fs, args)
+	if err == nil && path == "" {
+		err = usageErr(fs, "missing the checkpoint DIR[/step-N]")
+	}
+	return path, err
+}
+
+func ckptRestore(ctx context.Context, args []string) error {
+	fs := newFlagSet("ckpt restore", ckptUsage)
+	world := fs.Int("world-size", 0, "the number of ranks to reshard for")
+	out := fs.String("out", "", "the directory to write")
+	forceProgress := progressFlag(fs)
+	path, err := ckptTarget(fs, args)
+	if err != nil {
 		return err
 	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("ckpt "+cmd, flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "inspect: print the manifest as JSON")
-	world := fs.Int("world-size", 0, "restore: the number of ranks to reshard for")
-	out := fs.String("out", "", "restore: the directory to write; export: the file to write")
-	path, helped, err := parseWithTarget(fs, args)
-	if helped || err != nil {
-		return err
-	}
-	if path == "" {
-		return fmt.Errorf("%s needs a checkpoint directory\n\n%s", cmd, ckptUsage)
-	}
-	if cmd == "list" {
-		return ckptList(path)
+	if *world < 1 || *out == "" {
+		return usageErr(fs, "restore needs --world-size M (at least 1) and --out DIR")
 	}
 	dir, step, err := resolveStep(path)
 	if err != nil {
 		return err
 	}
-	switch cmd {
-	case "inspect":
-		return ckptInspect(dir, step, *asJSON)
-	case "verify":
-		return ckptVerify(dir, step)
-	case "restore":
-		if *world < 1 || *out == "" {
-			return errors.New("restore needs --world-size M (at least 1) and --out DIR")
-		}
-		if err := checkpoint.Reshard(ctx, dir, step, *world, *out); err != nil {
-			return err
-		}
-		fmt.Printf("resharded step %d of %s for %d ranks into %s\n", step, dir, *world, *out)
-		return nil
-	case "export":
-		if *out == "" {
-			return errors.New("export needs --out FILE")
-		}
-		if err := checkpoint.Export(ctx, dir, step, *out); err != nil {
-			return err
-		}
-		fmt.Printf("exported step %d of %s to %s\n", step, dir, *out)
-		return nil
+	progress := newProgress("resharding", *forceProgress)
+	err = checkpoint.Reshard(ctx, dir, step, *world, *out, progress.report)
+	progress.end()
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("unknown command %q\n\n%s", cmd, ckptUsage)
+	fmt.Printf("resharded step %d of %s for %d ranks into %s\n", step, dir, *world, *out)
+	return nil
+}
+
+func ckptExport(ctx context.Context, args []string) error {
+	fs := newFlagSet("ckpt export", ckptUsage)
+	out := fs.String("out", "", "the .safetensors file to write")
+	forceProgress := progressFlag(fs)
+	path, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageErr(fs, "export needs --out FILE")
+	}
+	dir, step, err := resolveStep(path)
+	if err != nil {
+		return err
+	}
+	progress := newProgress("exporting", *forceProgress)
+	err = checkpoint.Export(ctx, dir, step, *out, progress.report)
+	progress.end()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("exported step %d of %s to %s\n", step, dir, *out)
+	return nil
 }
 
 // resolveStep splits DIR/step-N, or finds the newest complete step in DIR
@@ -93,7 +121,15 @@ func resolveStep(path string) (string, int64, error) {
 	return clean, step, err
 }
 
-func ckptList(dir string) error {
+func ckptList(_ context.Context, args []string) error {
+	fs := newFlagSet("ckpt list", ckptUsage)
+	dir, err := parseWithTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	if dir == "" {
+		return usageErr(fs, "missing the checkpoint DIR")
+	}
 	entries, err := checkpoint.List(dir)
 	if err != nil {
 		return err
@@ -119,12 +155,22 @@ func ckptList(dir string) error {
 	return w.Flush()
 }
 
-func ckptInspect(dir string, step int64, asJSON bool) error {
+func ckptInspect(_ context.Context, args []string) error {
+	fs := newFlagSet("ckpt inspect", ckptUsage)
+	asJSON := fs.Bool("json", false, "print the manifest as JSON")
+	path, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
+	}
+	dir, step, err := resolveStep(path)
+	if err != nil {
+		return err
+	}
 	m, err := checkpoint.ReadManifest(dir, step)
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if *asJSON {
 		b, _ := json.MarshalIndent(m, "", "  ")
 		fmt.Println(string(b))
 		return nil
@@ -170,17 +216,20 @@ func ckptInspect(dir string, step int64, asJSON bool) error {
 	return nil
 }
 
-func ckptVerify(dir string, step int64) error {
-	progress := func(done, total int64) {}
-	if isTerminal(os.Stderr) {
-		progress = func(done, total int64) {
-			fmt.Fprintf(os.Stderr, "\rverifying %s / %s", humanBytes(done), humanBytes(total))
-			if done == total {
-				fmt.Fprintln(os.Stderr)
-			}
-		}
+func ckptVerify(_ context.Context, args []string) error {
+	fs := newFlagSet("ckpt verify", ckptUsage)
+	forceProgress := progressFlag(fs)
+	path, err := ckptTarget(fs, args)
+	if err != nil {
+		return err
 	}
-	problems, err := checkpoint.Verify(dir, step, progress)
+	dir, step, err := resolveStep(path)
+	if err != nil {
+		return err
+	}
+	progress := newProgress("verifying", *forceProgress)
+	problems, err := checkpoint.Verify(dir, step, progress.report)
+	progress.end()
 	if err != nil {
 		return err
 	}
@@ -192,6 +241,49 @@ func ckptVerify(dir string, step int64) error {
 	}
 	fmt.Printf("step %d in %s: every shard and tensor matches its checksum\n", step, dir)
 	return nil
+}
+
+// progressFlag is the --progress flag of the commands that show progress.
+func progressFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("progress", false, "show progress on stderr even when it is not a terminal")
+}
+
+// progressLine shows bytes done out of a total on one line of stderr that
+// rewrites itself. It is on only when stderr is a terminal or --progress
+// asks, so that scripts and logs get clean output; off, report does
+// nothing. Its callers call report one at a time.
+type progressLine struct {
+	w    io.Writer // nil when off
+	verb string
+	open bool // a line was started and not yet ended
+}
+
+func newProgress(verb string, force bool) *progressLine {
+	p := &progressLine{verb: verb}
+	if force || isTerminal(os.Stderr) {
+		p.w = os.Stderr
+	}
+	return p
+}
+
+func (p *progressLine) report(done, total int64) {
+	if p.w == nil {
+		return
+	}
+	fmt.Fprintf(p.w, "\r%s %s / %s", p.verb, humanBytes(done), humanBytes(total))
+	p.open = done < total
+	if !p.open {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// end ends a line that a failure left open, so that the error message
+// starts a line of its own.
+func (p *progressLine) end() {
+	if p.open {
+		fmt.Fprintln(p.w)
+		p.open = false
+	}
 }
 
 func isTerminal(f *os.File) bool {

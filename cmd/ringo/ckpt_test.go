@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -79,5 +80,62 @@ func TestCkptCommands(t *testing.T) {
 	}
 	if _, err := ringo(t, "ckpt", "verify", t.TempDir()); err == nil {
 		t.Errorf("verify of an empty directory succeeded")
+	}
+}
+
+// verify, restore and export show progress on stderr when asked; under a
+// test stderr is no terminal, so without --progress they print nothing
+// there, and their stdout is the same either way.
+func TestCkptProgress(t *testing.T) {
+	dir := t.TempDir()
+	st := &checkpoint.State{Tensors: []checkpoint.Tensor{
+		{Name: "w", DType: safetensors.F32, Shape: []int64{64, 16}, Data: make([]byte, 64*16*4)},
+		{Name: "b", DType: safetensors.F32, Shape: []int64{16}, Data: make([]byte, 16*4)},
+	}}
+	if err := checkpoint.Save(context.Background(), checkpoint.Single{}, dir, 3, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		verb string
+	}{
+		{[]string{"ckpt", "verify", dir}, "verifying"},
+		{[]string{"ckpt", "restore", dir, "--world-size", "2", "--out", ""}, "resharding"},
+		{[]string{"ckpt", "export", dir, "--out", ""}, "exporting"},
+	} {
+		var outs [2]string
+		for i, force := range []bool{false, true} {
+			args := slices.Clone(tc.args)
+			if args[len(args)-1] == "" {
+				args[len(args)-1] = filepath.Join(t.TempDir(), "out")
+			}
+			if force {
+				args = append(args, "--progress")
+			}
+			out, errOut, code := ringoExit(t, args...)
+			if code != 0 {
+				t.Fatalf("ringo %v: exit %d\n%s%s", args, code, out, errOut)
+			}
+			outs[i] = out
+			if !force {
+				if errOut != "" {
+					t.Errorf("ringo %v printed on stderr, which is not a terminal:\n%q", args, errOut)
+				}
+				continue
+			}
+			// One line rewritten with \r, ending at the total, then ended.
+			lines := strings.Split(strings.TrimPrefix(errOut, "\r"), "\r")
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, tc.verb+" ") || !strings.HasSuffix(last, "\n") || strings.Count(errOut, "\n") != 1 {
+				t.Errorf("ringo %v: progress %q, want %q lines ending in a newline", args, errOut, tc.verb)
+				continue
+			}
+			if done, total, ok := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(last, tc.verb+" "), "\n"), " / "); !ok || done != total {
+				t.Errorf("ringo %v: last progress %q does not reach the total", args, last)
+			}
+		}
+		if tc.verb == "verifying" && outs[0] != outs[1] {
+			t.Errorf("stdout differs with --progress:\n%s\n%s", outs[0], outs[1])
+		}
 	}
 }

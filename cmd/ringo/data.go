@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"sort"
@@ -29,22 +27,19 @@ URLs: http(s)://host/prefix, s3://bucket/prefix (RINGO_S3_ENDPOINT, AWS_ACCESS_K
 `
 
 func runData(ctx context.Context, args []string) error {
-	if done, err := usageIfAsked(args, dataUsage); done {
-		return err
-	}
-	switch args[0] {
-	case "pack":
-		return dataPack(args[1:])
-	case "inspect":
-		return dataInspect(ctx, args[1:])
-	case "verify":
-		return dataVerify(ctx, args[1:])
-	}
-	return fmt.Errorf("unknown command %q\n\n%s", args[0], dataUsage)
+	return runGroup(ctx, "data", dataUsage, dataCommands(), args)
 }
 
-func dataPack(args []string) error {
-	fs := flag.NewFlagSet("data pack", flag.ContinueOnError)
+func dataCommands() []subcommand {
+	return []subcommand{
+		{name: "pack", run: dataPack},
+		{name: "inspect", run: dataInspect},
+		{name: "verify", run: dataVerify},
+	}
+}
+
+func dataPack(_ context.Context, args []string) error {
+	fs := newFlagSet("data pack", dataUsage)
 	from := fs.String("from", "", "input format: mnist, jsonl, csv, dir or tar")
 	out := fs.String("out", "", "dataset directory to create")
 	opts := dataloader.DefaultPackOptions()
@@ -52,31 +47,19 @@ func dataPack(args []string) error {
 	block := int64(opts.Shard.BlockSize)
 	fs.Var(byteFlag{&block}, "block-size", "raw bytes per block")
 	fs.IntVar(&opts.Shard.Level, "level", opts.Shard.Level, "zstd level per block, 0 for none")
-	// Flags and inputs may come in any order.
-	var inputs []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		inputs = append(inputs, fs.Arg(0))
-		args = fs.Args()[1:]
+	inputs, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
 	opts.Shard.BlockSize = int(block)
 	if *out == "" {
-		return errors.New("pack needs --out DIR")
+		return usageErr(fs, "pack needs --out DIR")
 	}
 	if isTerminal(os.Stderr) {
 		opts.Progress = func(n int64) { fmt.Fprintf(os.Stderr, "\rpacked %d records", n) }
 		defer fmt.Fprintln(os.Stderr)
 	}
 	var ix *dataloader.Index
-	var err error
 	switch {
 	case *from == "mnist" && len(inputs) == 2:
 		ix, err = dataloader.PackMNIST(inputs[0], inputs[1], *out, opts)
@@ -89,7 +72,7 @@ func dataPack(args []string) error {
 	case *from == "tar" && len(inputs) > 0:
 		ix, err = dataloader.PackTar(inputs, *out, opts)
 	default:
-		return fmt.Errorf("pack --from %q with %d inputs: want mnist IMAGES LABELS, jsonl|csv|dir SRC, or tar SHARDS...\n\n%s", *from, len(inputs), dataUsage)
+		return usageErr(fs, "pack --from %q with %d inputs: want mnist IMAGES LABELS, jsonl|csv|dir SRC, or tar SHARDS...", *from, len(inputs))
 	}
 	if err != nil {
 		return err
@@ -107,10 +90,15 @@ func openDataset(ctx context.Context, loc string) (*dataloader.Dataset, error) {
 }
 
 func dataInspect(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return errors.New("inspect needs one DIR or URL")
+	fs := newFlagSet("data inspect", dataUsage)
+	loc, err := parseWithTarget(fs, args)
+	if err != nil {
+		return err
 	}
-	ds, err := openDataset(ctx, args[0])
+	if loc == "" {
+		return usageErr(fs, "inspect needs one DIR or URL")
+	}
+	ds, err := openDataset(ctx, loc)
 	if err != nil {
 		return err
 	}
@@ -137,7 +125,7 @@ func dataInspect(ctx context.Context, args []string) error {
 		}
 		obj.Close()
 	}
-	fmt.Printf("dataset %s: %d records in %d shards, %d blocks\n", args[0], ds.Index.Records, len(ds.Index.Shards), blocks)
+	fmt.Printf("dataset %s: %d records in %d shards, %d blocks\n", loc, ds.Index.Records, len(ds.Index.Shards), blocks)
 	fmt.Printf("stored %s, raw %s, compression ratio %.2f\n", humanBytes(bytes), humanBytes(raw), float64(raw)/float64(max(bytes, 1)))
 	if len(ds.Index.Metadata) > 0 {
 		fmt.Printf("metadata: %s\n", compactJSON(ds.Index.Metadata))
@@ -195,10 +183,15 @@ func truncate(s string, n int) string {
 }
 
 func dataVerify(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return errors.New("verify needs one DIR or URL")
+	fs := newFlagSet("data verify", dataUsage)
+	loc, err := parseWithTarget(fs, args)
+	if err != nil {
+		return err
 	}
-	ds, err := openDataset(ctx, args[0])
+	if loc == "" {
+		return usageErr(fs, "verify needs one DIR or URL")
+	}
+	ds, err := openDataset(ctx, loc)
 	if err != nil {
 		return err
 	}
@@ -219,8 +212,8 @@ func dataVerify(ctx context.Context, args []string) error {
 		fmt.Println("BAD", p)
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%s: %d problems", args[0], len(problems))
+		return fmt.Errorf("%s: %d problems", loc, len(problems))
 	}
-	fmt.Printf("%s: %d shards, every hash and block checksum matches\n", args[0], len(ds.Index.Shards))
+	fmt.Printf("%s: %d shards, every hash and block checksum matches\n", loc, len(ds.Index.Shards))
 	return nil
 }

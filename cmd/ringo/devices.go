@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -26,24 +24,14 @@ Flags:
 `
 
 func runDevices(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devices", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), devicesUsage)
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("devices", devicesUsage)
 	asJSON := fs.Bool("json", false, "print the inventory as one JSON object (one line per refresh with --watch)")
 	watch := fs.Duration("watch", 0, "refresh every interval (e.g. 1s) until interrupted")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q\n\n%s", fs.Arg(0), devicesUsage)
-	}
 	if *watch < 0 {
-		return fmt.Errorf("--watch %v: want a positive interval such as 1s", *watch)
+		return usageErr(fs, "--watch %v: want a positive interval such as 1s", *watch)
 	}
 	h, err := device.Open()
 	if err != nil {

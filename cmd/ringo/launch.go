@@ -73,7 +73,7 @@ func (s secondsFlag) Set(v string) error {
 }
 
 func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
-	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
+	fs := newFlagSet("launch", launchUsage)
 	f := &launchFlags{}
 	fs.StringVar(&f.nproc, "nproc-per-node", "1", "workers on this node: a number, gpu (one per GPU), cpu (one per core) or auto (GPUs if any, else cores)")
 	fs.StringVar(&f.nnodes, "nnodes", "1", "number of nodes, MIN[:MAX] for an elastic job")
@@ -109,10 +109,6 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	fs.Var(f.nodeTimeout, "node-timeout", "a node whose launcher is silent this long is lost, and the job re-forms")
 	f.stopGrace = secondsFlag{&cfg.StopGrace}
 	fs.Var(f.stopGrace, "stop-grace", "time between SIGTERM and SIGKILL when stopping workers")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), launchUsage)
-		fs.PrintDefaults()
-	}
 	return fs, f
 }
 
@@ -144,22 +140,33 @@ func flagsFromEnv(fs *flag.FlagSet) error {
 func runLaunch(ctx context.Context, args []string) error {
 	cfg := launch.DefaultConfig()
 	fs, f := newLaunchFlags(&cfg)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	// Flags stop at the program: what follows is its own command line.
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	given := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 	if err := flagsFromEnv(fs); err != nil {
-		return err
+		return usageErr(fs, "%w", err)
 	}
 	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 	slurmDefaults(f, given)
 	cfg.Argv = fs.Args()
 	if err := f.apply(&cfg, given); err != nil {
-		return err
+		return usageErr(fs, "%w", err)
+	}
+	if f.tokenFile != "" {
+		// Reading it can fail for reasons of the file, not the command line.
+		tok, err := auth.ReadTokenFile(f.tokenFile)
+		if err != nil {
+			return err
+		}
+		cfg.Token, cfg.TokenFile = tok, f.tokenFile
+	}
+	// Validate speaks of flags only, so what it refuses is a usage error;
+	// launch.Run checks again for callers that are not this command.
+	if err := cfg.Validate(); err != nil {
+		return usageErr(fs, "%w", err)
 	}
 	cfg.Env = os.Environ()
 
@@ -181,7 +188,9 @@ func runLaunch(ctx context.Context, args []string) error {
 	return launch.Run(lctx, cfg)
 }
 
-// apply moves the flags into cfg, checking each.
+// apply moves the flags into cfg, checking each; it reads no files, so
+// whatever it refuses is the command line's fault. The token file is read
+// by the caller.
 func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	min, max, err := parseNNodes(f.nnodes)
 	if err != nil {
@@ -222,12 +231,7 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	if cfg.Backend == launch.BackendStatic && cfg.Endpoint == "" {
 		return errors.New("--rdzv-backend static needs --master-addr and --master-port (or --rdzv-endpoint)")
 	}
-	if f.tokenFile != "" {
-		if cfg.Token, err = auth.ReadTokenFile(f.tokenFile); err != nil {
-			return err
-		}
-		cfg.TokenFile = f.tokenFile
-	} else if max == 1 {
+	if f.tokenFile == "" && max == 1 {
 		cfg.Token = auth.NewToken() // one node: the launcher makes one
 	}
 	devs, n, err := slots(f.nproc)

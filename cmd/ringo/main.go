@@ -6,8 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/ringo-ml/ringo/runtime/launch"
@@ -20,56 +22,72 @@ type subcommand struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, args []string) error
+	// commands are a group's own commands (ringo ckpt verify ...), which
+	// its run dispatches to; the help test walks them too.
+	commands []subcommand
 }
 
 func subcommands() []subcommand {
 	return []subcommand{
-		{"launch", "start and supervise data-parallel workers (torchrun-compatible)", runLaunch},
-		{"audit", "verify a job's audit log", runAudit},
-		{"topo", "plan rank placement and ring order from measured link matrices", runTopo},
-		{"devices", "list GPUs and CPUs with telemetry and topology", runDevices},
-		{"bench", "measure collectives across local worker processes (nccl-tests style)", runBench},
-		{"ckpt", "list, inspect, verify, reshard and export checkpoints", runCkpt},
-		{"data", "pack, inspect and verify sharded datasets", runData},
-		{"version", "print ringo's version", func(context.Context, []string) error {
-			fmt.Println("ringo", version)
-			return nil
-		}},
+		{name: "launch", summary: "start and supervise data-parallel workers (torchrun-compatible)", run: runLaunch},
+		{name: "audit", summary: "verify a job's audit log", run: runAudit, commands: auditCommands()},
+		{name: "topo", summary: "plan rank placement and ring order from measured link matrices", run: runTopo, commands: topoCommands()},
+		{name: "devices", summary: "list GPUs and CPUs with telemetry and topology", run: runDevices},
+		{name: "bench", summary: "measure collectives across local worker processes (nccl-tests style)", run: runBench, commands: benchCommands()},
+		{name: "ckpt", summary: "list, inspect, verify, reshard and export checkpoints", run: runCkpt, commands: ckptCommands()},
+		{name: "data", summary: "pack, inspect and verify sharded datasets", run: runData, commands: dataCommands()},
+		{name: "version", summary: "print ringo's version", run: runVersion},
 	}
 }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "ringo: distributed training runtime and collective communication\n\nUsage: ringo <command> [flags]\n\nCommands:\n")
+func usage() string {
+	var b strings.Builder
+	b.WriteString("ringo: distributed training runtime and collective communication\n\nUsage: ringo <command> [flags]\n\nCommands:\n")
 	for _, s := range subcommands() {
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", s.name, s.summary)
+		fmt.Fprintf(&b, "  %-10s %s\n", s.name, s.summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun 'ringo <command> --help' for a command's flags.\n")
+	b.WriteString("\nRun 'ringo <command> --help' for a command's flags.\n")
+	return b.String()
+}
+
+func runVersion(_ context.Context, args []string) error {
+	if err := noArgs(newFlagSet("version", "Usage: ringo version\n\nPrints ringo's version.\n"), args); err != nil {
+		return err
+	}
+	fmt.Println("ringo", version)
+	return nil
 }
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage()
-		if len(os.Args) < 2 {
-			os.Exit(2)
-		}
-		return
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	for _, s := range subcommands() {
-		if s.name == os.Args[1] {
-			if err := s.run(ctx, os.Args[2:]); err != nil {
-				fmt.Fprintf(os.Stderr, "ringo %s: %v\n", s.name, err)
-				var ee *launch.ExitError
-				if errors.As(err, &ee) {
-					os.Exit(ee.Code)
-				}
-				os.Exit(1)
-			}
-			return
-		}
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the command in args and returns ringo's exit status: 0; 2 for a
+// mistake in the command line, after its message and the usage; a launched
+// job's own status; 1 for any other failure.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := runGroup(ctx, "", usage(), subcommands(), args)
+	if err == nil {
+		return 0
 	}
-	fmt.Fprintf(os.Stderr, "ringo: unknown command %q\n\n", os.Args[1])
-	usage()
-	os.Exit(2)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		if errHelp(ue.err) {
+			ue.printUsage(stdout) // asked for: it is the output
+			return 0
+		}
+		fmt.Fprintf(stderr, "%s: %v\n\n", strings.TrimSpace("ringo "+ue.fs.Name()), ue.err)
+		ue.printUsage(stderr)
+		return 2
+	}
+	// Only a command that ran returns any other error: args[0] names it.
+	fmt.Fprintf(stderr, "ringo %s: %v\n", args[0], err)
+	var ee *launch.ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	return 1
 }

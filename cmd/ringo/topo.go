@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -36,18 +35,15 @@ named by name or addr). See 'go doc github.com/ringo-ml/ringo/topology'.
 `
 
 func runTopo(ctx context.Context, args []string) error {
-	if done, err := usageIfAsked(args, topoUsage); done {
-		return err
+	return runGroup(ctx, "topo", topoUsage, topoCommands(), args)
+}
+
+func topoCommands() []subcommand {
+	return []subcommand{
+		{name: "probe", run: topoProbe},
+		{name: "place", run: topoPlace},
+		{name: "show", run: topoShow},
 	}
-	switch args[0] {
-	case "probe":
-		return topoProbe(ctx, args[1:])
-	case "place":
-		return topoPlace(args[1:])
-	case "show":
-		return topoShow(args[1:])
-	}
-	return fmt.Errorf("unknown command %q\n\n%s", args[0], topoUsage)
 }
 
 const topoPlaceUsage = `Usage: ringo topo place --hosts FILE --matrix FILE [--ranks N] [--json]
@@ -62,29 +58,20 @@ listed, slots in turn).
 Flags:
 `
 
-func topoPlace(args []string) error {
-	fs := flag.NewFlagSet("topo place", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), topoPlaceUsage)
-		fs.PrintDefaults()
-	}
+func topoPlace(_ context.Context, args []string) error {
+	fs := newFlagSet("topo place", topoPlaceUsage)
 	hostsPath := fs.String("hosts", "", "hosts file (JSON: name, addr, slots, intra_bandwidth per host)")
 	matrixPath := fs.String("matrix", "", "bandwidth matrix measured between the hosts")
 	ranks := fs.Int("ranks", 0, "ranks to place (default: every slot)")
 	asJSON := fs.Bool("json", false, "print the plan as one JSON object")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case *hostsPath == "" || *matrixPath == "":
-		return errors.New("place needs --hosts FILE and --matrix FILE")
+		return usageErr(fs, "place needs --hosts FILE and --matrix FILE")
 	case *ranks < 0:
-		return fmt.Errorf("--ranks %d: want a positive number", *ranks)
+		return usageErr(fs, "--ranks %d: want a positive number", *ranks)
 	}
 	hosts, err := topology.ReadHosts(*hostsPath)
 	if err != nil {
@@ -161,19 +148,15 @@ beside rank order's; --png draws the bandwidth as a heat map with the ring.
 Flags:
 `
 
-func topoShow(args []string) error {
-	fs := flag.NewFlagSet("topo show", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), topoShowUsage)
-		fs.PrintDefaults()
-	}
+func topoShow(_ context.Context, args []string) error {
+	fs := newFlagSet("topo show", topoShowUsage)
 	pngPath := fs.String("png", "", "also draw the bandwidth as a heat map with the ring, to this PNG file")
-	path, helped, err := parseWithTarget(fs, args)
-	if helped || err != nil {
+	path, err := parseWithTarget(fs, args)
+	if err != nil {
 		return err
 	}
 	if path == "" {
-		return errors.New("show needs a MATRIX.json file")
+		return usageErr(fs, "show needs a MATRIX.json file")
 	}
 	m, err := topology.ReadMatrix(path)
 	if err != nil {
@@ -217,19 +200,25 @@ func topoShow(args []string) error {
 	return nil
 }
 
+const topoProbeUsage = `Usage: ringo launch ... -- ringo topo probe --out MATRIX.json [--bytes 4M]
+
+Runs as the program of a job: every rank measures bandwidth and latency to
+every other, in contention-free rounds; rank 0 writes the matrix and prints
+it.
+
+Flags:
+`
+
 // topoProbe is a standalone probe job: every rank of the job it runs in
 // measures its links, and rank 0 saves and prints the matrix.
 func topoProbe(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("topo probe", flag.ContinueOnError)
+	fs := newFlagSet("topo probe", topoProbeUsage)
 	out := fs.String("out", "matrix.json", "where rank 0 writes the matrix")
 	cfg := topology.DefaultProbeConfig()
 	size := int64(cfg.MessageBytes)
 	fs.Var(byteFlag{&size}, "bytes", "size of each timed message")
 	fs.IntVar(&cfg.Iterations, "iters", cfg.Iterations, "timed messages per direction and pair")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	cfg.MessageBytes = int(size)
