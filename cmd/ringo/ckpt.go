@@ -45,15 +45,22 @@ func ckptCommands() []subcommand {
 	}
 }
 
-// ckptTarget parses a ckpt command's flags and its DIR[/step-N]. The
-// caller checks its flags before resolving the step, so that a mistake in
-// the command line is reported as one whatever the directory holds.
-func ckptTarget(fs *flag.FlagSet, args []string) (string, error) {
+// ckptStep parses a ckpt command's flags and its DIR[/step-N], runs check
+// (if any) on the flags, and only then resolves the step, so that a
+// mistake in the command line is reported as one whatever the directory
+// holds.
+func ckptStep(fs *flag.FlagSet, args []string, check func() error) (string, int64, error) {
 	path, err := parseWithTarget(fs, args)
 	if err == nil && path == "" {
 		err = usageErr(fs, "missing the checkpoint DIR[/step-N]")
 	}
-	return path, err
+	if err == nil && check != nil {
+		err = check()
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	return resolveStep(path)
 }
 
 func ckptRestore(ctx context.Context, args []string) error {
@@ -61,14 +68,12 @@ func ckptRestore(ctx context.Context, args []string) error {
 	world := fs.Int("world-size", 0, "the number of ranks to reshard for")
 	out := fs.String("out", "", "the directory to write")
 	forceProgress := progressFlag(fs)
-	path, err := ckptTarget(fs, args)
-	if err != nil {
-		return err
-	}
-	if *world < 1 || *out == "" {
-		return usageErr(fs, "restore needs --world-size M (at least 1) and --out DIR")
-	}
-	dir, step, err := resolveStep(path)
+	dir, step, err := ckptStep(fs, args, func() error {
+		if *world < 1 || *out == "" {
+			return usageErr(fs, "restore needs --world-size M (at least 1) and --out DIR")
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -86,14 +91,12 @@ func ckptExport(ctx context.Context, args []string) error {
 	fs := newFlagSet("ckpt export", ckptUsage)
 	out := fs.String("out", "", "the .safetensors file to write")
 	forceProgress := progressFlag(fs)
-	path, err := ckptTarget(fs, args)
-	if err != nil {
-		return err
-	}
-	if *out == "" {
-		return usageErr(fs, "export needs --out FILE")
-	}
-	dir, step, err := resolveStep(path)
+	dir, step, err := ckptStep(fs, args, func() error {
+		if *out == "" {
+			return usageErr(fs, "export needs --out FILE")
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -158,11 +161,7 @@ func ckptList(_ context.Context, args []string) error {
 func ckptInspect(_ context.Context, args []string) error {
 	fs := newFlagSet("ckpt inspect", ckptUsage)
 	asJSON := fs.Bool("json", false, "print the manifest as JSON")
-	path, err := ckptTarget(fs, args)
-	if err != nil {
-		return err
-	}
-	dir, step, err := resolveStep(path)
+	dir, step, err := ckptStep(fs, args, nil)
 	if err != nil {
 		return err
 	}
@@ -219,11 +218,7 @@ func ckptInspect(_ context.Context, args []string) error {
 func ckptVerify(_ context.Context, args []string) error {
 	fs := newFlagSet("ckpt verify", ckptUsage)
 	forceProgress := progressFlag(fs)
-	path, err := ckptTarget(fs, args)
-	if err != nil {
-		return err
-	}
-	dir, step, err := resolveStep(path)
+	dir, step, err := ckptStep(fs, args, nil)
 	if err != nil {
 		return err
 	}
