@@ -87,6 +87,8 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	fs.Var(byteFlag{&chunk}, "chunk", "pipeline chunk of ring algorithms, bytes (also RINGO_CHUNK_BYTES)")
 	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
 	fs.BoolVar(&c.JSON, "json", false, "print one JSON object per size instead of the table")
+	fs.BoolVar(&c.CheckCeiling, "check-ceiling", false, "measure the TCP ring ceiling (same processes and sockets) before and after the sweep, and print each size's busbw as a fraction of it")
+	fs.DurationVar(&c.CeilingWindow, "ceiling-window", 0, "with --check-ceiling: how long each ceiling measurement streams (default 3s, after up to 1s of warm-up)")
 
 	if err := parseFlags(fs, args); err != nil {
 		return err

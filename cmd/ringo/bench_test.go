@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,18 +45,28 @@ func TestMain(m *testing.M) {
 }
 
 type row struct {
-	Op    string  `json:"op"`
-	NP    int     `json:"np"`
-	Bytes int64   `json:"bytes"`
-	Count int64   `json:"count"`
-	DType string  `json:"dtype"`
-	Algo  string  `json:"algo"`
-	Time  float64 `json:"time_us"`
-	BusBW float64 `json:"busbw_gbps"`
-	Wrong int64   `json:"wrong"`
+	Op     string  `json:"op"`
+	NP     int     `json:"np"`
+	Bytes  int64   `json:"bytes"`
+	Count  int64   `json:"count"`
+	DType  string  `json:"dtype"`
+	Algo   string  `json:"algo"`
+	Time   float64 `json:"time_us"`
+	BusBW  float64 `json:"busbw_gbps"`
+	Wrong  int64   `json:"wrong"`
+	Ceil   float64 `json:"ceiling_gbps"`
+	OfCeil float64 `json:"of_ceiling"`
 }
 
 func runBenchJSON(t *testing.T, args ...string) []row {
+	t.Helper()
+	rows, _ := runBenchJSONStderr(t, args...)
+	return rows
+}
+
+// runBenchJSONStderr is runBenchJSON that also returns the preamble and
+// summary lines, which --json sends to stderr.
+func runBenchJSONStderr(t *testing.T, args ...string) ([]row, string) {
 	t.Helper()
 	cmd := exec.Command(ringoBin, append([]string{"bench"}, args...)...)
 	var stdout, stderr bytes.Buffer
@@ -71,7 +82,29 @@ func runBenchJSON(t *testing.T, args ...string) []row {
 		}
 		rows = append(rows, r)
 	}
-	return rows
+	return rows, stderr.String()
+}
+
+func TestBenchCheckCeiling(t *testing.T) {
+	rows, stderr := runBenchJSONStderr(t, "allreduce", "--np", "2", "--min-bytes", "1M", "--max-bytes", "2M",
+		"--iters", "2", "--warmup", "1", "--check-ceiling", "--ceiling-window", "200ms", "--json")
+	if len(rows) != 2 {
+		t.Fatalf("got %d rows, want 2", len(rows))
+	}
+	for _, r := range rows {
+		if r.Ceil <= 0 || r.OfCeil <= 0 || math.Abs(r.OfCeil-r.BusBW/r.Ceil) > 1e-9 {
+			t.Errorf("row %+v: want the ceiling and busbw as a fraction of it", r)
+		}
+	}
+	for _, want := range []string{"ring ceiling before the sweep", "ring ceiling after the sweep"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	out, err := exec.Command(ringoBin, "bench", "allreduce", "--transport", "shm", "--check-ceiling").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--check-ceiling measures a TCP ring") {
+		t.Errorf("--check-ceiling with shm: err %v, output %s; want a refusal naming the flag", err, out)
+	}
 }
 
 func TestBenchEveryOpAndDType(t *testing.T) {

@@ -30,6 +30,15 @@ type Config struct {
 	Sockets   int
 	Coll      collective.Config
 	JSON      bool
+	// CheckCeiling measures the TCP ring ceiling (package ceiling)
+	// before and after the sweep and prints each row's busbw as a
+	// fraction of it. TCP only: it is not the limit of shared memory.
+	CheckCeiling bool
+	// CeilingWindow is how long each ceiling measurement is (0: the
+	// package's default, 3 s after 1 s of warm-up).
+	CeilingWindow time.Duration
+
+	ceilingGBps float64 // in a worker: what the parent measured
 }
 
 // DefaultConfig mirrors nccl-tests' defaults where they exist.
@@ -60,6 +69,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--iters %d must be positive and --warmup %d not negative", c.Iters, c.Warmup)
 	case c.Transport != "tcp" && c.Transport != "shm":
 		return fmt.Errorf("--transport %q: want tcp or shm (shared memory, one host)", c.Transport)
+	case c.CeilingWindow < 0:
+		return fmt.Errorf("--ceiling-window %v must not be negative", c.CeilingWindow)
+	case c.CheckCeiling && (c.Transport != "tcp" || c.NP < 2):
+		return fmt.Errorf("--check-ceiling measures a TCP ring of at least 2 processes; it is not the limit of --transport %s with --np %d", c.Transport, c.NP)
 	case c.Root < 0 || c.Root >= c.NP:
 		return fmt.Errorf("--root %d is outside 0..%d", c.Root, c.NP-1)
 	case !collective.Supports(c.DType, c.RedOp):
@@ -81,6 +94,10 @@ type Row struct {
 	AlgBWGBps float64 `json:"algbw_gbps"`
 	BusBWGBps float64 `json:"busbw_gbps"`
 	Wrong     int64   `json:"wrong"`
+	// With --check-ceiling: the ring ceiling measured before the sweep,
+	// and busbw as a fraction of it.
+	CeilingGBps float64 `json:"ceiling_gbps,omitempty"`
+	OfCeiling   float64 `json:"of_ceiling,omitempty"`
 }
 
 // busFactor converts algbw into busbw (nccl-tests' PERFORMANCE.md).
@@ -173,9 +190,13 @@ func expected(op collective.Op, n, i int, d collective.DType) float64 {
 // worker runs the sweep on one rank; rank 0 writes the rows to out.
 func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) error {
 	n, rank := comm.Size(), comm.Rank()
+	ceil1, ceil2 := "", ""
+	if c.ceilingGBps > 0 {
+		ceil1, ceil2 = "  of ceiling", fmt.Sprintf("  (%.3f GB/s)", c.ceilingGBps)
+	}
 	if rank == 0 && !c.JSON {
-		fmt.Fprintf(out, "#\n# %10s %12s %8s %6s %6s %6s %10s %8s %8s %7s\n", "size", "count", "type", "redop", "root", "algo", "time", "algbw", "busbw", "#wrong")
-		fmt.Fprintf(out, "# %10s %12s %8s %6s %6s %6s %10s %8s %8s %7s\n", "(B)", "(elements)", "", "", "", "", "(us)", "(GB/s)", "(GB/s)", "")
+		fmt.Fprintf(out, "#\n# %10s %12s %8s %6s %6s %6s %10s %8s %8s %7s%s\n", "size", "count", "type", "redop", "root", "algo", "time", "algbw", "busbw", "#wrong", ceil1)
+		fmt.Fprintf(out, "# %10s %12s %8s %6s %6s %6s %10s %8s %8s %7s%s\n", "(B)", "(elements)", "", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", ceil2)
 	}
 	var busSum float64
 	var rows int
@@ -228,6 +249,9 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 		if size == 0 {
 			row.AlgBWGBps, row.BusBWGBps = 0, 0
 		}
+		if c.ceilingGBps > 0 {
+			row.CeilingGBps, row.OfCeiling = c.ceilingGBps, row.BusBWGBps/c.ceilingGBps
+		}
 		busSum += row.BusBWGBps
 		totalWrong += row.Wrong
 		rows++
@@ -243,7 +267,11 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 			if c.Op == "allgather" || c.Op == "broadcast" {
 				redop = "none"
 			}
-			fmt.Fprintf(out, "  %10d %12d %8s %6s %6s %6s %10.1f %8.3f %8.3f %7d\n", row.Bytes, row.Count, row.DType, redop, root, row.Algo, row.TimeUS, row.AlgBWGBps, row.BusBWGBps, row.Wrong)
+			frac := ""
+			if c.ceilingGBps > 0 {
+				frac = fmt.Sprintf("  %10.0f%%", 100*row.OfCeiling)
+			}
+			fmt.Fprintf(out, "  %10d %12d %8s %6s %6s %6s %10.1f %8.3f %8.3f %7d%s\n", row.Bytes, row.Count, row.DType, redop, root, row.Algo, row.TimeUS, row.AlgBWGBps, row.BusBWGBps, row.Wrong, frac)
 		}
 	}
 	if rank == 0 && !c.JSON && rows > 0 {

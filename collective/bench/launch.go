@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/bench/ceiling"
 	"github.com/ringo-ml/ringo/collective/transport/shm"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
@@ -22,6 +23,9 @@ import (
 const (
 	envRank       = "RINGO_BENCH_RANK"
 	envRendezvous = "RINGO_BENCH_RENDEZVOUS"
+	// envCeiling carries the ring ceiling the parent measured (GB/s) to
+	// rank 0, which prints each row's fraction of it.
+	envCeiling = "RINGO_BENCH_CEILING_GBPS"
 )
 
 // joinTimeout bounds how long workers wait for each other to start.
@@ -31,6 +35,9 @@ const joinTimeout = 60 * time.Second
 // workers (this same executable and arguments) and waits for them; in a
 // worker it runs the sweep. Rank 0's results go to stdout.
 func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
+	if isChild, err := ceiling.RunChild(); isChild {
+		return err
+	}
 	if c.Sockets == 0 {
 		c.Sockets = tcp.SocketsFor(c.NP)
 	}
@@ -42,9 +49,48 @@ func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("%s=%q is not a rank", envRank, r)
 		}
+		if v := os.Getenv(envCeiling); v != "" {
+			if c.ceilingGBps, err = strconv.ParseFloat(v, 64); err != nil {
+				return fmt.Errorf("%s=%q is not a bandwidth", envCeiling, v)
+			}
+		}
 		return runWorker(ctx, c, rank, os.Getenv(envRendezvous), stdout)
 	}
-	return runParent(ctx, c, stdout, stderr)
+	if !c.CheckCeiling {
+		return runParent(ctx, c, stdout, stderr, 0)
+	}
+	return runWithCeiling(ctx, c, stdout, stderr)
+}
+
+// runWithCeiling measures the TCP ring ceiling with as many processes
+// and sockets per link as the sweep uses, runs the sweep, and measures
+// the ceiling again, so that a drift of the machine during the sweep
+// shows. Rows carry their fraction of the first measurement.
+func runWithCeiling(ctx context.Context, c Config, stdout, stderr io.Writer) error {
+	head := stdout
+	if c.JSON {
+		head = stderr
+	}
+	cc := ceiling.DefaultConfig()
+	cc.NP, cc.Sockets = c.NP, c.Sockets
+	if c.CeilingWindow > 0 {
+		cc.Window, cc.Warmup = c.CeilingWindow, min(cc.Warmup, c.CeilingWindow)
+	}
+	before, err := ceiling.Measure(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("measuring the ring ceiling before the sweep: %w", err)
+	}
+	fmt.Fprintf(head, "# ring ceiling before the sweep: %.3f GB/s per rank (median of %d ranks; min %.3f, max %.3f), sockets per link: %d, window %v\n",
+		before.GBps, c.NP, before.Min(), before.Max(), c.Sockets, cc.Window)
+	if err := runParent(ctx, c, stdout, stderr, before.GBps); err != nil {
+		return err
+	}
+	after, err := ceiling.Measure(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("measuring the ring ceiling after the sweep: %w", err)
+	}
+	fmt.Fprintf(head, "# ring ceiling after the sweep: %.3f GB/s per rank (before: %.3f; rows are fractions of the first)\n", after.GBps, before.GBps)
+	return nil
 }
 
 func runWorker(ctx context.Context, c Config, rank int, addr string, stdout io.Writer) error {
@@ -109,7 +155,7 @@ type exit struct {
 	err  error
 }
 
-func runParent(ctx context.Context, c Config, stdout, stderr io.Writer) error {
+func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, ceilingGBps float64) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding this executable to start workers: %w", err)
@@ -137,6 +183,9 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 	for r := range cmds {
 		cmd := exec.Command(exe, os.Args[1:]...)
 		cmd.Env = append(os.Environ(), envRank+"="+strconv.Itoa(r), envRendezvous+"="+addr)
+		if ceilingGBps > 0 {
+			cmd.Env = append(cmd.Env, envCeiling+"="+strconv.FormatFloat(ceilingGBps, 'g', -1, 64))
+		}
 		if os.Getenv("GOMAXPROCS") == "" {
 			// Share the cores among the workers, as torchrun does with
 			// OMP_NUM_THREADS: more Go threads than cores only adds
