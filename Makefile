@@ -55,6 +55,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzSegmentCheck -fuzztime=60s ./collective/transport/shm/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeIdentity -fuzztime=60s ./collective/transport/p2p/
 	$(GO) test -run='^$$' -fuzz=FuzzParseHosts -fuzztime=60s ./topology/
+	$(GO) test -run='^$$' -fuzz=FuzzParseTuning -fuzztime=60s ./collective/
 
 clean:
 	rm -rf $(BIN)

@@ -130,52 +130,135 @@ func ringAllGatherOnly(sh shape) *schedule {
 	return b.s
 }
 
-// recursiveDoubling all-reduce: log2(n) exchanges of the whole buffer.
-// With n not a power of two, the first 2*rem positions pair up: the even
-// one hands its data to the odd one before the exchanges and gets the
-// result back after them.
-func recursiveDoubling(sh shape) *schedule {
-	b := newBuilder(len(sh.ring))
-	n, p := sh.n, sh.pos
-	if n == 1 || sh.count == 0 {
-		return b.s
-	}
-	bytes := sh.count * sh.esize
+// fold pairs up the extra positions of a world that is not a power of
+// two, for the algorithms that run among a power of two of participants:
+// of the first 2*rem positions, the even one hands its whole buffer to
+// the odd one before the exchanges and gets the result back after them.
+type fold struct {
+	sh      shape
+	p2, rem int
+	idx     int // this position's index among the p2 participants, or -1
+	bytes   int
+}
+
+func newFold(sh shape) fold {
 	p2 := 1
-	for p2*2 <= n {
+	for p2*2 <= sh.n {
 		p2 *= 2
 	}
-	rem := n - p2
-	idx := -1 // index among the p2 participants
-	switch {
-	case p < 2*rem && p%2 == 0:
-		b.send(sh.at(p+1), 0, bytes)
-	case p < 2*rem:
-		b.recvReduce(sh.at(p-1), 0, bytes, true) // the lower position is the left operand
-		idx = p / 2
+	f := fold{sh: sh, p2: p2, rem: sh.n - p2, idx: -1, bytes: sh.count * sh.esize}
+	switch p := sh.pos; {
+	case p < 2*f.rem && p%2 == 0:
+	case p < 2*f.rem:
+		f.idx = p / 2
 	default:
-		idx = p - rem
+		f.idx = p - f.rem
 	}
-	posOf := func(i int) int {
-		if i < rem {
-			return 2*i + 1
-		}
-		return i + rem
+	return f
+}
+
+// peer is the rank of participant i.
+func (f fold) peer(i int) int {
+	if i < f.rem {
+		return f.sh.at(2*i + 1)
 	}
-	if idx >= 0 {
-		for mask := 1; mask < p2; mask <<= 1 {
+	return f.sh.at(i + f.rem)
+}
+
+// in appends the hand-over before the exchanges.
+func (f fold) in(b *builder) {
+	switch p := f.sh.pos; {
+	case p < 2*f.rem && p%2 == 0:
+		b.send(f.sh.at(p+1), 0, f.bytes)
+	case p < 2*f.rem:
+		b.recvReduce(f.sh.at(p-1), 0, f.bytes, true) // the lower position is the left operand
+	}
+}
+
+// out appends the hand-back after them.
+func (f fold) out(b *builder) {
+	switch p := f.sh.pos; {
+	case p < 2*f.rem && p%2 == 0:
+		b.recvCopy(f.sh.at(p+1), 0, f.bytes)
+	case p < 2*f.rem:
+		b.send(f.sh.at(p-1), 0, f.bytes)
+	}
+}
+
+// recursiveDoubling all-reduce: log2(n) exchanges of the whole buffer.
+// With n not a power of two, the extra positions fold in first (fold).
+func recursiveDoubling(sh shape) *schedule {
+	b := newBuilder(len(sh.ring))
+	if sh.n == 1 || sh.count == 0 {
+		return b.s
+	}
+	f := newFold(sh)
+	f.in(b)
+	if idx := f.idx; idx >= 0 {
+		for mask := 1; mask < f.p2; mask <<= 1 {
 			partner := idx ^ mask
-			peer := sh.at(posOf(partner))
-			b.send(peer, 0, bytes)
-			b.recvReduce(peer, 0, bytes, partner < idx)
+			peer := f.peer(partner)
+			b.send(peer, 0, f.bytes)
+			b.recvReduce(peer, 0, f.bytes, partner < idx)
 		}
 	}
-	switch {
-	case p < 2*rem && p%2 == 0:
-		b.recvCopy(sh.at(p+1), 0, bytes)
-	case p < 2*rem:
-		b.send(sh.at(p-1), 0, bytes)
+	f.out(b)
+	return b.s
+}
+
+// halvingDoubling is Rabenseifner's all-reduce: a reduce-scatter by
+// recursive halving (each exchange sends half of what a rank still holds
+// to its partner and reduces the other half), then an all-gather by
+// recursive doubling. Each rank moves 2(p-1)/p of the buffer, as in the
+// ring, but in 2·log2(p) steps instead of 2(p-1), which pays for the mid
+// sizes where every step's wake-up still shows. Each block is reduced on
+// exactly one rank and copied to the others, so every rank holds the same
+// bits. Worlds that are not a power of two fold in first (fold).
+func halvingDoubling(sh shape) *schedule {
+	b := newBuilder(len(sh.ring))
+	if sh.n == 1 || sh.count == 0 {
+		return b.s
 	}
+	f := newFold(sh)
+	f.in(b)
+	if idx := f.idx; idx >= 0 {
+		off := blocks(sh.count, f.p2) // participant i ends the halving with block i
+		chunks := func(lo, hi int) [][2]int { return chunkList(off[lo], off[hi], sh.esize, sh.chunkElems) }
+		exchange := func(peer int, send, recv [][2]int, reduce, recvFirst bool) {
+			for k := 0; k < max(len(send), len(recv)); k++ {
+				if k < len(send) {
+					b.send(peer, send[k][0], send[k][1])
+				}
+				if k < len(recv) && reduce {
+					b.recvReduce(peer, recv[k][0], recv[k][1], recvFirst)
+				} else if k < len(recv) {
+					b.recvCopy(peer, recv[k][0], recv[k][1])
+				}
+			}
+		}
+		lo, hi := 0, f.p2 // the blocks this rank still reduces
+		for mask := f.p2 / 2; mask >= 1; mask >>= 1 {
+			partner := idx ^ mask
+			mid := lo + (hi-lo)/2
+			keepLo, keepHi, giveLo, giveHi := lo, mid, mid, hi
+			if idx&mask != 0 {
+				keepLo, keepHi, giveLo, giveHi = mid, hi, lo, mid
+			}
+			exchange(f.peer(partner), chunks(giveLo, giveHi), chunks(keepLo, keepHi), true, partner < idx)
+			lo, hi = keepLo, keepHi
+		}
+		for mask := 1; mask < f.p2; mask <<= 1 {
+			partner := idx ^ mask
+			w := hi - lo
+			plo, phi := hi, hi+w // the partner's blocks
+			if idx&mask != 0 {
+				plo, phi = lo-w, lo
+			}
+			exchange(f.peer(partner), chunks(lo, hi), chunks(plo, phi), false, false)
+			lo, hi = min(lo, plo), max(hi, phi)
+		}
+	}
+	f.out(b)
 	return b.s
 }
 

@@ -68,7 +68,7 @@ func (g *group) checkRoot(k opKind, root int) error {
 	return nil
 }
 
-func (g *group) pickAlgo(bytes int) Algo { return g.cfg.AlgoFor(bytes) }
+func (g *group) pickAlgo(bytes int) Algo { return g.cfg.AlgoFor(bytes, g.size) }
 
 func (g *group) checkAllReduce(send, recv Buffer, op Op) (call, error) {
 	const k = opAllReduce

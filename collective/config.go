@@ -22,6 +22,10 @@ const (
 	// AlgoRecursiveDoubling is latency-optimal: log2(n) exchanges of the
 	// whole buffer (non-powers of two fold the extra ranks in first).
 	AlgoRecursiveDoubling
+	// AlgoHalvingDoubling is Rabenseifner's: a reduce-scatter by recursive
+	// halving, then an all-gather by recursive doubling. It moves what the
+	// ring moves in 2·log2(n) steps instead of 2(n-1), for mid sizes.
+	AlgoHalvingDoubling
 )
 
 func (a Algo) String() string {
@@ -32,6 +36,8 @@ func (a Algo) String() string {
 		return "ring"
 	case AlgoRecursiveDoubling:
 		return "rd"
+	case AlgoHalvingDoubling:
+		return "hd"
 	}
 	return fmt.Sprintf("algo(%d)", uint8(a))
 }
@@ -45,8 +51,10 @@ func ParseAlgo(s string) (Algo, error) {
 		return AlgoRing, nil
 	case "rd", "recursive-doubling", "recursivedoubling":
 		return AlgoRecursiveDoubling, nil
+	case "hd", "halving-doubling", "rabenseifner":
+		return AlgoHalvingDoubling, nil
 	}
-	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring or rd)", s)
+	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring, rd or hd)", s)
 }
 
 // Config tunes a group. Build it with DefaultConfig, adjust, then Validate
@@ -60,6 +68,12 @@ type Config struct {
 	// SmallBytes is the message size (bytes per rank's buffer) below which
 	// AlgoAuto uses recursive doubling and trees instead of rings.
 	SmallBytes int
+	// MidBytes is the size below which AlgoAuto uses halving-doubling
+	// (from SmallBytes up) on worlds that are a power of two of at least 4.
+	MidBytes int
+	// Tuning, when set, overrides the thresholds with a table measured on
+	// this machine (`ringo bench tune`, RINGO_TUNING).
+	Tuning *Tuning
 	// ChunkBytes is the pipelining unit of ring algorithms: sending one
 	// chunk overlaps receiving and reducing the next.
 	ChunkBytes int
@@ -78,19 +92,30 @@ func DefaultConfig() Config {
 		Timeout:    5 * time.Minute,
 		Algo:       AlgoAuto,
 		SmallBytes: 512 << 10,
+		MidBytes:   4 << 20,
 		ChunkBytes: 1 << 20,
 	}
 }
 
-// AlgoFor resolves AlgoAuto for a buffer of the given size in bytes:
-// recursive doubling (trees for rooted calls) below SmallBytes, rings and
+// AlgoFor resolves AlgoAuto for a buffer of the given size in bytes on
+// a world of n ranks: the Tuning table's choice where it has one, else
+// recursive doubling (trees for rooted calls) below SmallBytes,
+// halving-doubling up to MidBytes on worlds that are a power of two of at
+// least 4 (where it takes fewer steps than the ring: 2·log2(n) against
+// 2(n-1); elsewhere its fold costs a whole extra transfer), and rings and
 // chains from there up.
-func (c Config) AlgoFor(bytes int) Algo {
+func (c Config) AlgoFor(bytes, n int) Algo {
 	if c.Algo != AlgoAuto {
 		return c.Algo
 	}
-	if bytes < c.SmallBytes {
+	if a, ok := c.Tuning.lookup(bytes, n); ok {
+		return a
+	}
+	switch {
+	case bytes < c.SmallBytes:
 		return AlgoRecursiveDoubling
+	case bytes < c.MidBytes && n >= 4 && n&(n-1) == 0:
+		return AlgoHalvingDoubling
 	}
 	return AlgoRing
 }
@@ -100,11 +125,11 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("collective config: Timeout %v must be positive", c.Timeout)
 	}
-	if c.Algo > AlgoRecursiveDoubling {
+	if c.Algo > AlgoHalvingDoubling {
 		return fmt.Errorf("collective config: unknown Algo %d", c.Algo)
 	}
-	if c.SmallBytes < 0 {
-		return fmt.Errorf("collective config: SmallBytes %d must not be negative", c.SmallBytes)
+	if c.SmallBytes < 0 || c.MidBytes < 0 {
+		return fmt.Errorf("collective config: SmallBytes %d and MidBytes %d must not be negative", c.SmallBytes, c.MidBytes)
 	}
 	if c.ChunkBytes < 64 {
 		return fmt.Errorf("collective config: ChunkBytes %d must be at least 64", c.ChunkBytes)
@@ -116,12 +141,15 @@ func (c Config) Validate() error {
 const (
 	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd
 	EnvAlgoThreshold = "RINGO_ALGO_THRESHOLD" // bytes, e.g. 65536 or 64K
+	EnvAlgoMid       = "RINGO_ALGO_MID"       // bytes: halving-doubling below it (power-of-two worlds)
+	EnvTuning        = "RINGO_TUNING"         // path of a tuning table (ringo bench tune)
 	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
 	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
 )
 
 // FromEnv overrides c's fields from RINGO_ALGO, RINGO_ALGO_THRESHOLD,
-// RINGO_CHUNK_BYTES and RINGO_TIMEOUT where they are set.
+// RINGO_ALGO_MID, RINGO_TUNING, RINGO_CHUNK_BYTES and RINGO_TIMEOUT where
+// they are set.
 func (c Config) FromEnv() (Config, error) {
 	if v := os.Getenv(EnvAlgo); v != "" {
 		a, err := ParseAlgo(v)
@@ -136,6 +164,20 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s: %w", EnvAlgoThreshold, err)
 		}
 		c.SmallBytes = int(n)
+	}
+	if v := os.Getenv(EnvAlgoMid); v != "" {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvAlgoMid, err)
+		}
+		c.MidBytes = int(n)
+	}
+	if v := os.Getenv(EnvTuning); v != "" {
+		t, err := LoadTuning(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvTuning, err)
+		}
+		c.Tuning = t
 	}
 	if v := os.Getenv(EnvChunk); v != "" {
 		n, err := ParseBytes(v)

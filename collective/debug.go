@@ -10,8 +10,16 @@ func DebugSchedule(a Algo, size, rank, count int, d DType, chunkBytes int) strin
 		ring[i] = i
 	}
 	sh := shape{n: size, pos: rank, ring: ring, count: count, esize: d.Size(), chunkElems: max(1, chunkBytes/d.Size())}
-	if a == AlgoRecursiveDoubling {
-		return recursiveDoubling(sh).String()
+	return allReduceSchedule(a, sh).String()
+}
+
+// allReduceSchedule is the all-reduce schedule of algorithm a.
+func allReduceSchedule(a Algo, sh shape) *schedule {
+	switch a {
+	case AlgoRecursiveDoubling:
+		return recursiveDoubling(sh)
+	case AlgoHalvingDoubling:
+		return halvingDoubling(sh)
 	}
-	return ringAllReduce(sh).String()
+	return ringAllReduce(sh)
 }

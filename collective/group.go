@@ -493,11 +493,7 @@ func (g *group) schedule(c *call) *schedule {
 	switch c.kind {
 	case opAllReduce:
 		sh.count = c.count
-		if c.algo == AlgoRecursiveDoubling {
-			s = recursiveDoubling(sh)
-		} else {
-			s = ringAllReduce(sh)
-		}
+		s = allReduceSchedule(c.algo, sh)
 	case opReduceScatter:
 		sh.count = c.count * g.size
 		s = ringReduceScatterOnly(sh)

@@ -49,7 +49,7 @@ func each(comms []collective.Comm, f func(c collective.Comm) error) []error {
 }
 
 func TestAllReduceSmoke(t *testing.T) {
-	for _, algo := range []collective.Algo{collective.AlgoRing, collective.AlgoRecursiveDoubling} {
+	for _, algo := range []collective.Algo{collective.AlgoRing, collective.AlgoRecursiveDoubling, collective.AlgoHalvingDoubling} {
 		for n := 1; n <= 6; n++ {
 			for _, count := range []int{0, 1, 3, 7, 100, 1001} {
 				t.Run(fmt.Sprintf("%v/n%d/c%d", algo, n, count), func(t *testing.T) {
@@ -91,7 +91,7 @@ func TestAllReduceSmoke(t *testing.T) {
 // transport, with counts that do not divide evenly.
 func TestLargeWorlds(t *testing.T) {
 	for _, n := range []int{9, 12, 13, 16} {
-		for _, algo := range []collective.Algo{collective.AlgoRing, collective.AlgoRecursiveDoubling} {
+		for _, algo := range []collective.Algo{collective.AlgoRing, collective.AlgoRecursiveDoubling, collective.AlgoHalvingDoubling} {
 			t.Run(fmt.Sprintf("n%d/%v", n, algo), func(t *testing.T) {
 				cfg := collective.DefaultConfig()
 				cfg.Algo, cfg.ChunkBytes, cfg.Timeout = algo, 64, 10*time.Second

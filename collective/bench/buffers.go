@@ -116,7 +116,7 @@ func (b *buffers) algo(c Config) collective.Algo {
 	case "reducescatter", "allgather":
 		return collective.AlgoRing
 	}
-	return c.Coll.AlgoFor(len(b.recv))
+	return c.Coll.AlgoFor(len(b.recv), c.NP)
 }
 
 // run makes one call. All-reduce runs in place on recv, as a training loop

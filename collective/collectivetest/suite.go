@@ -228,6 +228,12 @@ var (
 		c.Algo = collective.AlgoRecursiveDoubling
 		return c
 	}}
+	// hd with small chunks pipelines every halving and doubling step.
+	algoHD = algoCase{"hd", func(int) collective.Config {
+		c := baseConfig()
+		c.Algo, c.ChunkBytes = collective.AlgoHalvingDoubling, smallChunk
+		return c
+	}}
 	// auto with a low threshold takes both branches within the matrix.
 	algoAuto = algoCase{"auto", func(int) collective.Config {
 		c := baseConfig()
@@ -288,7 +294,7 @@ func form(inPlace bool) string {
 // ---- Ops: the correctness matrix ----
 
 func (s *suite) testOps(t *testing.T) {
-	algos := []algoCase{algoRing, algoRD, algoAuto}
+	algos := []algoCase{algoRing, algoRD, algoHD, algoAuto}
 	if !s.o.Quick {
 		algos = append(algos, algoRingOrder)
 	}
@@ -816,7 +822,7 @@ func (s *suite) testDeterminism(t *testing.T) {
 		worlds = []int{2, 3, 5}
 	}
 	for _, n := range worlds {
-		for _, a := range []algoCase{algoRing, algoRD, algoAuto} {
+		for _, a := range []algoCase{algoRing, algoRD, algoHD, algoAuto} {
 			t.Run(fmt.Sprintf("world=%d/%s", n, a.name), func(t *testing.T) {
 				g := s.f(t, n, a.cfg(n))
 				for _, dt := range []collective.DType{collective.Float32, collective.BFloat16} {
@@ -938,7 +944,7 @@ func (s *suite) testNaNInf(t *testing.T) {
 	}
 	floats := []collective.DType{collective.Float32, collective.Float64, collective.BFloat16, collective.Float16}
 	for _, n := range worlds {
-		for _, a := range []algoCase{algoRing, algoRD} {
+		for _, a := range []algoCase{algoRing, algoRD, algoHD} {
 			t.Run(fmt.Sprintf("world=%d/%s", n, a.name), func(t *testing.T) {
 				g := s.f(t, n, a.cfg(n))
 				for _, dt := range floats {
