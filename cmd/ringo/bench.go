@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -33,7 +34,7 @@ func (b byteFlag) Set(s string) error {
 }
 
 func benchUsage() string {
-	return fmt.Sprintf("Usage: ringo bench %s [flags]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n       ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]\n\n", strings.Join(bench.Ops, "|")) +
+	return fmt.Sprintf("Usage: ringo bench %s [flags]\n       ringo bench tune --np 4 [--rounds 3] [--out ringo-tuning.json]\n       ringo bench ckpt --size 1G --np 4 [--dir D] [--json]\n       ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]\n\n", strings.Join(bench.Ops, "|")) +
 		"Starts --np local worker processes that form a TCP group, sweeps sizes from\n--min-bytes to --max-bytes, checks every result and prints nccl-tests style rows.\nExits non-zero if any result is wrong or any worker fails.\n\nFlags:\n"
 }
 
@@ -46,6 +47,9 @@ func benchCommands() []subcommand {
 			return benchCollective(ctx, op, args)
 		}})
 	}
+	cmds = append(cmds, subcommand{name: "tune", run: func(ctx context.Context, args []string) error {
+		return benchCollective(ctx, "tune", args)
+	}})
 	return append(cmds, subcommand{name: "ckpt", run: runBenchCkpt}, subcommand{name: "data", run: runBenchData})
 }
 
@@ -79,7 +83,7 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	fs.IntVar(&c.Root, "root", c.Root, "root rank for broadcast")
 	fs.StringVar(&c.Transport, "transport", c.Transport, "transport between workers: tcp or shm")
 	fs.IntVar(&c.Sockets, "sockets", c.Sockets, "TCP connections per peer pair that large messages are striped over (0: one per core each worker can have, 1 to 4)")
-	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd (also RINGO_ALGO)")
+	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd, hd (also RINGO_ALGO)")
 	small := c.Coll.SmallBytes
 	smallB := int64(small)
 	fs.Var(byteFlag{&smallB}, "algo-threshold", "auto uses recursive doubling / trees below this many bytes (also RINGO_ALGO_THRESHOLD)")
@@ -90,11 +94,24 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	fs.BoolVar(&c.CheckCeiling, "check-ceiling", false, "measure the TCP ring ceiling (same processes and sockets) before and after the sweep, and print each size's busbw as a fraction of it")
 	fs.DurationVar(&c.CeilingWindow, "ceiling-window", 0, "with --check-ceiling: how long each ceiling measurement streams (default 3s, after up to 1s of warm-up)")
 
+	if op == "tune" {
+		c.Rounds, c.Out = 3, "ringo-tuning.json"
+		c.MaxBytes = 64 << 20
+		fs.IntVar(&c.Rounds, "rounds", c.Rounds, "tune: sweeps per algorithm; the medians are compared")
+		fs.StringVar(&c.Out, "out", c.Out, "tune: the tuning table to write (read it with RINGO_TUNING=FILE)")
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageErr(fs, "unexpected argument %q (the op goes first: ringo bench allreduce --np 4)", fs.Arg(0))
+	}
+	if op == "tune" && os.Getenv("RINGO_BENCH_RANK") == "" {
+		forced := false
+		fs.Visit(func(f *flag.Flag) { forced = forced || f.Name == "algo" || f.Name == "check-ceiling" })
+		if forced {
+			return usageErr(fs, "tune measures every algorithm itself; --algo and --check-ceiling do not apply")
+		}
 	}
 	c.Op = op
 	if c.DType, err = collective.ParseDType(*dtype); err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/ringo-ml/ringo/collective"
 	"math"
 	"os"
 	"os/exec"
@@ -68,7 +69,20 @@ func runBenchJSON(t *testing.T, args ...string) []row {
 // summary lines, which --json sends to stderr.
 func runBenchJSONStderr(t *testing.T, args ...string) ([]row, string) {
 	t.Helper()
+	return runBenchJSONEnv(t, nil, args...)
+}
+
+// runBenchJSONWithEnv is runBenchJSON with env added to the environment.
+func runBenchJSONWithEnv(t *testing.T, env []string, args ...string) []row {
+	t.Helper()
+	rows, _ := runBenchJSONEnv(t, env, args...)
+	return rows
+}
+
+func runBenchJSONEnv(t *testing.T, env []string, args ...string) ([]row, string) {
+	t.Helper()
 	cmd := exec.Command(ringoBin, append([]string{"bench"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -136,11 +150,11 @@ func TestBenchEveryOpAndDType(t *testing.T) {
 				if r.Op != c.op || r.NP != c.np || r.DType != c.dtype {
 					t.Errorf("row %+v does not describe the run", r)
 				}
-				sawRing = sawRing || r.Algo == "ring"
+				sawRing = sawRing || r.Algo == "ring" || r.Algo == "hd" // hd: mid sizes on 4 ranks
 				sawRD = sawRD || r.Algo == "rd"
 			}
 			if (c.op == "allreduce" || c.op == "broadcast") && !(sawRing && sawRD) {
-				t.Errorf("auto should use rd for small and ring for large sizes; rows: %+v", rows)
+				t.Errorf("auto should use rd for small and ring (or hd) for large sizes; rows: %+v", rows)
 			}
 		})
 	}
@@ -237,4 +251,45 @@ func TestBenchWorkerKilled(t *testing.T) {
 		t.Errorf("the summary does not say rank 1 was killed:\n%s", msg)
 	}
 	t.Logf("exit %v after %v; stderr:\n%s", werr, took, msg)
+}
+
+func TestBenchTuneWritesATable(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "tuning.json")
+	cmd := exec.Command(ringoBin, "bench", "tune", "--np", "3", "--min-bytes", "4K", "--max-bytes", "64K",
+		"--factor", "4", "--iters", "2", "--warmup", "1", "--rounds", "1", "--out", out)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ringo bench tune: %v\n%s", err, b)
+	}
+	for _, want := range []string{"rd", "hd", "ring", "best", "wrote " + out} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("output lacks %q:\n%s", want, b)
+		}
+	}
+	tu, err := collective.LoadTuning(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range tu.Rules {
+		if r.World != 3 {
+			t.Errorf("rule %+v: want world 3", r)
+		}
+	}
+	if last := tu.Rules[len(tu.Rules)-1]; last.BelowBytes != 0 {
+		t.Errorf("the last rule %+v must cover every larger size", last)
+	}
+	// The table steers a sweep: its choice shows in the algo column.
+	rows := runBenchJSONWithEnv(t, []string{collective.EnvTuning + "=" + out}, "allreduce", "--np", "3",
+		"--min-bytes", "4K", "--max-bytes", "64K", "--factor", "4", "--iters", "1", "--warmup", "0", "--json")
+	c := collective.DefaultConfig()
+	c.Tuning = tu
+	for _, r := range rows {
+		if want := c.AlgoFor(int(r.Bytes), 3).String(); r.Algo != want {
+			t.Errorf("%d bytes ran %s; the table says %s", r.Bytes, r.Algo, want)
+		}
+	}
+	b, err = exec.Command(ringoBin, "bench", "tune", "--np", "2", "--algo", "ring", "--out", out).CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "--algo") {
+		t.Errorf("tune with --algo: %v, %s; want a refusal naming the flag", err, b)
+	}
 }

@@ -37,6 +37,11 @@ type Config struct {
 	// CeilingWindow is how long each ceiling measurement is (0: the
 	// package's default, 3 s after 1 s of warm-up).
 	CeilingWindow time.Duration
+	// Rounds and Out are for the tune op: how many times each
+	// algorithm's sweep runs (medians are compared), and the file the
+	// table is written to.
+	Rounds int
+	Out    string
 
 	ceilingGBps float64 // in a worker: what the parent measured
 }
@@ -52,7 +57,7 @@ func DefaultConfig() Config {
 
 // Validate names the first bad field.
 func (c Config) Validate() error {
-	known := false
+	known := c.Op == "tune"
 	for _, o := range Ops {
 		known = known || o == c.Op
 	}
@@ -69,6 +74,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--iters %d must be positive and --warmup %d not negative", c.Iters, c.Warmup)
 	case c.Transport != "tcp" && c.Transport != "shm":
 		return fmt.Errorf("--transport %q: want tcp or shm (shared memory, one host)", c.Transport)
+	case c.Op == "tune" && (c.Rounds < 1 || c.Out == "" || c.NP < 2):
+		return fmt.Errorf("tune needs --np of at least 2 (%d), --rounds of at least 1 (%d) and an --out file", c.NP, c.Rounds)
 	case c.CeilingWindow < 0:
 		return fmt.Errorf("--ceiling-window %v must not be negative", c.CeilingWindow)
 	case c.CheckCeiling && (c.Transport != "tcp" || c.NP < 2):

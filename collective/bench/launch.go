@@ -54,12 +54,20 @@ func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 				return fmt.Errorf("%s=%q is not a bandwidth", envCeiling, v)
 			}
 		}
+		if c.Op == "tune" {
+			// One of the tuning sweeps: the parent chose the algorithm
+			// (RINGO_ALGO) and reads the rows.
+			c.Op, c.JSON = "allreduce", true
+		}
 		return runWorker(ctx, c, rank, os.Getenv(envRendezvous), stdout)
 	}
-	if !c.CheckCeiling {
-		return runParent(ctx, c, stdout, stderr, 0)
+	switch {
+	case c.Op == "tune":
+		return runTune(ctx, c, stdout, stderr)
+	case c.CheckCeiling:
+		return runWithCeiling(ctx, c, stdout, stderr)
 	}
-	return runWithCeiling(ctx, c, stdout, stderr)
+	return runParent(ctx, c, stdout, stderr)
 }
 
 // runWithCeiling measures the TCP ring ceiling with as many processes
@@ -82,7 +90,7 @@ func runWithCeiling(ctx context.Context, c Config, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(head, "# ring ceiling before the sweep: %.3f GB/s per rank (median of %d ranks; min %.3f, max %.3f), sockets per link: %d, window %v\n",
 		before.GBps, c.NP, before.Min(), before.Max(), c.Sockets, cc.Window)
-	if err := runParent(ctx, c, stdout, stderr, before.GBps); err != nil {
+	if err := runParent(ctx, c, stdout, stderr, envCeiling+"="+strconv.FormatFloat(before.GBps, 'g', -1, 64)); err != nil {
 		return err
 	}
 	after, err := ceiling.Measure(ctx, cc)
@@ -155,7 +163,9 @@ type exit struct {
 	err  error
 }
 
-func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, ceilingGBps float64) error {
+// runParent starts the workers, each with env added to this process's
+// environment, and waits for them.
+func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, env ...string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding this executable to start workers: %w", err)
@@ -183,9 +193,7 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, ceilingG
 	for r := range cmds {
 		cmd := exec.Command(exe, os.Args[1:]...)
 		cmd.Env = append(os.Environ(), envRank+"="+strconv.Itoa(r), envRendezvous+"="+addr)
-		if ceilingGBps > 0 {
-			cmd.Env = append(cmd.Env, envCeiling+"="+strconv.FormatFloat(ceilingGBps, 'g', -1, 64))
-		}
+		cmd.Env = append(cmd.Env, env...)
 		if os.Getenv("GOMAXPROCS") == "" {
 			// Share the cores among the workers, as torchrun does with
 			// OMP_NUM_THREADS: more Go threads than cores only adds
