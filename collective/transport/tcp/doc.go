@@ -18,7 +18,8 @@
 // While the layer above waits for small messages with nothing else to do
 // (transport.Poller), a receive polls its socket for up to Config.Spin
 // before sleeping in Go's network poller, as MPI libraries do; SpinFor
-// turns this off when ranks outnumber cores.
+// polls longer when ranks outnumber cores up to twice over, and turns it
+// off beyond that.
 //
 // The control connection carries fault notices and goodbyes. A reader on
 // each one notices a peer's death (EOF without a goodbye) at once, even

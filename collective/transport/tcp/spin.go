@@ -18,8 +18,8 @@ import (
 // It is armed only while the layer above asks for polling (transport.
 // Poller): for small messages received with no send running beside them.
 // Polling during bulk transfers measurably took CPU from the copies, and
-// it pays only while every rank has a core of its own, so the default
-// (SpinFor) turns it off when ranks outnumber cores.
+// it pays only while ranks are at most twice as many as cores, so the
+// default (SpinFor) turns it off beyond that.
 type spinReader struct {
 	rc    syscall.RawConn
 	spin  time.Duration

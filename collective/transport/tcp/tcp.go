@@ -66,14 +66,22 @@ func DefaultConfig() Config {
 	return Config{SocketsPerPeer: SocketsFor(1), Spin: SpinFor(1), StripeMin: 256 << 10}
 }
 
-// SpinFor suggests Spin when ranksPerHost ranks share this machine: 200 µs
-// while each rank has a core of its own, else none. Measured on 2 cores:
-// polling cut a 4 KiB all-reduce between 2 ranks from about 38 to 16 µs,
-// but with 4 ranks it made every rank wait longer for the CPU its peers
-// held (the same reason MPI libraries stop polling when oversubscribed).
+// SpinFor suggests Spin when ranksPerHost ranks share this machine:
+// 200 µs while each rank has a core of its own, 1 ms while they are up to
+// twice as many as the cores, none beyond that. A polling rank yields
+// its core (sched_yield) between looks, so with up to two ranks per core
+// the peer it waits for gets to run and the message is seen without a
+// wake-up through the poller; with more, the pollers take turns on the
+// core that the one rank with work needs. Measured on 2 cores, 4 KiB
+// all-reduce (BENCHMARKS.md): 3 ranks 96 µs without polling, 41–51 µs
+// with 1 ms; 4 ranks 172–201 against 99–107 µs (Open MPI 103–109 µs in
+// the same run); 8 ranks 593–651 µs without, 1087–1442 µs with.
 func SpinFor(ranksPerHost int) time.Duration {
-	if ranksPerHost <= runtime.NumCPU() {
+	switch cores := runtime.NumCPU(); {
+	case ranksPerHost <= cores:
 		return 200 * time.Microsecond
+	case ranksPerHost <= 2*cores:
+		return time.Millisecond
 	}
 	return 0
 }
