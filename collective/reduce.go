@@ -286,9 +286,13 @@ func combineF16Generic(o Op, dst, a, b []uint16) {
 func reduceBytes(d DType, o Op, dst, a, b []byte) {
 	switch d {
 	case Float32:
-		combine(o, view[float32](dst), view[float32](a), view[float32](b))
+		d, x, y := view[float32](dst), view[float32](a), view[float32](b)
+		done := combineF32SIMD(o, d, x[:len(d)], y[:len(d)])
+		combine(o, d[done:], x[done:], y[done:])
 	case Float64:
-		combine(o, view[float64](dst), view[float64](a), view[float64](b))
+		d, x, y := view[float64](dst), view[float64](a), view[float64](b)
+		done := combineF64SIMD(o, d, x[:len(d)], y[:len(d)])
+		combine(o, d[done:], x[done:], y[done:])
 	case Int32:
 		combine(o, view[int32](dst), view[int32](a), view[int32](b))
 	case Int64:
