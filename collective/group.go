@@ -623,13 +623,31 @@ func (g *group) runSends(job *laneJob) error {
 func (g *group) runRecvs(s *schedule, hdr *transport.Header, dt DType, op Op, work, scratch []byte, deadline time.Time) error {
 	for i, idx := range s.recvs {
 		x := &s.ops[idx]
+		// A message to be reduced lands in scratch, which no send reads,
+		// so it is received before waiting for the sends still reading its
+		// bytes of work: only the combine must wait for them. Waiting
+		// first deadlocks when both ends of a link send a message larger
+		// than the socket buffers and then receive over the same bytes
+		// (recursive doubling of a large buffer): each send waits for the
+		// peer to read, and each read would wait for its own send.
+		if x.kind == xRecvReduce {
+			if err := g.recvInto(x.peer, hdr, x.step, scratch[:x.n], deadline); err != nil {
+				return err
+			}
+		}
 		for g.sendsDone.Load() < x.dep {
 			if g.laneFail.Load() {
 				return errLaneStopped
 			}
 			<-g.recvKick
 		}
-		if err := g.recvXfer(x, hdr, dt, op, work, scratch, deadline); err != nil {
+		var err error
+		if x.kind == xRecvReduce {
+			g.combineInto(x, dt, op, work, scratch[:x.n])
+		} else {
+			err = g.recvInto(x.peer, hdr, x.step, work[x.off:x.off+x.n], deadline)
+		}
+		if err != nil {
 			return err
 		}
 		g.recvsDone.Store(int32(i + 1))
@@ -640,25 +658,28 @@ func (g *group) runRecvs(s *schedule, hdr *transport.Header, dt DType, op Op, wo
 
 // recvXfer receives one scheduled message and applies it.
 func (g *group) recvXfer(x *xfer, hdr *transport.Header, dt DType, op Op, work, scratch []byte, deadline time.Time) error {
-	dst := work[x.off : x.off+x.n]
-	if x.kind == xRecvReduce {
-		dst = scratch[:x.n]
+	if x.kind != xRecvReduce {
+		return g.recvInto(x.peer, hdr, x.step, work[x.off:x.off+x.n], deadline)
 	}
-	if err := g.recvInto(x.peer, hdr, x.step, dst, deadline); err != nil {
+	if err := g.recvInto(x.peer, hdr, x.step, scratch[:x.n], deadline); err != nil {
 		return err
 	}
-	if x.kind == xRecvReduce {
-		w := work[x.off : x.off+x.n]
-		if op == Avg {
-			op = Sum
-		}
-		if x.recvFirst {
-			reduceBytes(dt, op, w, dst, w)
-		} else {
-			reduceBytes(dt, op, w, w, dst)
-		}
-	}
+	g.combineInto(x, dt, op, work, scratch[:x.n])
 	return nil
+}
+
+// combineInto reduces a received message (in) into its bytes of work, in
+// the operand order the schedule gave.
+func (g *group) combineInto(x *xfer, dt DType, op Op, work, in []byte) {
+	w := work[x.off : x.off+x.n]
+	if op == Avg {
+		op = Sum
+	}
+	if x.recvFirst {
+		reduceBytes(dt, op, w, in, w)
+	} else {
+		reduceBytes(dt, op, w, w, in)
+	}
 }
 
 // recvInto receives the next message from peer into dst after checking that

@@ -120,3 +120,45 @@ func BenchmarkAllReduceTCP(b *testing.B) {
 		})
 	}
 }
+
+// TestTCPWholeBufferExchangeLargerThanSocketBuffers forces the algorithms
+// whose steps send and receive the same bytes with one peer (recursive
+// doubling, and the fold of a world that is not a power of two) on a
+// buffer far larger than the pinned socket buffers. Each rank's receive
+// must not wait for its own send to finish, or both ends of a link block
+// in send until the call's timeout.
+func TestTCPWholeBufferExchangeLargerThanSocketBuffers(t *testing.T) {
+	for _, n := range []int{2, 3, 4} {
+		for _, algo := range []collective.Algo{collective.AlgoRecursiveDoubling, collective.AlgoHalvingDoubling} {
+			t.Run(fmt.Sprintf("%v/n%d", algo, n), func(t *testing.T) {
+				cfg := collective.DefaultConfig()
+				cfg.Algo, cfg.Timeout = algo, 20*time.Second
+				tcfg := tcp.DefaultConfig()
+				tcfg.SocketBuffer = 64 << 10 // the kernel may round it up; still far below 4 MiB
+				comms := tcpGroup(t, n, cfg, tcfg)
+				const count = 1 << 20 // 4 MiB of float32
+				out := make([][]float32, n)
+				errs := each(comms, func(c collective.Comm) error {
+					buf := make([]float32, count)
+					for i := range buf {
+						buf[i] = float32(c.Rank() + i%3)
+					}
+					out[c.Rank()] = buf
+					return c.AllReduce(context.Background(), collective.Float32s(buf), collective.Float32s(buf), collective.Sum)
+				})
+				for r, err := range errs {
+					if err != nil {
+						t.Fatalf("rank %d: %v", r, err)
+					}
+				}
+				for r := range out {
+					for i, v := range out[r] {
+						if want := float32(n*(n-1)/2 + n*(i%3)); v != want {
+							t.Fatalf("rank %d index %d: got %v want %v", r, i, v, want)
+						}
+					}
+				}
+			})
+		}
+	}
+}
