@@ -86,13 +86,18 @@ type Config struct {
 // algorithm choice at 512 KiB, 1 MiB pipeline chunks. The threshold is
 // where the ring overtook recursive doubling on loopback TCP with 2 and 4
 // ranks (BENCHMARKS.md); below it, the ring's 2(n-1) steps cost more than
-// the extra bytes recursive doubling sends.
+// the extra bytes recursive doubling sends. From there to 8 MiB a world of
+// 4 or 8 ranks uses halving-doubling: measured at 4 ranks on 2 cores
+// (`ringo bench tune`, medians of 3), 1.59 against the ring's 2.23 ms at
+// 1 MiB, 3.29 against 3.55 ms at 2 MiB, 7.24 against 7.41 ms at 4 MiB;
+// from 8 MiB up the two were within noise, and the ring is the one whose
+// order the topology solver chooses.
 func DefaultConfig() Config {
 	return Config{
 		Timeout:    5 * time.Minute,
 		Algo:       AlgoAuto,
 		SmallBytes: 512 << 10,
-		MidBytes:   4 << 20,
+		MidBytes:   8 << 20,
 		ChunkBytes: 1 << 20,
 	}
 }

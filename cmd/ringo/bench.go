@@ -87,6 +87,8 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	small := c.Coll.SmallBytes
 	smallB := int64(small)
 	fs.Var(byteFlag{&smallB}, "algo-threshold", "auto uses recursive doubling / trees below this many bytes (also RINGO_ALGO_THRESHOLD)")
+	midB := int64(c.Coll.MidBytes)
+	fs.Var(byteFlag{&midB}, "algo-mid", "auto uses halving-doubling from --algo-threshold up to this many bytes on 4, 8, 16 ... ranks (also RINGO_ALGO_MID)")
 	chunk := int64(c.Coll.ChunkBytes)
 	fs.Var(byteFlag{&chunk}, "chunk", "pipeline chunk of ring algorithms, bytes (also RINGO_CHUNK_BYTES)")
 	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
@@ -123,7 +125,7 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	if c.Coll.Algo, err = collective.ParseAlgo(*algo); err != nil {
 		return usageErr(fs, "%w", err)
 	}
-	c.Coll.SmallBytes, c.Coll.ChunkBytes = int(smallB), int(chunk)
+	c.Coll.SmallBytes, c.Coll.MidBytes, c.Coll.ChunkBytes = int(smallB), int(midB), int(chunk)
 	if err := c.Validate(); err != nil {
 		return usageErr(fs, "%w", err)
 	}
