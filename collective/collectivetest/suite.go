@@ -1510,9 +1510,9 @@ func (s *suite) testMismatch(t *testing.T) {
 	}
 	worlds := s.faultWorlds([]int{2, 3, 4}, []int{2, 3})
 	for _, n := range worlds {
-		for _, a := range []algoCase{algoRing, algoRD} {
+		for _, a := range []algoCase{algoRing, algoRD, algoHD} {
 			for _, mc := range cases {
-				if s.o.Quick && a.name == "rd" && mc.name != "op" && mc.name != "Broadcast-vs-AllReduce" {
+				if s.o.Quick && a.name != "ring" && mc.name != "op" && mc.name != "Broadcast-vs-AllReduce" {
 					continue
 				}
 				t.Run(fmt.Sprintf("world=%d/%s/%s", n, a.name, mc.name), func(t *testing.T) {
