@@ -1,0 +1,54 @@
+package dataloader
+
+import "time"
+
+// prefetch decides how many range reads a loader keeps in flight. It does
+// no I/O and keeps no clock: the loader tells it, once per window, how
+// many stored bytes its workers read and in how long.
+//
+// The rule is a climb: start at the configured Workers; after each window
+// of at least n jobs at n reads (one wave of reads), if the rate beat the best one seen by
+// at least a tenth, double n (capped at max) and keep climbing; else stop
+// and keep n for the rest of the epoch (the reads beyond the best n only
+// queue on the CPUs or the link that is the limit). On a local
+// disk or page cache the reads are short and the workers are CPU-bound,
+// so doubling buys nothing and the climb stops after one step; against
+// storage with a round-trip time per request (HTTP, S3), throughput grows
+// with the reads in flight until the link, the server or the CPUs are
+// the limit, and the climb stops there. The cap is set by the loader's
+// memory budget (one read buffer per read in flight).
+type prefetch struct {
+	n, max  int
+	best    float64 // bytes per second at bestN
+	bestN   int
+	settled bool
+}
+
+// minGain is how much faster a window must be to keep growing.
+const minGain = 1.10
+
+func newPrefetch(start, mx int) *prefetch {
+	mx = max(mx, start)
+	return &prefetch{n: start, max: mx, bestN: start, settled: start >= mx}
+}
+
+// window is how many jobs the next measurement spans.
+func (p *prefetch) window() int { return p.n }
+
+// observe takes one window's stored bytes and duration and returns the
+// reads to keep in flight from now on.
+func (p *prefetch) observe(bytes int64, d time.Duration) int {
+	if p.settled || d <= 0 {
+		return p.n
+	}
+	rate := float64(bytes) / d.Seconds()
+	if p.best == 0 || rate >= p.best*minGain {
+		p.best, p.bestN = rate, p.n
+		if p.n < p.max {
+			p.n = min(2*p.n, p.max)
+			return p.n
+		}
+	}
+	p.settled = true
+	return p.n
+}
