@@ -8,7 +8,8 @@ import "time"
 //
 // The rule is a climb: start at the configured Workers; after each window
 // of at least n jobs at n reads (one wave of reads), if the rate beat the best one seen by
-// at least a tenth, double n (capped at max) and keep climbing; else stop
+// at least a tenth, double n (quadruple it when the last doubling
+// brought 1.8 times the rate; capped at max) and keep climbing; else stop
 // and keep n for the rest of the epoch (the reads beyond the best n only
 // queue on the CPUs or the link that is the limit). On a local
 // disk or page cache the reads are short and the workers are CPU-bound,
@@ -24,8 +25,12 @@ type prefetch struct {
 	settled bool
 }
 
-// minGain is how much faster a window must be to keep growing.
-const minGain = 1.10
+// minGain is how much faster a window must be to keep growing, and
+// linearGain how much faster it must be to grow four times instead of two.
+const (
+	minGain    = 1.10
+	linearGain = 1.80
+)
 
 func newPrefetch(start, mx int) *prefetch {
 	mx = max(mx, start)
@@ -43,9 +48,15 @@ func (p *prefetch) observe(bytes int64, d time.Duration) int {
 	}
 	rate := float64(bytes) / d.Seconds()
 	if p.best == 0 || rate >= p.best*minGain {
+		step := 2
+		if p.best > 0 && rate >= p.best*linearGain {
+			// The last doubling nearly doubled the rate: the reads are
+			// waiting on round trips, far from any limit.
+			step = 4
+		}
 		p.best, p.bestN = rate, p.n
 		if p.n < p.max {
-			p.n = min(2*p.n, p.max)
+			p.n = min(step*p.n, p.max)
 			return p.n
 		}
 	}

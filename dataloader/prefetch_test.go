@@ -16,12 +16,19 @@ import (
 )
 
 func TestPrefetchClimb(t *testing.T) {
-	// Rates that double with n until 32 reads, then stay flat.
+	// Rates that grow by half with each doubling until 32 reads, then
+	// stay flat.
 	p := newPrefetch(4, 64)
+	rateAt := func(n int) float64 {
+		r := 100e6
+		for k := 4; k < min(n, 32); k *= 2 {
+			r *= 1.5
+		}
+		return r
+	}
 	var seen []int
 	for range 20 {
-		rate := float64(min(p.n, 32)) * 100e6
-		n := p.observe(int64(rate), time.Second)
+		n := p.observe(int64(rateAt(p.n)), time.Second)
 		seen = append(seen, n)
 		if n > 64 {
 			t.Fatalf("grew past the cap: %v", seen)
@@ -43,6 +50,17 @@ func TestPrefetchClimb(t *testing.T) {
 	}
 	if n := p.observe(900e6, time.Second); n != 8 {
 		t.Errorf("grew again after settling: %d", n)
+	}
+
+	// Rates that double with n: the climb goes by four after the first
+	// doubling, 4 -> 8 -> 32 -> 64.
+	p = newPrefetch(4, 64)
+	seen = seen[:0]
+	for range 6 {
+		seen = append(seen, p.observe(int64(p.n)*100e6, time.Second))
+	}
+	if seen[0] != 8 || seen[1] != 32 || seen[2] != 64 || seen[5] != 64 {
+		t.Errorf("linear climb %v, want 8 32 64 ...", seen)
 	}
 
 	// The cap is at least the start, and a start at the cap never grows.
