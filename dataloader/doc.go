@@ -43,8 +43,9 @@
 // A loader starts with LoaderConfig.Workers reads in flight and, while
 // the rate its workers read at grows by a tenth each time they double,
 // starts more, up to MaxReads (64 by default, and no more read buffers
-// than MaxInFlight holds). On local files more reads rarely help (reads
-// are CPU work there), so the climb stops after a step or two; a source with a round trip per request (HTTP, S3)
+// than MaxInFlight holds), and stops as soon as a window of reads kept the
+// process's CPUs 85% busy. On local files the reads are CPU work, so the
+// climb stops at once; a source with a round trip per request (HTTP, S3)
 // climbs until the link, the server or the CPUs are the limit. The climb
 // changes only when blocks arrive, never which samples a batch holds.
 package dataloader

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -347,6 +348,7 @@ func (l *Loader[T]) dispatch(ctx context.Context) {
 	defer close(l.work)
 	pf := newPrefetch(l.cfg.Workers, l.cfg.MaxReads)
 	winStart, winJobs, winBytes := time.Now(), int64(0), int64(0)
+	winCPU, cpuOK := cpuTime()
 	for i := range l.jobs {
 		j := &l.jobs[i]
 		l.mu.Lock()
@@ -370,8 +372,14 @@ func (l *Loader[T]) dispatch(ctx context.Context) {
 		}
 		if done := l.jobsDone.Load(); !pf.settled && done-winJobs >= int64(pf.window()) {
 			now, read := time.Now(), l.read.Load()
+			busy := -1.0
+			cpu, ok := cpuTime()
+			if ok && cpuOK && now.After(winStart) {
+				busy = float64(cpu-winCPU) / float64(now.Sub(winStart)) / float64(runtime.GOMAXPROCS(0))
+			}
 			before := pf.n
-			after := pf.observe(read-winBytes, now.Sub(winStart))
+			after := pf.observe(read-winBytes, now.Sub(winStart), busy)
+			winCPU, cpuOK = cpu, ok
 			l.wg.Add(after - before)
 			l.workers.Add(int32(after - before))
 			for range after - before {

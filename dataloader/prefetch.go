@@ -13,10 +13,13 @@ import "time"
 // and keep n for the rest of the epoch (the reads beyond the best n only
 // queue on the CPUs or the link that is the limit). On a local
 // disk or page cache the reads are short and the workers are CPU-bound,
-// so doubling buys nothing and the climb stops after one step; against
+// so doubling buys nothing and the climb stops at once; against
 // storage with a round-trip time per request (HTTP, S3), throughput grows
 // with the reads in flight until the link, the server or the CPUs are
-// the limit, and the climb stops there. The cap is set by the loader's
+// the limit, and the climb stops there. It also stops as soon as a
+// window kept the CPUs busy (busyCPU): reads in flight only help while
+// the CPUs wait on them, which also keeps the noise of a shared machine
+// from growing them on a local disk. The cap is set by the loader's
 // memory budget (one read buffer per read in flight).
 type prefetch struct {
 	n, max  int
@@ -40,10 +43,20 @@ func newPrefetch(start, mx int) *prefetch {
 // window is how many jobs the next measurement spans.
 func (p *prefetch) window() int { return p.n }
 
-// observe takes one window's stored bytes and duration and returns the
-// reads to keep in flight from now on.
-func (p *prefetch) observe(bytes int64, d time.Duration) int {
+// busyCPU is the share of the CPUs (GOMAXPROCS) the process used in a
+// window above which more reads cannot help: the reads are CPU work
+// already, or the CPUs are what the decoders wait on.
+const busyCPU = 0.85
+
+// observe takes one window's stored bytes and duration, and the share of
+// the CPUs the process kept busy in it (negative: unknown), and returns
+// the reads to keep in flight from now on.
+func (p *prefetch) observe(bytes int64, d time.Duration, cpu float64) int {
 	if p.settled || d <= 0 {
+		return p.n
+	}
+	if cpu >= busyCPU {
+		p.settled = true
 		return p.n
 	}
 	rate := float64(bytes) / d.Seconds()

@@ -28,7 +28,7 @@ func TestPrefetchClimb(t *testing.T) {
 	}
 	var seen []int
 	for range 20 {
-		n := p.observe(int64(rateAt(p.n)), time.Second)
+		n := p.observe(int64(rateAt(p.n)), time.Second, -1)
 		seen = append(seen, n)
 		if n > 64 {
 			t.Fatalf("grew past the cap: %v", seen)
@@ -44,11 +44,11 @@ func TestPrefetchClimb(t *testing.T) {
 
 	// No gain at the first doubling: stop at 8, for good.
 	p = newPrefetch(4, 64)
-	p.observe(100e6, time.Second)
-	if n := p.observe(105e6, time.Second); n != 8 || !p.settled {
+	p.observe(100e6, time.Second, -1)
+	if n := p.observe(105e6, time.Second, -1); n != 8 || !p.settled {
 		t.Errorf("after a 5%% gain: n %d settled %v, want 8 and settled", n, p.settled)
 	}
-	if n := p.observe(900e6, time.Second); n != 8 {
+	if n := p.observe(900e6, time.Second, -1); n != 8 {
 		t.Errorf("grew again after settling: %d", n)
 	}
 
@@ -57,21 +57,29 @@ func TestPrefetchClimb(t *testing.T) {
 	p = newPrefetch(4, 64)
 	seen = seen[:0]
 	for range 6 {
-		seen = append(seen, p.observe(int64(p.n)*100e6, time.Second))
+		seen = append(seen, p.observe(int64(p.n)*100e6, time.Second, -1))
 	}
 	if seen[0] != 8 || seen[1] != 32 || seen[2] != 64 || seen[5] != 64 {
 		t.Errorf("linear climb %v, want 8 32 64 ...", seen)
 	}
 
+	// A window that kept the CPUs busy stops the climb whatever the
+	// rate did.
+	p = newPrefetch(4, 64)
+	p.observe(100e6, time.Second, 0.3)
+	if n := p.observe(400e6, time.Second, 0.95); n != 8 || !p.settled {
+		t.Errorf("busy CPUs: n %d settled %v, want 8 and settled", n, p.settled)
+	}
+
 	// The cap is at least the start, and a start at the cap never grows.
 	p = newPrefetch(8, 2)
-	if n := p.observe(1, time.Second); n != 8 || !p.settled {
+	if n := p.observe(1, time.Second, -1); n != 8 || !p.settled {
 		t.Errorf("start 8 cap 2: n %d settled %v", n, p.settled)
 	}
 	// A cap that is not a power-of-two multiple is reached exactly.
 	p = newPrefetch(3, 10)
 	for i := range 5 {
-		p.observe(int64(i+1)*1e9, time.Second)
+		p.observe(int64(i+1)*1e9, time.Second, -1)
 	}
 	if p.n != 10 {
 		t.Errorf("start 3 cap 10: ended at %d", p.n)
