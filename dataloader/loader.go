@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -23,8 +24,15 @@ type LoaderConfig struct {
 	// State is where to start: order.State{Seed, Epoch} for a fresh epoch,
 	// or the state a checkpoint saved.
 	State order.State
-	// Workers read, verify and decode blocks in parallel (default 4).
+	// Workers read, verify and decode blocks in parallel (default 4):
+	// the reads in flight at the start. While the rate the workers read
+	// at keeps growing by a tenth each time the workers double, more are
+	// started, up to MaxReads (see prefetch); this is what hides a
+	// remote source's latency per request.
 	Workers int
+	// MaxReads caps the reads in flight (default 64, and never more
+	// than MaxInFlight holds read buffers of 4 MiB; at least Workers).
+	MaxReads int
 	// MaxInFlight bounds the record bytes read ahead of the consumer
 	// (default 256 MiB): the bytes of the records of every block handed
 	// to a worker whose batch Next has not returned yet, as the blocks'
@@ -43,6 +51,7 @@ type Stats struct {
 	Bytes   int64 // record bytes of the samples handed out
 	Read    int64 // stored bytes read from the source
 	Skipped int64 // records lost to corrupt blocks (SkipCorrupt)
+	Reads   int   // reads in flight the loader settled on (workers started)
 	Stall   time.Duration
 	Elapsed time.Duration
 }
@@ -141,6 +150,8 @@ type Loader[T any] struct {
 	closed   bool
 
 	read, skipped atomic.Int64
+	jobsDone      atomic.Int64
+	workers       atomic.Int32
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -162,6 +173,10 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 256 << 20
 	}
+	if cfg.MaxReads <= 0 {
+		cfg.MaxReads = int(min(64, max(1, cfg.MaxInFlight/maxRun)))
+	}
+	cfg.MaxReads = max(cfg.MaxReads, cfg.Workers)
 	l := &Loader[T]{ds: ds, cfg: cfg, decode: decode, b: int64(cfg.Order.BatchSize), dead: make(chan struct{}), started: time.Now()}
 	l.cond = sync.NewCond(&l.mu)
 	if err := l.openShards(ctx); err != nil {
@@ -187,6 +202,7 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	l.ctx = ctx
 	l.work = make(chan *readJob, cfg.Workers)
 	l.wg.Add(1 + cfg.Workers)
+	l.workers.Store(int32(cfg.Workers))
 	go l.dispatch(ctx)
 	for range cfg.Workers {
 		go l.worker(ctx)
@@ -324,9 +340,15 @@ func (l *Loader[T]) batch(i int) *pendingBatch[T] {
 // dispatch hands the jobs to the workers in plan order, within the
 // budget. The jobs the head batch needs come first in that order (it is
 // by first use), so waiting on the budget never holds them up.
+//
+// It also runs the prefetch climb: every window of jobs it compares the
+// rate the workers read at, and starts more workers while that grows.
 func (l *Loader[T]) dispatch(ctx context.Context) {
 	defer l.wg.Done()
 	defer close(l.work)
+	pf := newPrefetch(l.cfg.Workers, l.cfg.MaxReads)
+	winStart, winJobs, winBytes := time.Now(), int64(0), int64(0)
+	winCPU, cpuOK := cpuTime()
 	for i := range l.jobs {
 		j := &l.jobs[i]
 		l.mu.Lock()
@@ -348,6 +370,23 @@ func (l *Loader[T]) dispatch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		if done := l.jobsDone.Load(); !pf.settled && done-winJobs >= int64(pf.window()) {
+			now, read := time.Now(), l.read.Load()
+			busy := -1.0
+			cpu, ok := cpuTime()
+			if ok && cpuOK && now.After(winStart) {
+				busy = float64(cpu-winCPU) / float64(now.Sub(winStart)) / float64(runtime.GOMAXPROCS(0))
+			}
+			before := pf.n
+			after := pf.observe(read-winBytes, now.Sub(winStart), busy)
+			winCPU, cpuOK = cpu, ok
+			l.wg.Add(after - before)
+			l.workers.Add(int32(after - before))
+			for range after - before {
+				go l.worker(ctx)
+			}
+			winStart, winJobs, winBytes = now, done, read
+		}
 	}
 }
 
@@ -365,6 +404,7 @@ func (l *Loader[T]) worker(ctx context.Context) {
 		buf, scratch, recs = buf[:j.len], scratch[:0], recs[:0]
 		scratch, recs = l.run(j, buf, scratch, recs)
 		buf = buf[:0]
+		l.jobsDone.Add(1)
 	}
 }
 
@@ -500,6 +540,7 @@ func (l *Loader[T]) Stats() Stats {
 	s := l.stats
 	s.Read = l.read.Load()
 	s.Skipped = l.skipped.Load()
+	s.Reads = int(l.workers.Load())
 	s.Elapsed = time.Since(l.started)
 	return s
 }

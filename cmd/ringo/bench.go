@@ -168,7 +168,10 @@ func runBenchCkpt(ctx context.Context, args []string) error {
 const benchDataUsage = `Usage: ringo bench data DIR|URL --np 4 [--consumer 5ms] [--json]
 
 Streams a dataset through --np loaders, beside a plain sequential read of
-its files; --make SIZE first packs a synthetic one into DIR.
+its files, --rounds times one after the other, and reports the medians;
+--make SIZE first packs a synthetic one into DIR. For a URL, --plain-reads
+-1 compares with parallel range reads, as many in flight as the loaders
+settled on.
 `
 
 func runBenchData(ctx context.Context, args []string) error {
@@ -179,6 +182,9 @@ func runBenchData(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Window, "window", c.Window, "shuffle window, samples")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "fetch and decode goroutines per loader")
 	fs.IntVar(&c.OrderVersion, "order", 2, "order version: 2 (ranks read disjoint blocks) or 1")
+	fs.IntVar(&c.Rounds, "rounds", 3, "plain read then stream, this many times; medians reported")
+	fs.IntVar(&c.PlainReads, "plain-reads", 0, "plain read: 0 sequential, N range reads of 4 MiB in flight, -1 as many as the loaders settled on")
+	fs.IntVar(&c.MaxReads, "max-reads", 0, "most reads in flight per loader (0: the loader's default)")
 	fs.DurationVar(&c.Consumer, "consumer", 0, "also run with a consumer spending this long per batch, and report its stall")
 	var size int64
 	fs.Var(byteFlag{&size}, "make", "first pack a synthetic dataset of this size into DIR")
@@ -207,9 +213,14 @@ func runBenchData(ctx context.Context, args []string) error {
 		return nil
 	}
 	fmt.Printf("# ringo bench data: %s, %d records, %s, %d ranks, batch %d, window %d\n", loc, r.Records, humanBytes(r.FileBytes), c.NP, c.BatchSize, c.Window)
-	fmt.Printf("plain sequential read   %7.3f GB/s\n", r.RawGBps)
-	fmt.Printf("ringo streaming         %7.3f GB/s of files (%.0f%% of plain), %.3f GB/s of records, %.0f samples/s\n", r.StreamFileGBps, 100*r.StreamFileGBps/r.RawGBps, r.StreamGBps, r.SamplesPerSec)
-	fmt.Printf("storage read            %7.2fx the dataset (%s)\n", r.ReadAmplification, humanBytes(r.StreamReadBytes))
+	plain := "plain sequential read"
+	if r.PlainReads > 0 {
+		plain = fmt.Sprintf("plain read, %d in flight", r.PlainReads)
+	}
+	fmt.Printf("medians of %d rounds\n", len(r.RawRounds))
+	fmt.Printf("%-27s %7.3f GB/s\n", plain, r.RawGBps)
+	fmt.Printf("%-27s %7.3f GB/s of files (%.0f%% of plain, median of the rounds' ratios), %.3f GB/s of records, %.0f samples/s, %d reads in flight\n", "ringo streaming", r.StreamFileGBps, 100*r.Ratio, r.StreamGBps, r.SamplesPerSec, r.LoaderReads)
+	fmt.Printf("%-27s %7.2fx the dataset (%s)\n", "storage read", r.ReadAmplification, humanBytes(r.StreamReadBytes))
 	if c.Consumer > 0 {
 		fmt.Printf("stall with a consumer of %v per batch: %.1f%%\n", c.Consumer, 100*r.Stall)
 	}

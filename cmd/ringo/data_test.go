@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,5 +49,33 @@ func TestDataCommands(t *testing.T) {
 	}
 	if _, err := ringo(t, "data", "pack", "--from", "parquet", "x", "--out", t.TempDir()); err == nil {
 		t.Errorf("an unknown input format was accepted")
+	}
+}
+
+// bench data packs, reads plainly and streams for every round, and says
+// what each round measured and how much the loaders read from storage.
+func TestBenchDataRounds(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "syn")
+	o, err := ringo(t, "bench", "data", dir, "--make", "2M", "--record", "4096", "--np", "2", "--batch", "8", "--window", "64", "--rounds", "2", "--plain-reads", "3", "--json")
+	if err != nil {
+		t.Fatalf("bench data: %v\n%s", err, o)
+	}
+	var r struct {
+		Records      int64     `json:"records"`
+		RawRounds    []float64 `json:"raw_rounds_gbps"`
+		StreamRounds []float64 `json:"stream_rounds_gbps"`
+		PlainReads   int       `json:"plain_reads"`
+		LoaderReads  int       `json:"loader_reads"`
+		Amp          float64   `json:"read_amplification"`
+	}
+	if err := json.Unmarshal([]byte(o), &r); err != nil {
+		t.Fatalf("%v\n%s", err, o)
+	}
+	if r.Records != 512 || len(r.RawRounds) != 2 || len(r.StreamRounds) != 2 || r.PlainReads != 3 || r.LoaderReads < 2*4 {
+		t.Errorf("result %+v", r)
+	}
+	// Two ranks of order V2 read disjoint blocks: about the dataset once.
+	if r.Amp < 1 || r.Amp > 1.5 {
+		t.Errorf("2 ranks read %.2fx the dataset", r.Amp)
 	}
 }

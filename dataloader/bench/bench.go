@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringo-ml/ringo/dataloader"
@@ -20,24 +22,52 @@ import (
 
 // Config is one run.
 type Config struct {
-	Location  string // directory or URL of a dataset
+	Location  string        // directory or URL of a dataset
+	Source    source.Source // if set, read instead of Location
 	NP        int
 	BatchSize int           // per rank
 	Window    int           // shuffle window
-	Workers   int           // per loader
+	Workers   int           // per loader: the reads in flight at its start
+	MaxReads  int           // per loader: the most reads in flight (0: the loader's default)
 	Consumer  time.Duration // time the slow consumer spends per batch
 	// OrderVersion is the order's version (0: order.V2, the one whose
 	// ranks read disjoint blocks).
 	OrderVersion int
+	// Rounds is how many times the plain read and the stream run, one
+	// after the other (0: once); the result holds the medians.
+	Rounds int
+	// PlainReads is how the plain read reads: 0, one sequential reader
+	// per shard file in turn; n > 0, n range reads of RangeBytes in flight
+	// at once over all the shards' bytes; -1, as many range reads as the
+	// loaders of the same round settled on together (the stream then
+	// runs first in each round).
+	PlainReads int
 }
 
-// Result of a run; bandwidths in GB/s (1e9 bytes).
+// RangeBytes is the size of the plain parallel read's range requests: the
+// most the loader reads with one request.
+const RangeBytes = 4 << 20
+
+// Result of a run; bandwidths in GB/s (1e9 bytes), medians over the
+// rounds.
 type Result struct {
 	FileBytes      int64   `json:"file_bytes"`
 	Records        int64   `json:"records"`
 	RawGBps        float64 `json:"raw_read_gbps"`
 	StreamGBps     float64 `json:"stream_gbps"` // record bytes delivered
 	StreamFileGBps float64 `json:"stream_file_gbps"`
+	// Ratio is the median over the rounds of the stream's file GB/s over
+	// the plain read's of the same round.
+	Ratio float64 `json:"ratio"`
+	// RawRounds, StreamRounds: each round's plain read and stream (file
+	// GB/s), in the order they ran.
+	RawRounds    []float64 `json:"raw_rounds_gbps"`
+	StreamRounds []float64 `json:"stream_rounds_gbps"`
+	// PlainReads is the plain read's range reads in flight (0:
+	// sequential), LoaderReads what the loaders settled on together, in
+	// the last round.
+	PlainReads  int `json:"plain_reads"`
+	LoaderReads int `json:"loader_reads"`
 	// StreamReadBytes is what the loaders read from storage together, and
 	// ReadAmplification that over the file bytes: 1 when the ranks read
 	// disjoint blocks, np when every rank reads every block.
@@ -48,58 +78,175 @@ type Result struct {
 	ConsumerMS        float64 `json:"consumer_ms"`
 }
 
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 // Run measures.
 func Run(ctx context.Context, c Config) (Result, error) {
 	var res Result
-	src, err := source.Parse(c.Location)
-	if err != nil {
-		return res, err
+	src := c.Source
+	if src == nil {
+		var err error
+		if src, err = source.Parse(c.Location); err != nil {
+			return res, err
+		}
 	}
 	ds, err := dataloader.Open(ctx, src)
 	if err != nil {
 		return res, err
 	}
 	res.Records = ds.Index.Records
-	buf := make([]byte, 4<<20)
-	start := time.Now()
 	for _, s := range ds.Index.Shards {
-		obj, err := src.Open(ctx, s.Name)
+		res.FileBytes += s.Bytes
+	}
+	var ratios, recGBps, samples []float64
+	for range max(1, c.Rounds) {
+		var st streamed
+		if c.PlainReads < 0 {
+			if st, err = stream(ctx, ds, c, 0); err != nil {
+				return res, err
+			}
+		}
+		plain := c.PlainReads
+		if plain < 0 {
+			plain = st.reads
+		}
+		raw, err := plainRead(ctx, src, ds, plain)
 		if err != nil {
 			return res, err
 		}
-		n, err := io.CopyBuffer(io.Discard, io.NewSectionReader(obj, 0, obj.Size()), buf)
-		obj.Close()
-		if err != nil {
-			return res, err
+		if c.PlainReads >= 0 {
+			if st, err = stream(ctx, ds, c, 0); err != nil {
+				return res, err
+			}
 		}
-		res.FileBytes += n
+		res.PlainReads, res.LoaderReads = plain, st.reads
+		fileGBps := float64(res.FileBytes) / st.elapsed.Seconds() / 1e9
+		res.RawRounds = append(res.RawRounds, raw)
+		res.StreamRounds = append(res.StreamRounds, fileGBps)
+		ratios = append(ratios, fileGBps/raw)
+		recGBps = append(recGBps, float64(st.bytes)/st.elapsed.Seconds()/1e9)
+		samples = append(samples, float64(res.Records)/st.elapsed.Seconds())
+		res.StreamReadBytes = st.read
 	}
-	res.RawGBps = float64(res.FileBytes) / time.Since(start).Seconds() / 1e9
-
-	bytes, read, _, elapsed, err := stream(ctx, ds, c, 0)
-	if err != nil {
-		return res, err
-	}
-	res.StreamReadBytes = read
-	res.ReadAmplification = float64(read) / float64(res.FileBytes)
-	res.StreamGBps = float64(bytes) / elapsed.Seconds() / 1e9
-	res.StreamFileGBps = float64(res.FileBytes) / elapsed.Seconds() / 1e9
-	res.SamplesPerSec = float64(res.Records) / elapsed.Seconds()
+	res.RawGBps, res.StreamFileGBps, res.Ratio = median(res.RawRounds), median(res.StreamRounds), median(ratios)
+	res.StreamGBps, res.SamplesPerSec = median(recGBps), median(samples)
+	res.ReadAmplification = float64(res.StreamReadBytes) / float64(res.FileBytes)
 	if c.Consumer > 0 {
-		_, _, stall, total, err := stream(ctx, ds, c, c.Consumer)
+		st, err := stream(ctx, ds, c, c.Consumer)
 		if err != nil {
 			return res, err
 		}
-		res.Stall = stall.Seconds() / total.Seconds()
+		res.Stall = st.stall.Seconds() / st.elapsed.Seconds()
 		res.ConsumerMS = float64(c.Consumer) / float64(time.Millisecond)
 	}
 	return res, nil
 }
 
+// plainRead reads every byte of every shard and returns GB/s: with reads
+// 0, each file front to back through one 4 MiB buffer; else reads range
+// requests of RangeBytes at once, each into its own buffer.
+func plainRead(ctx context.Context, src source.Source, ds *dataloader.Dataset, reads int) (float64, error) {
+	start := time.Now()
+	var total int64
+	if reads <= 0 {
+		buf := make([]byte, RangeBytes)
+		for _, s := range ds.Index.Shards {
+			obj, err := src.Open(ctx, s.Name)
+			if err != nil {
+				return 0, err
+			}
+			n, err := io.CopyBuffer(io.Discard, io.NewSectionReader(obj, 0, obj.Size()), buf)
+			obj.Close()
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+		return float64(total) / time.Since(start).Seconds() / 1e9, nil
+	}
+	// Open the shards as the loader does (its time counts the opens too).
+	objs := make([]source.Object, len(ds.Index.Shards))
+	defer func() {
+		for _, o := range objs {
+			if o != nil {
+				o.Close()
+			}
+		}
+	}()
+	type rng struct {
+		obj      int
+		off, len int64
+	}
+	var ranges []rng
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range min(reads, len(objs)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(objs); i = int(next.Add(1) - 1) {
+				o, err := src.Open(ctx, ds.Index.Shards[i].Name)
+				mu.Lock()
+				objs[i] = o
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	for i, o := range objs {
+		for off := int64(0); off < o.Size(); off += RangeBytes {
+			ranges = append(ranges, rng{i, off, min(RangeBytes, o.Size()-off)})
+		}
+	}
+	next.Store(0)
+	for range reads {
+		wg.Go(func() {
+			buf := make([]byte, RangeBytes)
+			for i := int(next.Add(1) - 1); i < len(ranges); i = int(next.Add(1) - 1) {
+				r := ranges[i]
+				n, err := objs[r.obj].ReadAt(buf[:r.len], r.off)
+				mu.Lock()
+				total += int64(n)
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	return float64(total) / time.Since(start).Seconds() / 1e9, nil
+}
+
+type streamed struct {
+	bytes, read    int64
+	stall, elapsed time.Duration
+	reads          int
+}
+
 // stream runs np loaders over one epoch; each consumer sleeps delay per
 // batch. It returns the record bytes delivered, the bytes read from
 // storage, the slowest rank's stall and the elapsed time.
-func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Duration) (int64, int64, time.Duration, time.Duration, error) {
+func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Duration) (streamed, error) {
 	v := c.OrderVersion
 	if v == 0 {
 		v = order.V2
@@ -107,11 +254,10 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Du
 	cfg := order.Config{Version: v, Seed: 1, Shuffle: true, Window: c.Window, BatchSize: c.BatchSize}
 	o, err := order.New(ds.Index.Counts(), cfg)
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return streamed{}, err
 	}
 	var mu sync.Mutex
-	var bytes, read int64
-	var stall time.Duration
+	var st streamed
 	errs := make([]error, c.NP)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -119,7 +265,7 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Du
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l, err := dataloader.NewLoader(ctx, ds, dataloader.LoaderConfig{Order: cfg, Rank: r, World: c.NP, State: o.Start(0), Workers: c.Workers},
+			l, err := dataloader.NewLoader(ctx, ds, dataloader.LoaderConfig{Order: cfg, Rank: r, World: c.NP, State: o.Start(0), Workers: c.Workers, MaxReads: c.MaxReads},
 				func(b []byte) (int, error) { return len(b), nil })
 			if err != nil {
 				errs[r] = err
@@ -141,19 +287,21 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Du
 			}
 			s := l.Stats()
 			mu.Lock()
-			bytes += s.Bytes
-			read += s.Read
-			stall = max(stall, s.Stall)
+			st.bytes += s.Bytes
+			st.read += s.Read
+			st.stall = max(st.stall, s.Stall)
+			st.reads += s.Reads
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	for _, e := range errs {
 		if e != nil {
-			return 0, 0, 0, 0, fmt.Errorf("rank: %w", e)
+			return streamed{}, fmt.Errorf("rank: %w", e)
 		}
 	}
-	return bytes, read, stall, time.Since(start), nil
+	st.elapsed = time.Since(start)
+	return st, nil
 }
 
 // MakeSynthetic packs a dataset of total bytes of records of recordSize

@@ -108,10 +108,20 @@ type httpSource struct {
 	retry  Retry
 }
 
-// HTTP reads objects as base + "/" + name with GET range requests.
+// defaultClient keeps a connection per read in flight: the default
+// transport keeps only 2 idle connections per host, so a loader with more
+// range reads in flight would open a new connection for most requests.
+var defaultClient = func() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 256
+	return &http.Client{Transport: t}
+}()
+
+// HTTP reads objects as base + "/" + name with GET range requests (a nil
+// client: one whose transport keeps up to 256 idle connections per host).
 func HTTP(base string, client *http.Client, retry Retry) Source {
 	if client == nil {
-		client = http.DefaultClient
+		client = defaultClient
 	}
 	return httpSource{strings.TrimRight(base, "/"), client, retry}
 }

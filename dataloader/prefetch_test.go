@@ -1,0 +1,175 @@
+package dataloader
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/dataloader/order"
+	"github.com/ringo-ml/ringo/dataloader/source"
+)
+
+func TestPrefetchClimb(t *testing.T) {
+	// Rates that grow by half with each doubling until 32 reads, then
+	// stay flat.
+	p := newPrefetch(4, 64)
+	rateAt := func(n int) float64 {
+		r := 100e6
+		for k := 4; k < min(n, 32); k *= 2 {
+			r *= 1.5
+		}
+		return r
+	}
+	var seen []int
+	for range 20 {
+		n := p.observe(int64(rateAt(p.n)), time.Second, -1)
+		seen = append(seen, n)
+		if n > 64 {
+			t.Fatalf("grew past the cap: %v", seen)
+		}
+	}
+	if p.n != 64 || !p.settled {
+		// 4 -> 8 -> 16 -> 32 -> 64 (32 still beat 16), then 64 = 32: stop.
+		t.Errorf("climb %v: ended at %d (settled %v), want 64 settled", seen, p.n, p.settled)
+	}
+	if seen[0] != 8 || seen[1] != 16 || seen[2] != 32 || seen[3] != 64 || seen[4] != 64 {
+		t.Errorf("climb %v, want 8 16 32 64 64 ...", seen)
+	}
+
+	// No gain at the first doubling: stop at 8, for good.
+	p = newPrefetch(4, 64)
+	p.observe(100e6, time.Second, -1)
+	if n := p.observe(105e6, time.Second, -1); n != 8 || !p.settled {
+		t.Errorf("after a 5%% gain: n %d settled %v, want 8 and settled", n, p.settled)
+	}
+	if n := p.observe(900e6, time.Second, -1); n != 8 {
+		t.Errorf("grew again after settling: %d", n)
+	}
+
+	// Rates that double with n: the climb goes by four after the first
+	// doubling, 4 -> 8 -> 32 -> 64.
+	p = newPrefetch(4, 64)
+	seen = seen[:0]
+	for range 6 {
+		seen = append(seen, p.observe(int64(p.n)*100e6, time.Second, -1))
+	}
+	if seen[0] != 8 || seen[1] != 32 || seen[2] != 64 || seen[5] != 64 {
+		t.Errorf("linear climb %v, want 8 32 64 ...", seen)
+	}
+
+	// A window that kept the CPUs busy stops the climb whatever the
+	// rate did.
+	p = newPrefetch(4, 64)
+	p.observe(100e6, time.Second, 0.3)
+	if n := p.observe(400e6, time.Second, 0.95); n != 8 || !p.settled {
+		t.Errorf("busy CPUs: n %d settled %v, want 8 and settled", n, p.settled)
+	}
+
+	// The cap is at least the start, and a start at the cap never grows.
+	p = newPrefetch(8, 2)
+	if n := p.observe(1, time.Second, -1); n != 8 || !p.settled {
+		t.Errorf("start 8 cap 2: n %d settled %v", n, p.settled)
+	}
+	// A cap that is not a power-of-two multiple is reached exactly.
+	p = newPrefetch(3, 10)
+	for i := range 5 {
+		p.observe(int64(i+1)*1e9, time.Second, -1)
+	}
+	if p.n != 10 {
+		t.Errorf("start 3 cap 10: ended at %d", p.n)
+	}
+}
+
+// slowServer serves dir over loopback HTTP, each request delayed by d.
+func slowServer(t *testing.T, dir string, d time.Duration) source.Source {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(d)
+		http.FileServer(http.Dir(dir)).ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return source.HTTP(srv.URL, nil, source.DefaultRetry)
+}
+
+// Whatever the climb does, a loader over a slow source delivers exactly
+// what one over the files does, batch by batch with the same states, and
+// keeps within its cap on reads in flight.
+func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.jsonl")
+	var buf bytes.Buffer
+	for i := range 3000 {
+		buf.WriteString(`{"id":` + strconv.Itoa(i) + `,"pad":"` + string(bytes.Repeat([]byte{'x'}, 200)) + `"}` + "\n")
+	}
+	os.WriteFile(in, buf.Bytes(), 0o644)
+	out := filepath.Join(dir, "ds")
+	opts := DefaultPackOptions()
+	opts.ShardBytes, opts.Shard.BlockSize = 96<<10, 4<<10
+	if _, err := PackJSONL(in, out, opts); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := order.Config{Version: order.V2, Seed: 7, Shuffle: true, Window: 500, BatchSize: 16}
+	type got struct {
+		ids    []int
+		states []order.State
+		reads  int
+	}
+	run := func(src source.Source, rank, world, maxReads int) got {
+		ds, err := Open(ctx, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := order.New(ds.Index.Counts(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := NewLoader(ctx, ds, LoaderConfig{Order: cfg, Rank: rank, World: world, State: o.Start(0), Workers: 1, MaxReads: maxReads}, decodeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		var g got
+		for {
+			b, err := l.Next(ctx)
+			if err != nil {
+				break
+			}
+			g.ids = append(g.ids, b.Samples...)
+			g.states = append(g.states, b.State)
+		}
+		g.reads = l.Stats().Reads
+		return g
+	}
+	slow := slowServer(t, out, 2*time.Millisecond)
+	for _, world := range []int{1, 3} {
+		for rank := range world {
+			want := run(source.Local(out), rank, world, 1)
+			if want.reads != 1 {
+				t.Errorf("MaxReads 1: %d reads in flight", want.reads)
+			}
+			g := run(slow, rank, world, 5)
+			if g.reads < 1 || g.reads > 5 {
+				t.Errorf("world %d rank %d: %d reads in flight, want 1 to 5", world, rank, g.reads)
+			}
+			if len(g.ids) == 0 || len(g.ids) != len(want.ids) || len(g.states) != len(want.states) {
+				t.Fatalf("world %d rank %d: %d samples in %d batches over HTTP, %d in %d from files", world, rank, len(g.ids), len(g.states), len(want.ids), len(want.states))
+			}
+			for i := range want.ids {
+				if g.ids[i] != want.ids[i] {
+					t.Fatalf("world %d rank %d: sample %d is %d over HTTP, %d from files", world, rank, i, g.ids[i], want.ids[i])
+				}
+			}
+			for i := range want.states {
+				if g.states[i] != want.states[i] {
+					t.Fatalf("world %d rank %d: state after batch %d differs: %+v, %+v", world, rank, i, g.states[i], want.states[i])
+				}
+			}
+		}
+	}
+}
