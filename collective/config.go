@@ -22,6 +22,12 @@ const (
 	// AlgoRecursiveDoubling is latency-optimal: log2(n) exchanges of the
 	// whole buffer (non-powers of two fold the extra ranks in first).
 	AlgoRecursiveDoubling
+	// AlgoHier is hierarchical (hier.go): reduce-scatter inside each
+	// host, all-reduce between the hosts among the ranks that hold the
+	// same block, all-gather inside each host. It applies to AllReduce,
+	// ReduceScatter and AllGather on a group of several hosts with the
+	// same number (>1) of ranks each; elsewhere it means AlgoAuto.
+	AlgoHier
 )
 
 func (a Algo) String() string {
@@ -32,11 +38,14 @@ func (a Algo) String() string {
 		return "ring"
 	case AlgoRecursiveDoubling:
 		return "rd"
+	case AlgoHier:
+		return "hier"
 	}
 	return fmt.Sprintf("algo(%d)", uint8(a))
 }
 
-// ParseAlgo accepts auto, ring, rd (or recursive-doubling).
+// ParseAlgo accepts auto, ring, rd (or recursive-doubling), hier (or
+// hierarchical).
 func ParseAlgo(s string) (Algo, error) {
 	switch strings.ToLower(s) {
 	case "", "auto":
@@ -45,8 +54,10 @@ func ParseAlgo(s string) (Algo, error) {
 		return AlgoRing, nil
 	case "rd", "recursive-doubling", "recursivedoubling":
 		return AlgoRecursiveDoubling, nil
+	case "hier", "hierarchical":
+		return AlgoHier, nil
 	}
-	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring or rd)", s)
+	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring, rd or hier)", s)
 }
 
 // Config tunes a group. Build it with DefaultConfig, adjust, then Validate
@@ -66,6 +77,13 @@ type Config struct {
 	// RingOrder optionally lists the ranks in ring order (a permutation of
 	// 0..Size-1); nil means 0, 1, ..., Size-1. The topology solver fills it.
 	RingOrder []int
+	// Hosts optionally labels each rank with its host (any ints; equal
+	// labels: one host), for the hierarchical algorithms. Nil asks the
+	// transport (package mix knows); without either there is no hierarchy.
+	Hosts []int
+	// HierBytes is the buffer size (bytes) from which AlgoAuto uses the
+	// hierarchical algorithms, where the group's layout has a hierarchy.
+	HierBytes int
 }
 
 // DefaultConfig returns the defaults: a 5-minute timeout, automatic
@@ -79,6 +97,7 @@ func DefaultConfig() Config {
 		Algo:       AlgoAuto,
 		SmallBytes: 512 << 10,
 		ChunkBytes: 1 << 20,
+		HierBytes:  DefaultHierBytes,
 	}
 }
 
@@ -100,8 +119,11 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("collective config: Timeout %v must be positive", c.Timeout)
 	}
-	if c.Algo > AlgoRecursiveDoubling {
+	if c.Algo > AlgoHier {
 		return fmt.Errorf("collective config: unknown Algo %d", c.Algo)
+	}
+	if c.HierBytes < 0 {
+		return fmt.Errorf("collective config: HierBytes %d must not be negative", c.HierBytes)
 	}
 	if c.SmallBytes < 0 {
 		return fmt.Errorf("collective config: SmallBytes %d must not be negative", c.SmallBytes)
@@ -114,7 +136,7 @@ func (c Config) Validate() error {
 
 // Environment variables read by FromEnv.
 const (
-	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd
+	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd | hier
 	EnvAlgoThreshold = "RINGO_ALGO_THRESHOLD" // bytes, e.g. 65536 or 64K
 	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
 	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
