@@ -140,10 +140,12 @@ const (
 	EnvAlgoThreshold = "RINGO_ALGO_THRESHOLD" // bytes, e.g. 65536 or 64K
 	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
 	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
+	EnvHierThreshold = "RINGO_HIER_THRESHOLD" // bytes from which auto goes hierarchical
 )
 
 // FromEnv overrides c's fields from RINGO_ALGO, RINGO_ALGO_THRESHOLD,
-// RINGO_CHUNK_BYTES and RINGO_TIMEOUT where they are set.
+// RINGO_CHUNK_BYTES, RINGO_HIER_THRESHOLD and RINGO_TIMEOUT where they
+// are set.
 func (c Config) FromEnv() (Config, error) {
 	if v := os.Getenv(EnvAlgo); v != "" {
 		a, err := ParseAlgo(v)
@@ -165,6 +167,13 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s: %w", EnvChunk, err)
 		}
 		c.ChunkBytes = int(n)
+	}
+	if v := os.Getenv(EnvHierThreshold); v != "" {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvHierThreshold, err)
+		}
+		c.HierBytes = int(n)
 	}
 	if v := os.Getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)

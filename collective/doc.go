@@ -25,9 +25,17 @@
 //   - Broadcast and reduce: binomial trees when small, pipelined chains
 //     around the ring when large.
 //   - Barrier: dissemination, ceil(log2 n) rounds of empty messages.
+//   - Hierarchical (AlgoHier, hier.go), for a group of several hosts with
+//     the same number (>1) of ranks each: all-reduce is a reduce-scatter
+//     inside each host, an all-reduce of each rank's block between the
+//     ranks of the same local index on every host (ring, or recursive
+//     doubling when the block is small), and an all-gather inside each
+//     host; reduce-scatter and all-gather are its halves. The layout is
+//     Config.Hosts or the transport's (package mix reports it); auto uses
+//     it from Config.HierBytes up (RINGO_HIER_THRESHOLD).
 //
 // "Small" is below Config.SmallBytes (512 KiB by default; RINGO_ALGO_THRESHOLD).
-// RINGO_ALGO=ring|rd forces a family. Every algorithm handles any count (0,
+// RINGO_ALGO=ring|rd|hier forces a family. Every algorithm handles any count (0,
 // 1, fewer elements than ranks, primes) and any group size.
 //
 // # Numbers

@@ -56,3 +56,54 @@ func TestHierScheduleTraffic(t *testing.T) {
 		})
 	}
 }
+
+// Auto goes hierarchical from HierBytes up, for the three ops that have a
+// hierarchical form; a forced AlgoHier leaves the rooted ops to auto, and
+// a group without hosts never goes hierarchical.
+func TestHierAlgoChoice(t *testing.T) {
+	if a, err := ParseAlgo("hier"); err != nil || a != AlgoHier || a.String() != "hier" {
+		t.Fatalf("ParseAlgo(hier) = %v, %v", a, err)
+	}
+	if err := (Config{Timeout: 1, ChunkBytes: 64, Algo: AlgoHier + 1}).Validate(); err == nil {
+		t.Error("Validate accepted an unknown Algo after AlgoHier")
+	}
+	t.Setenv(EnvHierThreshold, "1M")
+	if c, err := DefaultConfig().FromEnv(); err != nil || c.HierBytes != 1<<20 {
+		t.Errorf("%s=1M: HierBytes %d, %v", EnvHierThreshold, c.HierBytes, err)
+	}
+	form := func(hosts []int, algo Algo) *group {
+		w := inproc.NewWorld(4)
+		cfg := DefaultConfig()
+		cfg.Hosts, cfg.Algo, cfg.HierBytes = hosts, algo, 1000
+		c, err := New(w.Transport(0), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(*group)
+	}
+	two := []int{7, 7, 9, 9}
+	for _, tc := range []struct {
+		hosts []int
+		algo  Algo
+		k     opKind
+		bytes int
+		want  Algo
+	}{
+		{two, AlgoAuto, opAllReduce, 999, AlgoRecursiveDoubling},
+		{two, AlgoAuto, opAllReduce, 1000, AlgoHier},
+		{two, AlgoAuto, opReduceScatter, 999, AlgoRing},
+		{two, AlgoAuto, opAllGather, 4000, AlgoHier},
+		{two, AlgoAuto, opBroadcast, 1 << 20, AlgoRing},
+		{two, AlgoHier, opAllReduce, 4, AlgoHier},
+		{two, AlgoHier, opBroadcast, 4, AlgoRecursiveDoubling},
+		{two, AlgoRing, opAllReduce, 1 << 20, AlgoRing},
+		{nil, AlgoHier, opAllReduce, 1 << 20, AlgoRing},
+		{[]int{0, 0, 0, 1}, AlgoHier, opAllReduce, 1 << 20, AlgoRing}, // uneven hosts
+		{[]int{0, 1, 2, 3}, AlgoAuto, opAllReduce, 1 << 20, AlgoRing}, // one rank a host
+	} {
+		if got := form(tc.hosts, tc.algo).algoFor(tc.k, tc.bytes); got != tc.want {
+			t.Errorf("hosts %v, %v, %v of %d bytes: %v, want %v", tc.hosts, tc.algo, tc.k, tc.bytes, got, tc.want)
+		}
+	}
+}

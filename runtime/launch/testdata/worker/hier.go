@@ -16,17 +16,23 @@ import (
 var (
 	algoFlag   = flag.String("algo", "", "collective algorithm (auto, ring, rd, hier); empty: RINGO_ALGO or auto")
 	checkOps   = flag.Bool("check-ops", false, "before the steps, check every collective at odd sizes and print this rank's links and bytes sent by kind")
+	hierBytes  = flag.String("hier-bytes", "", "auto runs hierarchically from this many bytes (e.g. 64K, 1G); empty: the default")
 	benchSweep = flag.String("bench-sweep", "", "MIN:MAX: before the steps, time all-reduces of MIN, 4*MIN, ... MAX bytes and print each median")
 )
 
 // initOptions applies --algo over the environment's configuration.
 func initOptions() []ringo.Options {
-	if *algoFlag == "" {
+	if *algoFlag == "" && *hierBytes == "" {
 		return nil
 	}
 	c, err := collective.DefaultConfig().FromEnv()
-	if err == nil {
+	if err == nil && *algoFlag != "" {
 		c.Algo, err = collective.ParseAlgo(*algoFlag)
+	}
+	if err == nil && *hierBytes != "" {
+		var v int64
+		v, err = collective.ParseBytes(*hierBytes)
+		c.HierBytes = int(v)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "--algo:", err)
@@ -142,8 +148,9 @@ func runChecks(ctx context.Context, g *ringo.Group) {
 		me, g.Transport, strings.Join(links, ","), sent["shm"], sent["tcp"], collective.HierarchicalLayout(g.Comm))
 }
 
-// runSweep times all-reduces over a range of sizes, three after a warm-up
-// for each (or --bench-iters), and prints rank 0's medians.
+// runSweep times all-reduces over a range of sizes, after a warm-up for
+// each: --bench-iters calls, or more for small sizes (up to 16 MiB moved,
+// at most 200 calls), and prints rank 0's medians.
 func runSweep(ctx context.Context, g *ringo.Group, spec string, iters int) {
 	lo, hi, ok := strings.Cut(spec, ":")
 	minB, err1 := collective.ParseBytes(lo)
@@ -155,7 +162,8 @@ func runSweep(ctx context.Context, g *ringo.Group, spec string, iters int) {
 	for size := minB; size <= maxB; size *= 4 {
 		b := collective.Float32s(buf[:size/4])
 		var times []time.Duration
-		for i := range iters + 1 {
+		k := max(iters, min(200, int((16<<20)/size)))
+		for i := range k + 1 {
 			t0 := time.Now()
 			if err := g.AllReduce(ctx, b, b, collective.Sum); err != nil {
 				fail("rank %d: all-reduce of %d bytes: %v", g.Rank(), size, err)
