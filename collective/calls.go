@@ -68,7 +68,7 @@ func (g *group) checkRoot(k opKind, root int) error {
 	return nil
 }
 
-func (g *group) pickAlgo(bytes int) Algo { return g.cfg.AlgoFor(bytes, g.size) }
+func (g *group) pickAlgo(bytes int) Algo { return g.algoFor(opBroadcast, bytes) }
 
 func (g *group) checkAllReduce(send, recv Buffer, op Op) (call, error) {
 	const k = opAllReduce
@@ -78,7 +78,7 @@ func (g *group) checkAllReduce(send, recv Buffer, op Op) (call, error) {
 	if err := g.checkOp(k, send.dtype, op); err != nil {
 		return call{}, err
 	}
-	return call{kind: k, dtype: send.dtype, op: op, algo: g.pickAlgo(len(send.data)), root: -1,
+	return call{kind: k, dtype: send.dtype, op: op, algo: g.algoFor(k, len(send.data)), root: -1,
 		count: send.Len(), send: send.data, recv: recv.data}, nil
 }
 
@@ -101,7 +101,7 @@ func (g *group) ReduceScatter(ctx context.Context, send, recv Buffer, op Op) err
 	if len(send.data) != g.size*len(recv.data) {
 		return g.argErr(k, "send has %d elements; it must be the group size %d times recv's %d", send.Len(), g.size, recv.Len())
 	}
-	c := call{kind: k, dtype: send.dtype, op: op, algo: AlgoRing, root: -1, count: recv.Len(), send: send.data, recv: recv.data}
+	c := call{kind: k, dtype: send.dtype, op: op, algo: g.algoFor(k, len(send.data)), root: -1, count: recv.Len(), send: send.data, recv: recv.data}
 	return g.do(ctx, &c)
 }
 
@@ -113,7 +113,7 @@ func (g *group) AllGather(ctx context.Context, send, recv Buffer) error {
 	if len(recv.data) != g.size*len(send.data) {
 		return g.argErr(k, "recv has %d elements; it must be the group size %d times send's %d", recv.Len(), g.size, send.Len())
 	}
-	c := call{kind: k, dtype: send.dtype, algo: AlgoRing, root: -1, count: send.Len(), send: send.data, recv: recv.data}
+	c := call{kind: k, dtype: send.dtype, algo: g.algoFor(k, len(recv.data)), root: -1, count: send.Len(), send: send.data, recv: recv.data}
 	return g.do(ctx, &c)
 }
 

@@ -13,8 +13,8 @@ import (
 type Algo uint8
 
 const (
-	// AlgoAuto picks recursive doubling below Config.SmallBytes and the
-	// pipelined ring above it.
+	// AlgoAuto picks per call by size and world (Config.AlgoFor), and
+	// goes hierarchical from Config.HierBytes on a group of several hosts.
 	AlgoAuto Algo = iota
 	// AlgoRing is bandwidth-optimal: reduce-scatter then all-gather around
 	// a ring, each rank sending 2(n-1)/n of the buffer in pipelined chunks.
@@ -26,6 +26,12 @@ const (
 	// halving, then an all-gather by recursive doubling. It moves what the
 	// ring moves in 2·log2(n) steps instead of 2(n-1), for mid sizes.
 	AlgoHalvingDoubling
+	// AlgoHier is hierarchical (hier.go): reduce-scatter inside each
+	// host, all-reduce between the hosts among the ranks that hold the
+	// same block, all-gather inside each host. It applies to AllReduce,
+	// ReduceScatter and AllGather on a group of several hosts with the
+	// same number (>1) of ranks each; elsewhere it means AlgoAuto.
+	AlgoHier
 )
 
 func (a Algo) String() string {
@@ -38,11 +44,14 @@ func (a Algo) String() string {
 		return "rd"
 	case AlgoHalvingDoubling:
 		return "hd"
+	case AlgoHier:
+		return "hier"
 	}
 	return fmt.Sprintf("algo(%d)", uint8(a))
 }
 
-// ParseAlgo accepts auto, ring, rd (or recursive-doubling).
+// ParseAlgo accepts auto, ring, rd (or recursive-doubling), hier (or
+// hierarchical).
 func ParseAlgo(s string) (Algo, error) {
 	switch strings.ToLower(s) {
 	case "", "auto":
@@ -53,8 +62,10 @@ func ParseAlgo(s string) (Algo, error) {
 		return AlgoRecursiveDoubling, nil
 	case "hd", "halving-doubling", "rabenseifner":
 		return AlgoHalvingDoubling, nil
+	case "hier", "hierarchical":
+		return AlgoHier, nil
 	}
-	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring, rd or hd)", s)
+	return 0, fmt.Errorf("unknown algorithm %q (want auto, ring, rd, hd or hier)", s)
 }
 
 // Config tunes a group. Build it with DefaultConfig, adjust, then Validate
@@ -80,6 +91,13 @@ type Config struct {
 	// RingOrder optionally lists the ranks in ring order (a permutation of
 	// 0..Size-1); nil means 0, 1, ..., Size-1. The topology solver fills it.
 	RingOrder []int
+	// Hosts optionally labels each rank with its host (any ints; equal
+	// labels: one host), for the hierarchical algorithms. Nil asks the
+	// transport (package mix knows); without either there is no hierarchy.
+	Hosts []int
+	// HierBytes is the buffer size (bytes) from which AlgoAuto uses the
+	// hierarchical algorithms, where the group's layout has a hierarchy.
+	HierBytes int
 }
 
 // DefaultConfig returns the defaults: a 5-minute timeout, automatic
@@ -99,6 +117,7 @@ func DefaultConfig() Config {
 		SmallBytes: 512 << 10,
 		MidBytes:   8 << 20,
 		ChunkBytes: 1 << 20,
+		HierBytes:  DefaultHierBytes,
 	}
 }
 
@@ -130,8 +149,11 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("collective config: Timeout %v must be positive", c.Timeout)
 	}
-	if c.Algo > AlgoHalvingDoubling {
+	if c.Algo > AlgoHier {
 		return fmt.Errorf("collective config: unknown Algo %d", c.Algo)
+	}
+	if c.HierBytes < 0 {
+		return fmt.Errorf("collective config: HierBytes %d must not be negative", c.HierBytes)
 	}
 	if c.SmallBytes < 0 || c.MidBytes < 0 {
 		return fmt.Errorf("collective config: SmallBytes %d and MidBytes %d must not be negative", c.SmallBytes, c.MidBytes)
@@ -144,17 +166,18 @@ func (c Config) Validate() error {
 
 // Environment variables read by FromEnv.
 const (
-	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd
+	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd | hd | hier
 	EnvAlgoThreshold = "RINGO_ALGO_THRESHOLD" // bytes, e.g. 65536 or 64K
 	EnvAlgoMid       = "RINGO_ALGO_MID"       // bytes: halving-doubling below it (power-of-two worlds)
 	EnvTuning        = "RINGO_TUNING"         // path of a tuning table (ringo bench tune)
 	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
 	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
+	EnvHierThreshold = "RINGO_HIER_THRESHOLD" // bytes from which auto goes hierarchical
 )
 
 // FromEnv overrides c's fields from RINGO_ALGO, RINGO_ALGO_THRESHOLD,
-// RINGO_ALGO_MID, RINGO_TUNING, RINGO_CHUNK_BYTES and RINGO_TIMEOUT where
-// they are set.
+// RINGO_ALGO_MID, RINGO_TUNING, RINGO_CHUNK_BYTES, RINGO_HIER_THRESHOLD
+// and RINGO_TIMEOUT where they are set.
 func (c Config) FromEnv() (Config, error) {
 	if v := os.Getenv(EnvAlgo); v != "" {
 		a, err := ParseAlgo(v)
@@ -190,6 +213,13 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s: %w", EnvChunk, err)
 		}
 		c.ChunkBytes = int(n)
+	}
+	if v := os.Getenv(EnvHierThreshold); v != "" {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvHierThreshold, err)
+		}
+		c.HierBytes = int(n)
 	}
 	if v := os.Getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)

@@ -21,13 +21,26 @@
 //     buffer, the bandwidth optimum.
 //   - All-reduce, small: recursive doubling, ceil(log2 n) exchanges; ranks
 //     beyond the largest power of two fold in first and get the result back.
+//   - All-reduce, mid (up to Config.MidBytes, 8 MiB; RINGO_ALGO_MID) on 4,
+//     8, 16 ... ranks: halving-doubling (Rabenseifner), a reduce-scatter by
+//     recursive halving then an all-gather by recursive doubling, the
+//     ring's bytes in 2·log2(n) steps. A tuning table (RINGO_TUNING,
+//     written by ringo bench tune) overrides these size bands per world.
 //   - Reduce-scatter and all-gather: the two halves of the ring.
 //   - Broadcast and reduce: binomial trees when small, pipelined chains
 //     around the ring when large.
 //   - Barrier: dissemination, ceil(log2 n) rounds of empty messages.
+//   - Hierarchical (AlgoHier, hier.go), for a group of several hosts with
+//     the same number (>1) of ranks each: all-reduce is a reduce-scatter
+//     inside each host, an all-reduce of each rank's block between the
+//     ranks of the same local index on every host (ring, or recursive
+//     doubling when the block is small), and an all-gather inside each
+//     host; reduce-scatter and all-gather are its halves. The layout is
+//     Config.Hosts or the transport's (package mix reports it); auto uses
+//     it from Config.HierBytes up (RINGO_HIER_THRESHOLD).
 //
 // "Small" is below Config.SmallBytes (512 KiB by default; RINGO_ALGO_THRESHOLD).
-// RINGO_ALGO=ring|rd forces a family. Every algorithm handles any count (0,
+// RINGO_ALGO=ring|rd|hd|hier forces a family. Every algorithm handles any count (0,
 // 1, fewer elements than ranks, primes) and any group size.
 //
 // # Numbers

@@ -80,8 +80,9 @@ type group struct {
 	rank   int
 	size   int
 	cfg    Config
-	ring   []int // ring[p] is the rank at ring position p
-	pos    int   // this rank's position
+	ring   []int       // ring[p] is the rank at ring position p
+	pos    int         // this rank's position
+	hier   *hierLayout // nil: no hierarchy (hier.go)
 
 	// Calls run one at a time in the order they were made: each takes a
 	// ticket and waits for its turn. mu guards everything down to err.
@@ -180,6 +181,10 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 		recvKick:  make(chan struct{}, 1),
 	}
 	g.poller, _ = tr.(transport.Poller)
+	var err error
+	if g.hier, err = newHierLayout(cfg.Hosts, tr, ring, g.rank); err != nil {
+		return nil, err
+	}
 	g.turn = sync.NewCond(&g.mu)
 	g.workers.Add(2)
 	go g.sendLane()
@@ -478,6 +483,14 @@ func (g *group) schedule(c *call) *schedule {
 	esize := max(1, c.dtype.Size()) // Barrier has no dtype
 	key := schedKey{kind: c.kind, algo: c.algo, count: c.count, esize: esize, root: c.root}
 	if s, ok := g.cache[key]; ok {
+		return s
+	}
+	if c.algo == AlgoHier {
+		s := g.hierSchedule(c, esize)
+		if len(g.cache) >= maxCachedSchedules {
+			clear(g.cache)
+		}
+		g.cache[key] = s
 		return s
 	}
 	sh := shape{n: g.size, pos: g.pos, ring: g.ring, esize: esize, chunkElems: max(1, g.cfg.ChunkBytes/esize)}

@@ -60,7 +60,7 @@ func ParseTuning(b []byte) (*Tuning, error) {
 	for i := range t.Rules {
 		r := &t.Rules[i]
 		a, err := ParseAlgo(r.Algo)
-		if err != nil || a == AlgoAuto {
+		if err != nil || a == AlgoAuto || a == AlgoHier {
 			return nil, fmt.Errorf("tuning table: rule %d (world %d): algorithm %q: want ring, rd or hd", i, r.World, r.Algo)
 		}
 		if r.World < 1 || r.BelowBytes < 0 {

@@ -22,8 +22,9 @@ const (
 	EnvNodeAddr = "RINGO_NODE_ADDR"
 	// EnvNNodes is the number of nodes in the round.
 	EnvNNodes = "RINGO_NNODES"
-	// EnvTransport selects the collective transport: tcp, shm, libp2p, or
-	// empty for the default (shm when every rank shares one host).
+	// EnvTransport selects the collective transport: tcp, shm, mix,
+	// libp2p, or empty for the default (shm when every rank shares one
+	// node, else mix: shm to same-host peers, TCP to the rest).
 	EnvTransport = "RINGO_TRANSPORT"
 	// EnvP2PIdentity and EnvP2PPeers name, for libp2p, this worker's
 	// private key file and the file of every rank's peer ID.

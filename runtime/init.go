@@ -29,7 +29,8 @@ type Group struct {
 	// Launched is true under `ringo launch`, false for a group of one
 	// made because the program ran alone.
 	Launched bool
-	// Transport is what the collectives run over: "tcp", "shm" or
+	// Transport is what the collectives run over: "tcp", "shm", "mix"
+	// (shared memory to this host's ranks, TCP to the others) or
 	// "libp2p".
 	Transport string
 
@@ -38,6 +39,7 @@ type Group struct {
 	// tcfg and ccfg formed this group; NewGroup forms more like it.
 	tcfg tcp.Config
 	ccfg collective.Config
+	tr   transport.Transport
 }
 
 // Heartbeat tells the launcher the worker made progress: step is the
@@ -118,7 +120,7 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		g.beat.close()
 		return nil, fmt.Errorf("rank %d of %d: joining the collective group (%s) at %s: %w", e.rank, e.size, name, e.collAddr, err)
 	}
-	g.Transport = name
+	g.Transport, g.tr = name, tr
 	g.beat.report = g.report
 	return g, nil
 }

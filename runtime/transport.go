@@ -17,17 +17,21 @@ import (
 
 // joinTransport forms this worker's transport: the one RINGO_TRANSPORT
 // names, else shared memory when every rank of the job runs on this host
-// (one node), else TCP. tcfg carries what every transport shares: the
-// rendezvous, rank, size, token and fault hook.
+// (one node), else mix: a link per peer, shared memory to the ranks on
+// this host and TCP to the others. tcfg carries what every transport
+// shares: the rendezvous, rank, size, token and fault hook.
 func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport.Transport, string, error) {
 	kind := e.transport
 	if kind == "" {
-		kind = "tcp"
-		if e.nodes == 1 && e.size > 1 {
-			kind = "shm"
-		}
+		kind = defaultTransport(e)
+	}
+	if kind == "p2p" {
+		kind = "libp2p"
 	}
 	switch kind {
+	case "mix":
+		tr, err := joinMix(ctx, e, tcfg)
+		return tr, kind, err
 	case "tcp":
 		tr, err := tcp.Join(ctx, tcfg)
 		return tr, kind, err
@@ -35,9 +39,7 @@ func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport
 		if e.nodes > 1 {
 			return nil, kind, fmt.Errorf("%s=shm: the job spans %d nodes, and shared memory reaches only ranks on this host; use tcp", EnvTransport, e.nodes)
 		}
-		c := shm.DefaultConfig()
-		c.Yield = shm.YieldFor(e.localSize)
-		c, err := c.FromEnv()
+		c, err := shmConfig(e)
 		if err != nil {
 			return nil, kind, err
 		}
@@ -52,7 +54,7 @@ func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport
 		tr, err := p2p.Join(ctx, c)
 		return tr, kind, err
 	}
-	return nil, kind, fmt.Errorf("%s=%q: want tcp, shm or libp2p", EnvTransport, kind)
+	return nil, kind, fmt.Errorf("%s=%q: want tcp, shm, mix or libp2p", EnvTransport, kind)
 }
 
 // p2pConfig reads the identity and allowlist files the launcher wrote.

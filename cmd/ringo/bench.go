@@ -83,7 +83,7 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	fs.IntVar(&c.Root, "root", c.Root, "root rank for broadcast")
 	fs.StringVar(&c.Transport, "transport", c.Transport, "transport between workers: tcp or shm")
 	fs.IntVar(&c.Sockets, "sockets", c.Sockets, "TCP connections per peer pair that large messages are striped over (0: one per core each worker can have, 1 to 4)")
-	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd, hd (also RINGO_ALGO)")
+	algo := fs.String("algo", c.Coll.Algo.String(), "algorithm: auto, ring, rd, hd, hier (also RINGO_ALGO)")
 	small := c.Coll.SmallBytes
 	smallB := int64(small)
 	fs.Var(byteFlag{&smallB}, "algo-threshold", "auto uses recursive doubling / trees below this many bytes (also RINGO_ALGO_THRESHOLD)")

@@ -94,7 +94,7 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	fs.StringVar(&f.tokenFile, "token-file", "", "file (mode 0600) with the job's secret; required on several nodes, generated for one")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (/metrics) and a status page (/) on HOST:PORT, e.g. :9400")
 	fs.StringVar(&f.logFormat, "log-format", "text", "alerts and launcher warnings as text or json lines")
-	fs.StringVar(&f.transport, "transport", "", "collectives over tcp, shm (one host) or libp2p (peer IDs, encrypted); default: shm on one host, else tcp")
+	fs.StringVar(&f.transport, "transport", "", "collectives over tcp, shm (one host), mix (shm to same-host peers, tcp to the rest) or libp2p (alias p2p; peer IDs, encrypted); default: shm on one node, else mix")
 	fs.StringVar(&f.topology, "topology", "", "probe: measure the links between nodes at every (re)formation and order ranks along the ring that avoids the slowest")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "this node's certificate (PEM) for mutual TLS on the rendezvous store")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "its private key (PEM)")
@@ -201,6 +201,9 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
 	cfg.LogDir, cfg.Host, cfg.AuditLog, cfg.MetricsAddr = f.logDir, f.localAddr, f.auditLog, f.metricsAddr
 	cfg.Topology, cfg.Transport = f.topology, f.transport
+	if cfg.Transport == "p2p" {
+		cfg.Transport = "libp2p"
+	}
 	cfg.TLS = rendezvous.TLSFiles{Cert: f.tlsCert, Key: f.tlsKey, CA: f.tlsCA}
 	switch f.logFormat {
 	case "text":

@@ -18,7 +18,7 @@ import (
 // hosts is a small network of Linux network namespaces on a bridge: each
 // "host" has its own address, as separate machines would.
 type hosts struct {
-	t      *testing.T
+	t      testing.TB
 	names  []string // namespace names
 	addrs  []string // their addresses
 	veths  []string // root-side veth of each
@@ -28,7 +28,7 @@ type hosts struct {
 
 // newHosts makes n hosts, or skips the test where namespaces cannot be
 // made (not root, no iproute2, a sandbox that forbids them).
-func newHosts(t *testing.T, n int) *hosts {
+func newHosts(t testing.TB, n int) *hosts {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: network namespaces need root")
@@ -158,7 +158,7 @@ func ranksDone(out string) map[string]string {
 	return m
 }
 
-func tokenFile(t *testing.T) string {
+func tokenFile(t testing.TB) string {
 	p := filepath.Join(t.TempDir(), "job.token")
 	if err := os.WriteFile(p, []byte("6d1c0e4b9a7f23586d1c0e4b9a7f2358\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -64,10 +64,11 @@ type Config struct {
 	// rank.
 	Devices []string
 	// Transport is what the workers' collectives run over: "tcp", "shm"
-	// (one host), "libp2p" (peer IDs and encryption; the launcher makes
-	// each worker an identity and gives all of them the job's allowlist),
-	// or "" for the default (shared memory when every rank is on one
-	// host, TCP otherwise).
+	// (one host), "mix" (shared memory to the ranks of the worker's host,
+	// TCP to the others), "libp2p" (peer IDs and encryption; the launcher
+	// makes each worker an identity and gives all of them the job's
+	// allowlist), or "" for the default (shared memory when every rank is
+	// on one node, mix otherwise).
 	Transport string
 	// Topology "probe" measures the links between nodes at every
 	// (re)formation and orders the nodes along the ring that avoids the
@@ -137,8 +138,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--hang-timeout %v is negative", c.HangTimeout)
 	case c.Devices != nil && len(c.Devices) != c.NProc:
 		return fmt.Errorf("%d devices for %d workers", len(c.Devices), c.NProc)
-	case c.Transport != "" && c.Transport != "tcp" && c.Transport != "shm" && c.Transport != "libp2p":
-		return fmt.Errorf("--transport %q: want tcp, shm or libp2p (or nothing for the default)", c.Transport)
+	case c.Transport != "" && c.Transport != "tcp" && c.Transport != "shm" && c.Transport != "mix" && c.Transport != "libp2p":
+		return fmt.Errorf("--transport %q: want tcp, shm, mix or libp2p (or nothing for the default)", c.Transport)
 	case c.Topology != "" && c.Topology != "probe":
 		return fmt.Errorf("--topology %q: want probe, or nothing", c.Topology)
 	case c.NodeRank >= c.Nodes.Max:

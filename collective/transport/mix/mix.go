@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
 
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/shm"
@@ -37,6 +38,9 @@ type Transport struct {
 	*transport.Mesh
 	kinds   []string
 	polling bool
+	hosts   []int
+	// sentSHM and sentTCP count the payload bytes sent over each kind.
+	sentSHM, sentTCP atomic.Int64
 }
 
 // Join forms the group: it blocks until every rank has joined or ctx ends.
@@ -54,7 +58,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	if choose == nil {
 		choose = SameHost
 	}
-	t := &Transport{kinds: make([]string, c.Size)}
+	t := &Transport{kinds: make([]string, c.Size), hosts: make([]int, c.Size)}
 	if c.Size == 1 {
 		t.Mesh = transport.NewMesh(0, 1, nil, transport.MeshConfig{OnFault: c.OnFault})
 		return t, nil
@@ -81,6 +85,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
+	t.hosts = hostsOf(tab.Members, choose)
 	byKind := map[string][]int{}
 	for p := range tab.Members {
 		if p == c.Rank {

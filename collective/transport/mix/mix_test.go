@@ -2,6 +2,7 @@ package mix_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -127,6 +128,48 @@ func TestChooseUnknownKind(t *testing.T) {
 	for r, err := range errs {
 		if err == nil || !strings.Contains(err.Error(), `"rdma"`) {
 			t.Errorf("rank %d: err = %v, want one naming the kind \"rdma\"", r, err)
+		}
+	}
+}
+
+// The hierarchical algorithms over mix: hosts of two ranks (pairs), so
+// that phases inside a host run over shm and the ones between hosts over
+// TCP. The layout comes from the transport (Hosts), not from the config.
+// The forced ring becomes the forced hierarchical algorithm with rings
+// between hosts, and auto goes hierarchical at every size.
+func TestConformanceHier(t *testing.T) {
+	collectivetest.RunOptions(t, func(t testing.TB, n int, cfg collective.Config) collectivetest.Group {
+		switch cfg.Algo {
+		case collective.AlgoRing:
+			cfg.Algo, cfg.SmallBytes = collective.AlgoHier, 0
+		case collective.AlgoAuto:
+			cfg.HierBytes = 0
+		}
+		tts := join(t, n, pairs)
+		trs := make([]transport.Transport, n)
+		for r, tt := range tts {
+			trs[r] = tt
+		}
+		g := collectivetest.Form(t, cfg, trs, func(r int) { tts[r].Kill() })
+		if l := collective.HierarchicalLayout(g.Comms[0]); n%2 == 0 && n > 2 && len(l) != n/2 {
+			t.Fatalf("world %d over pairs: hierarchical layout %v, want %d hosts of 2", n, l, n/2)
+		}
+		return g
+	}, collectivetest.Options{Worlds: []int{2, 4, 6}, Quick: true})
+}
+
+// Hosts groups the ranks that Choose joins by shm, the same on every rank.
+func TestHosts(t *testing.T) {
+	tts := join(t, 5, pairs)
+	defer func() {
+		for _, tt := range tts {
+			tt.Close()
+		}
+	}()
+	want := []int{0, 0, 1, 1, 2}
+	for r, tt := range tts {
+		if got := tt.Hosts(); !slices.Equal(got, want) {
+			t.Errorf("rank %d: Hosts() = %v, want %v", r, got, want)
 		}
 	}
 }

@@ -34,9 +34,9 @@ func main() {
 		os.Unsetenv("RINGO_TOKEN_FILE")
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), workerTimeout())
 	defer cancel()
-	g, err := ringo.Init(ctx)
+	g, err := ringo.Init(ctx, initOptions()...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "init:", err)
 		os.Exit(1)
@@ -58,6 +58,12 @@ func main() {
 		slices.Sort(times)
 		host, _ := os.Hostname()
 		fmt.Printf("rank %d of %d on %s (%s): all-reduce of %d bytes: median %.6f s\n", g.Rank(), g.Size(), os.Getenv("RINGO_NODE_ADDR"), host, *benchBytes, times[len(times)/2].Seconds())
+	}
+	if *checkOps {
+		runChecks(ctx, g)
+	}
+	if *benchSweep != "" {
+		runSweep(ctx, g, *benchSweep, *benchIters)
 	}
 	first := g.Restarts == 0 || *always
 	n := g.Size()
