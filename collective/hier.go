@@ -114,7 +114,15 @@ func (g *group) algoFor(k opKind, bytes int) Algo {
 	}
 	c := g.cfg
 	c.Algo = a
-	return c.AlgoFor(bytes, g.size)
+	a = c.AlgoFor(bytes, g.size)
+	if a == AlgoHalvingDoubling && (k == opBroadcast || k == opReduce) {
+		// Halving-doubling has no rooted form; the rooted schedules are a
+		// binomial tree (RD) or a pipelined chain, and the chain is what
+		// the mid sizes get. Naming it ring keeps logs and the mismatch
+		// fingerprint saying what ran.
+		a = AlgoRing
+	}
+	return a
 }
 
 // HierarchicalLayout returns the hosts the hierarchical algorithms see,

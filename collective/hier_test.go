@@ -98,9 +98,13 @@ func TestHierAlgoChoice(t *testing.T) {
 		{two, AlgoHier, opAllReduce, 4, AlgoHier},
 		{two, AlgoHier, opBroadcast, 4, AlgoRecursiveDoubling},
 		{two, AlgoRing, opAllReduce, 1 << 20, AlgoRing},
-		{nil, AlgoHier, opAllReduce, 1 << 20, AlgoRing},
-		{[]int{0, 0, 0, 1}, AlgoHier, opAllReduce, 1 << 20, AlgoRing}, // uneven hosts
-		{[]int{0, 1, 2, 3}, AlgoAuto, opAllReduce, 1 << 20, AlgoRing}, // one rank a host
+		{two, AlgoHalvingDoubling, opBroadcast, 1 << 20, AlgoRing}, // no rooted hd
+		// Without a hierarchy, auto's flat choice: 1 MiB on 4 ranks is
+		// under MidBytes, so halving-doubling; 16 MiB is past it, so ring.
+		{nil, AlgoHier, opAllReduce, 1 << 20, AlgoHalvingDoubling},
+		{nil, AlgoHier, opAllReduce, 16 << 20, AlgoRing},
+		{[]int{0, 0, 0, 1}, AlgoHier, opAllReduce, 1 << 20, AlgoHalvingDoubling}, // uneven hosts
+		{[]int{0, 1, 2, 3}, AlgoAuto, opAllReduce, 16 << 20, AlgoRing},           // one rank a host
 	} {
 		if got := form(tc.hosts, tc.algo).algoFor(tc.k, tc.bytes); got != tc.want {
 			t.Errorf("hosts %v, %v, %v of %d bytes: %v, want %v", tc.hosts, tc.algo, tc.k, tc.bytes, got, tc.want)

@@ -18,13 +18,14 @@ import (
 )
 
 // startLaunch starts `ringo launch` with n long-running workers and
-// returns once all n are running.
-func startLaunch(t *testing.T, n int, extraEnv ...string) (*exec.Cmd, *bytes.Buffer, []int) {
+// returns once all n are running the worker binary: a child seen between
+// fork and exec still has the launcher's image and environment.
+func startLaunch(t *testing.T, n int, extraEnv ...string) (*exec.Cmd, *proctest.Buffer, []int) {
 	t.Helper()
 	cmd := exec.Command(ringoBin, "launch", "--nproc-per-node", strconv.Itoa(n), "--",
 		workerBin, "--steps", "100000", "--step-time", "10ms")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &proctest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = append(os.Environ(), extraEnv...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -32,13 +33,27 @@ func startLaunch(t *testing.T, n int, extraEnv ...string) (*exec.Cmd, *bytes.Buf
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if kids := proctest.Children(cmd.Process.Pid); len(kids) == n {
-			return cmd, &out, kids
+		if kids := proctest.Children(cmd.Process.Pid); len(kids) == n && runsBinary(kids, workerBin) {
+			return cmd, out, kids
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%d workers did not start; output:\n%s", n, out.String())
 	return nil, nil, nil
+}
+
+// runsBinary says whether every pid has exec'd bin.
+func runsBinary(pids []int, bin string) bool {
+	want, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		return false
+	}
+	for _, p := range pids {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p)); err != nil || exe != want {
+			return false
+		}
+	}
+	return true
 }
 
 func waitGone(t *testing.T, pids []int) {

@@ -2,7 +2,6 @@ package collectivetest
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -10,19 +9,8 @@ import (
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
-
-// FreePort returns a loopback address that was free a moment ago.
-func FreePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free loopback port: %v", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
 
 // TCP forms a group of n ranks over real loopback TCP sockets, every rank
 // joining from its own goroutine through a rendezvous on a free port.
@@ -31,7 +19,7 @@ func FreePort(t testing.TB) string {
 // as a crashed process would.
 func TCP(t testing.TB, n int, cfg collective.Config, tune func(*tcp.Config)) Group {
 	t.Helper()
-	addr := FreePort(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	tts := make([]*tcp.Transport, n)

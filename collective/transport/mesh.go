@@ -261,6 +261,14 @@ func (m *Mesh) watch(pr *meshPeer) {
 				f = &Fault{Kind: FaultProtocol, Peer: pr.rank, Reporter: m.rank,
 					Detail: fmt.Sprintf("unreadable fault notice from rank %d (%s): %v", pr.rank, pr.link.Addr(), err)}
 			}
+			if m.Fault() == nil {
+				// Pass the notice on before this rank acts on it: once
+				// recorded, the rank's calls fail and its process may
+				// exit, and a peer that hears this rank's connections end
+				// before the reporter's own notice reaches it would blame
+				// this rank instead of the one that failed.
+				m.notify(KindFault, EncodeFault(f), false)
+			}
 			m.record(f)
 		}
 	}

@@ -1,6 +1,7 @@
 // Package proctest holds helpers for tests that run real processes: the
-// children of a process, whether one is still alive, and a buffer that a
-// test can read while a process writes to it. It is not API.
+// children of a process, whether one is still alive, a buffer that a
+// test can read while a process writes to it, and a free loopback port
+// to start a server on. It is not API.
 package proctest
 
 import (

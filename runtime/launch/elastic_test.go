@@ -3,13 +3,13 @@ package launch
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/internal/proctest"
 	"github.com/ringo-ml/ringo/runtime/rendezvous/etcdtest"
 )
 
@@ -19,15 +19,6 @@ type node struct {
 	*job
 	cancel context.CancelCauseFunc
 	errc   chan error
-}
-
-func freeEndpoint(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func startNode(t *testing.T, name string, mod func(*Config), args ...string) *node {
@@ -89,7 +80,7 @@ func testRemoveNode(t *testing.T, backend, endpoint string, killFirst bool) {
 }
 
 func TestRemoveANodeEmbedded(t *testing.T) {
-	testRemoveNode(t, BackendEmbedded, freeEndpoint(t), false)
+	testRemoveNode(t, BackendEmbedded, proctest.FreeAddr(t), false)
 }
 
 // With etcd the store outlives every node, so even node 0 may go.
@@ -101,7 +92,7 @@ func TestRemoveNodeZeroEtcd(t *testing.T) {
 // every node at the next restart point, without using up a restart.
 func TestANodeJoinsARunningJob(t *testing.T) {
 	tok := auth.NewToken()
-	ep := freeEndpoint(t)
+	ep := proctest.FreeAddr(t)
 	mod := func(rank int) func(*Config) {
 		return func(c *Config) {
 			c.Nodes.Min, c.Nodes.Max, c.Nodes.LastCall = 1, 2, 300*time.Millisecond
@@ -141,7 +132,7 @@ func TestANodeJoinsARunningJob(t *testing.T) {
 // Nodes must agree on --nproc-per-node.
 func TestNodesDisagreeOnNProc(t *testing.T) {
 	tok := auth.NewToken()
-	ep := freeEndpoint(t)
+	ep := proctest.FreeAddr(t)
 	a := startNode(t, "A", func(c *Config) {
 		c.Nodes.Min, c.Nodes.Max = 2, 2
 		c.Backend, c.Endpoint, c.Token, c.NodeRank, c.Host = BackendEmbedded, ep, tok, 0, "127.0.0.1"

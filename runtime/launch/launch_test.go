@@ -317,7 +317,7 @@ func TestAuditLog(t *testing.T) {
 // 2-worker job shows both ranks stepping and all-reducing.
 func TestMetricsOfARunningJob(t *testing.T) {
 	j := newJob(t, 2, "--steps", "400", "--step-time", "5ms")
-	addr := freeEndpoint(t)
+	addr := proctest.FreeAddr(t)
 	j.cfg.MetricsAddr = addr
 	errc := make(chan error, 1)
 	go func() { errc <- j.run(t) }()
@@ -368,7 +368,7 @@ func TestMetricsOfARunningJob(t *testing.T) {
 // and the job goes on to finish.
 func TestStrangersAtTheStoreAreRefused(t *testing.T) {
 	j := newJob(t, 2, "--steps", "60", "--step-time", "10ms")
-	j.cfg.Endpoint = freeEndpoint(t)
+	j.cfg.Endpoint = proctest.FreeAddr(t)
 	errc := make(chan error, 1)
 	go func() { errc <- j.run(t) }()
 	j.waitEvent(t, "started")

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/internal/proctest"
 	"github.com/ringo-ml/ringo/runtime/rendezvous/etcdtest"
 )
 
@@ -135,7 +136,7 @@ func TestEtcdSealing(t *testing.T) {
 }
 
 func TestEtcdUnreachable(t *testing.T) {
-	addr := freeAddr(t)
+	addr := proctest.FreeAddr(t)
 	start := time.Now()
 	_, err := NewEtcd(context.Background(), EtcdConfig{Endpoints: []string{addr}, DialTimeout: 500 * time.Millisecond})
 	took := time.Since(start)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // startServer starts an embedded store on a free loopback port, closed
@@ -269,20 +270,8 @@ func TestEmbeddedServerLimits(t *testing.T) {
 	}
 }
 
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestDialUnreachable(t *testing.T) {
-	addr := freeAddr(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -301,7 +290,7 @@ func TestDialUnreachable(t *testing.T) {
 
 func TestDialWaitsForServer(t *testing.T) {
 	tok := auth.NewToken()
-	addr := freeAddr(t)
+	addr := proctest.FreeAddr(t)
 	started := make(chan *Server, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond)

@@ -14,6 +14,7 @@ import (
 	"github.com/ringo-ml/ringo/collective/transport/mix"
 	"github.com/ringo-ml/ringo/collective/transport/shm"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // pairs stands in for hosts of two ranks each: ranks 2h and 2h+1 share a
@@ -28,7 +29,7 @@ func pairs(a, b transport.Member) string {
 
 func join(t testing.TB, n int, choose func(a, b transport.Member) string) []*mix.Transport {
 	t.Helper()
-	addr := collectivetest.FreePort(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	tts := make([]*mix.Transport, n)
@@ -106,7 +107,7 @@ func TestKinds(t *testing.T) {
 // A Choose that names no kind fails the join with a message naming it,
 // on every rank, instead of leaving a pair half-connected.
 func TestChooseUnknownKind(t *testing.T) {
-	addr := collectivetest.FreePort(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	errs := make([]error, 2)

@@ -13,6 +13,7 @@ import (
 	"github.com/ringo-ml/ringo/collective/collectivetest"
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/p2p"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // job is a group's identities and rendezvous, before anyone joins.
@@ -36,7 +37,7 @@ func newJob(t testing.TB, n int) job {
 		}
 		j.keys[r], j.ids[r] = k, id
 	}
-	rv, err := p2p.RendezvousAddr(collectivetest.FreePort(t), j.ids[0])
+	rv, err := p2p.RendezvousAddr(proctest.FreeAddr(t), j.ids[0])
 	if err != nil {
 		t.Fatal(err)
 	}

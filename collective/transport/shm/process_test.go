@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/transport"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // The parent test tells a worker process who it is through these.
@@ -73,15 +73,6 @@ func TestWorkerProcess(t *testing.T) {
 	}
 }
 
-func freeAddr(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func shmNames(t *testing.T) map[string]bool {
 	ents, err := os.ReadDir("/dev/shm")
 	if err != nil {
@@ -106,7 +97,7 @@ func TestSIGKILL(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			before := shmNames(t)
 			const n, victim = 3, 1
-			addr := freeAddr(t)
+			addr := proctest.FreeAddr(t)
 			type line struct {
 				rank int
 				text string
@@ -235,7 +226,7 @@ func TestSIGKILL(t *testing.T) {
 // TestOtherHostRefused: a rank whose host differs from rank 0's is
 // refused at the rendezvous, and every rank says why.
 func TestOtherHostRefused(t *testing.T) {
-	addr := freeAddr(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	errs := make([]error, 2)
@@ -309,7 +300,7 @@ func TestEchoProcess(t *testing.T) {
 func BenchmarkPingPong(b *testing.B) {
 	for _, size := range []int{0, 4 << 10, 64 << 10, 1 << 20} {
 		b.Run(strconv.Itoa(size), func(b *testing.B) {
-			addr := freeAddr(b)
+			addr := proctest.FreeAddr(b)
 			cmd := exec.Command(os.Args[0], "-test.run=^TestEchoProcess$", "-test.count=1")
 			cmd.Env = append(os.Environ(), envEcho+"="+strconv.Itoa(b.N), envWorkerAddr+"="+addr, "GOMAXPROCS=1")
 			cmd.Stderr = os.Stderr

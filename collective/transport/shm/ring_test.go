@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective/transport"
+	"github.com/ringo-ml/ringo/internal/proctest"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,7 +44,7 @@ func TestPutNT(t *testing.T) {
 func TestStreamedMessages(t *testing.T) {
 	forceStream = true
 	defer func() { forceStream = false }()
-	addr := freeAddr(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	trs := make([]*Transport, 2)

@@ -15,6 +15,7 @@ import (
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/shm"
 	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // joinAll forms a group of n ranks, each joining from its own goroutine.
@@ -24,7 +25,7 @@ func joinAll(t testing.TB, n int, tune func(r int, c *shm.Config)) ([]*shm.Trans
 
 func joinWithin(t testing.TB, n int, timeout time.Duration, tune func(r int, c *shm.Config)) ([]*shm.Transport, []error) {
 	t.Helper()
-	addr := collectivetest.FreePort(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	tts := make([]*shm.Transport, n)
@@ -386,7 +387,7 @@ func TestSteadyStateAllocatesNothing(t *testing.T) {
 // the group forms anyway.
 func TestIntruderLearnsNothing(t *testing.T) {
 	tok := auth.NewToken()
-	addr := collectivetest.FreePort(t)
+	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	tts := make([]*shm.Transport, 2)

@@ -12,16 +12,8 @@ import (
 
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
-
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // joinAll forms a group of n with the given token per rank.
 func joinAll(t *testing.T, addr string, toks []auth.Token, timeout time.Duration) ([]*Transport, []error) {
@@ -52,7 +44,7 @@ func joinAll(t *testing.T, addr string, toks []auth.Token, timeout time.Duration
 
 func TestTokenGroupWorks(t *testing.T) {
 	tok := auth.NewToken()
-	tts, errs := joinAll(t, freeAddr(t), []auth.Token{tok, tok, tok}, 10*time.Second)
+	tts, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, tok, tok}, 10*time.Second)
 	for r, err := range errs {
 		if err != nil {
 			t.Fatalf("rank %d: %v", r, err)
@@ -72,7 +64,7 @@ func TestTokenGroupWorks(t *testing.T) {
 
 func TestWrongTokenRefusedAtBootstrap(t *testing.T) {
 	tok := auth.NewToken()
-	_, errs := joinAll(t, freeAddr(t), []auth.Token{tok, auth.NewToken()}, 2*time.Second)
+	_, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, auth.NewToken()}, 2*time.Second)
 	if errs[1] == nil || !strings.Contains(errs[1].Error(), "refused") {
 		t.Fatalf("rank 1 with another job's token: %v", errs[1])
 	}
@@ -89,7 +81,7 @@ func TestWrongTokenRefusedAtBootstrap(t *testing.T) {
 // the real group still forms.
 func TestIntruderCannotTakeAPeersPlace(t *testing.T) {
 	tok := auth.NewToken()
-	addr := freeAddr(t)
+	addr := proctest.FreeAddr(t)
 	// The intruder floods rank 0's rendezvous with fake registrations
 	// while the real ranks join.
 	stop := make(chan struct{})

@@ -8,7 +8,6 @@ import (
 	"math"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/ringo-ml/ringo/device"
+	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // sim is a synthetic job on one node: ranks that step at given rates,
@@ -112,33 +112,14 @@ func (s *sim) run(srv *Server, d time.Duration) {
 	}
 }
 
-// syncBuffer is a log destination the test reads while the server may
-// write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // testThresholds are short, so that alerts fire in seconds of snapshot
 // time.
 var testThresholds = AlertThresholds{StragglerFor: 2 * time.Second, StepWindow: 4 * time.Second, HangAfter: 3 * time.Second,
 	RestartStormCount: 2, RestartStormWindow: 10 * time.Second, DataStallWindow: 4 * time.Second}
 
-func startServer(t *testing.T, th AlertThresholds) (*Server, *syncBuffer) {
+func startServer(t *testing.T, th AlertThresholds) (*Server, *proctest.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &proctest.Buffer{}
 	srv, err := NewServer(Config{Addr: "127.0.0.1:0", Logger: slog.New(slog.NewJSONHandler(logs, nil)), Thresholds: th})
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +208,7 @@ func value(t *testing.T, mfs map[string]*dto.MetricFamily, name, labels string) 
 }
 
 // logLines parses the JSON log lines.
-func logLines(t *testing.T, logs *syncBuffer) []map[string]any {
+func logLines(t *testing.T, logs *proctest.Buffer) []map[string]any {
 	t.Helper()
 	var out []map[string]any
 	for line := range strings.Lines(logs.String()) {
