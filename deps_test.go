@@ -15,7 +15,7 @@ var layers = []string{
 	"cmd",
 	"examples",
 	"runtime",
-	"checkpoint dataloader",
+	"checkpoint dataloader diloco",
 	"collective",
 	"device topology",
 	"internal",

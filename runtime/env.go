@@ -30,6 +30,10 @@ const (
 	// private key file and the file of every rank's peer ID.
 	EnvP2PIdentity = "RINGO_P2P_IDENTITY"
 	EnvP2PPeers    = "RINGO_P2P_PEERS"
+	// EnvSite labels the site (data centre) of the worker's node, for
+	// training across sites (NewOuter); `ringo launch --site` sets it.
+	// Unset, every node is a site of its own.
+	EnvSite = "RINGO_SITE"
 )
 
 // Heartbeat wire, from worker to launcher over the pipe: 9 bytes per

@@ -26,6 +26,9 @@ type Group struct {
 	Restarts, Generation int
 	// RunID names the job (TORCHELASTIC_RUN_ID).
 	RunID string
+	// Site is the label of this worker's site (RINGO_SITE; unset, its
+	// node's, "node-N"): the unit NewOuter synchronises between.
+	Site string
 	// Launched is true under `ringo launch`, false for a group of one
 	// made because the program ran alone.
 	Launched bool
@@ -86,7 +89,7 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		return nil, err
 	}
 	g := &Group{LocalRank: e.localRank, LocalSize: e.localSize, NodeRank: e.nodeRank, Nodes: e.nodes,
-		Restarts: e.restarts, Generation: e.gen, RunID: e.runID, Launched: e.launched}
+		Restarts: e.restarts, Generation: e.gen, RunID: e.runID, Launched: e.launched, Site: e.site}
 	tcfg := tcp.DefaultConfig()
 	tcfg.SocketsPerPeer = tcp.SocketsFor(e.localSize)
 	tcfg.Spin = tcp.SpinFor(e.localSize)
@@ -132,11 +135,12 @@ type workerEnv struct {
 	runID, collAddr, nodeAddr        string
 	tokenFile                        string
 	transport, p2pIdentity, p2pPeers string
+	site                             string
 	beatFD                           int
 }
 
 func readEnv() (workerEnv, error) {
-	e := workerEnv{size: 1, localSize: 1, nodes: 1, runID: "none"}
+	e := workerEnv{size: 1, localSize: 1, nodes: 1, runID: "none", site: "node-0"}
 	if os.Getenv("RANK") == "" && os.Getenv("WORLD_SIZE") == "" {
 		return e, nil
 	}
@@ -166,9 +170,15 @@ func readEnv() (workerEnv, error) {
 	}
 	e.collAddr, e.nodeAddr, e.tokenFile = os.Getenv(EnvCollectiveAddr), os.Getenv(EnvNodeAddr), os.Getenv(EnvTokenFile)
 	e.transport, e.p2pIdentity, e.p2pPeers = os.Getenv(EnvTransport), os.Getenv(EnvP2PIdentity), os.Getenv(EnvP2PPeers)
+	e.site = os.Getenv(EnvSite)
+	if e.site == "" {
+		e.site = fmt.Sprintf("node-%d", e.nodeRank)
+	}
 	switch {
 	case e.size < 1 || e.rank < 0 || e.rank >= e.size:
 		return e, fmt.Errorf("RANK=%d and WORLD_SIZE=%d do not make a rank of a group", e.rank, e.size)
+	case len(e.site) > maxGathered:
+		return e, fmt.Errorf("rank %d: %s=%q is longer than %d bytes", e.rank, EnvSite, e.site, maxGathered)
 	case e.size > 1 && e.collAddr == "":
 		return e, fmt.Errorf("rank %d of %d: %s is not set; start this program with `ringo launch` (torchrun does not set up ringo's collective group)", e.rank, e.size, EnvCollectiveAddr)
 	}

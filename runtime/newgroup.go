@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -16,44 +17,96 @@ import (
 // point; rank 0 picks a free port and tells the others through this group.
 // The caller closes the new group.
 func (g *Group) NewGroup(ctx context.Context) (collective.Comm, error) {
-	tcfg := g.tcfg
-	tcfg.OnFault = nil
-	if g.Size() > 1 {
-		var addr [128]int32 // the rendezvous address, one byte per element
-		if g.Rank() == 0 {
-			host := tcfg.ListenHost
-			if host == "" {
-				h, _, err := net.SplitHostPort(tcfg.Rendezvous)
-				if err != nil {
-					return nil, fmt.Errorf("new group: %v", err)
-				}
-				host = h
-			}
-			ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-			if err != nil {
-				return nil, fmt.Errorf("new group: rank 0 cannot find a free port on %s: %w", host, err)
-			}
-			a := ln.Addr().String()
-			ln.Close()
-			for i := range min(len(a), len(addr)) {
-				addr[i] = int32(a[i])
-			}
-		}
-		if err := g.Broadcast(ctx, collective.Int32s(addr[:]), collective.Int32s(addr[:]), 0); err != nil {
-			return nil, fmt.Errorf("new group: learning rank 0's address: %w", err)
-		}
-		var b []byte
-		for _, c := range addr {
-			if c == 0 {
-				break
-			}
-			b = append(b, byte(c))
-		}
-		tcfg.Rendezvous = string(b)
+	members := make([]int, g.Size())
+	for r := range members {
+		members[r] = r
 	}
-	c, err := collective.NewTCP(ctx, tcfg, g.ccfg)
+	return g.newSubgroup(ctx, members, "new group")
+}
+
+// newSubgroup forms a group of members (ranks of g, in the new group's
+// rank order) over fresh connections; every rank of g calls it at the
+// same point, with members the group it belongs to (the groups of
+// different calls partition the ranks). The first member picks a free
+// port and every rank learns it through g. what names the group in
+// errors.
+func (g *Group) newSubgroup(ctx context.Context, members []int, what string) (collective.Comm, error) {
+	tcfg, ccfg := g.tcfg, g.ccfg
+	tcfg.OnFault = nil
+	ccfg.Hosts = nil // the hierarchy is g's; a subgroup is flat
+	me := -1
+	for i, r := range members {
+		if r == g.Rank() {
+			me = i
+		}
+	}
+	if me < 0 {
+		return nil, fmt.Errorf("%s: rank %d is not among its members %v", what, g.Rank(), members)
+	}
+	tcfg.Rank, tcfg.Size = me, len(members)
+	if g.Size() > 1 {
+		var mine string
+		if me == 0 {
+			a, err := freeAddr(tcfg.ListenHost, tcfg.Rendezvous)
+			if err != nil {
+				return nil, fmt.Errorf("%s: rank %d: %w", what, g.Rank(), err)
+			}
+			mine = a
+		}
+		all, err := gatherStrings(ctx, g, mine)
+		if err != nil {
+			return nil, fmt.Errorf("%s: learning the rendezvous address of rank %d: %w", what, members[0], err)
+		}
+		tcfg.Rendezvous = all[members[0]]
+	}
+	c, err := collective.NewTCP(ctx, tcfg, ccfg)
 	if err != nil {
-		return nil, fmt.Errorf("new group: rank %d: %w", g.Rank(), err)
+		return nil, fmt.Errorf("%s: rank %d: %w", what, g.Rank(), err)
 	}
 	return c, nil
+}
+
+// freeAddr picks a free port on this rank's listen host (else the host of
+// the job's rendezvous), for a rendezvous of its own.
+func freeAddr(listenHost, rendezvous string) (string, error) {
+	host := listenHost
+	if host == "" {
+		h, _, err := net.SplitHostPort(rendezvous)
+		if err != nil {
+			return "", err
+		}
+		host = h
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", fmt.Errorf("cannot find a free port on %s: %w", host, err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// maxGathered is the longest string gatherStrings carries.
+const maxGathered = 128
+
+// gatherStrings gives every rank of c the string of every rank (at most
+// maxGathered bytes, no NULs).
+func gatherStrings(ctx context.Context, c collective.Comm, mine string) ([]string, error) {
+	if len(mine) > maxGathered || bytes.IndexByte([]byte(mine), 0) >= 0 {
+		return nil, fmt.Errorf("rank %d: %q is longer than %d bytes or holds a NUL", c.Rank(), mine, maxGathered)
+	}
+	send := make([]byte, maxGathered)
+	copy(send, mine)
+	recv := make([]byte, maxGathered*c.Size())
+	if err := c.AllGather(ctx, collective.BufferOf(collective.Int32, send), collective.BufferOf(collective.Int32, recv)); err != nil {
+		return nil, err
+	}
+	out := make([]string, c.Size())
+	for r := range out {
+		b := recv[r*maxGathered : (r+1)*maxGathered]
+		if i := bytes.IndexByte(b, 0); i >= 0 {
+			b = b[:i]
+		}
+		out[r] = string(b)
+	}
+	return out, nil
 }

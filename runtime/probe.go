@@ -76,22 +76,9 @@ func (g *Group) Probe(ctx context.Context, cfg topology.ProbeConfig) (*topology.
 	if host == "" {
 		host, _ = os.Hostname()
 	}
-	// Every rank's host name, gathered as fixed 64-byte records.
-	const w = 64
-	mine := make([]byte, w)
-	copy(mine, host)
-	all := make([]byte, w*g.Size())
-	if err := side.AllGather(ctx, collective.BufferOf(collective.Int32, mine), collective.BufferOf(collective.Int32, all)); err != nil {
+	hosts, err := gatherStrings(ctx, side, host)
+	if err != nil {
 		return nil, err
-	}
-	hosts := make([]string, g.Size())
-	for r := range hosts {
-		rec := all[r*w : (r+1)*w]
-		n := 0
-		for n < w && rec[n] != 0 {
-			n++
-		}
-		hosts[r] = string(rec[:n])
 	}
 	return topology.Probe(ctx, ProbePeer(side, hosts), cfg)
 }

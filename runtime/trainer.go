@@ -263,10 +263,28 @@ func (t *Trainer) Verify(ctx context.Context, step int64) error {
 		h.WriteString(tr.name)
 		h.Write(tr.data)
 	}
-	n := t.g.Size()
-	mine := []int64{int64(h.Sum64())}
+	return sameHash(ctx, t.g, step, h.Sum64())
+}
+
+// VerifySame checks, as Trainer.Verify does for tracked tensors, that
+// every rank of c holds bit-identical data: for state that only some
+// tensors share, such as the parameters of sites that each keep their own
+// optimizer state (NewOuter).
+func VerifySame(ctx context.Context, c collective.Comm, step int64, data ...[]float32) error {
+	h := xxhash.New()
+	for _, d := range data {
+		h.Write(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(d))), 4*len(d)))
+	}
+	return sameHash(ctx, c, step, h.Sum64())
+}
+
+// sameHash all-gathers every rank's hash and names the ranks that differ
+// from the majority.
+func sameHash(ctx context.Context, c collective.Comm, step int64, hash uint64) error {
+	n := c.Size()
+	mine := []int64{int64(hash)}
 	all := make([]int64, n)
-	if err := t.g.AllGather(ctx, collective.Int64s(mine), collective.Int64s(all)); err != nil {
+	if err := c.AllGather(ctx, collective.Int64s(mine), collective.Int64s(all)); err != nil {
 		return fmt.Errorf("trainer: verifying replicas at step %d: %w", step, err)
 	}
 	count := map[int64]int{}

@@ -188,51 +188,33 @@ func plainRead(ctx context.Context, src source.Source, ds *dataloader.Dataset, r
 		off, len int64
 	}
 	var ranges []rng
-	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for range min(reads, len(objs)) {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < len(objs); i = int(next.Add(1) - 1) {
-				o, err := src.Open(ctx, ds.Index.Shards[i].Name)
-				mu.Lock()
-				objs[i] = o
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return 0, firstErr
+	err := forEach(len(objs), reads, func() func(int) error {
+		return func(i int) (err error) {
+			objs[i], err = src.Open(ctx, ds.Index.Shards[i].Name)
+			return err
+		}
+	})
+	if err != nil {
+		return 0, err
 	}
 	for i, o := range objs {
 		for off := int64(0); off < o.Size(); off += RangeBytes {
 			ranges = append(ranges, rng{i, off, min(RangeBytes, o.Size()-off)})
 		}
 	}
-	next.Store(0)
-	for range reads {
-		wg.Go(func() {
-			buf := make([]byte, RangeBytes)
-			for i := int(next.Add(1) - 1); i < len(ranges); i = int(next.Add(1) - 1) {
-				r := ranges[i]
-				n, err := objs[r.obj].ReadAt(buf[:r.len], r.off)
-				mu.Lock()
-				total += int64(n)
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return 0, firstErr
+	var sum atomic.Int64
+	err = forEach(len(ranges), reads, func() func(int) error {
+		buf := make([]byte, RangeBytes) // one per reader
+		return func(i int) error {
+			r := ranges[i]
+			n, err := objs[r.obj].ReadAt(buf[:r.len], r.off)
+			sum.Add(int64(n))
+			return err
+		}
+	})
+	total = sum.Load()
+	if err != nil {
+		return 0, err
 	}
 	return float64(total) / time.Since(start).Seconds() / 1e9, nil
 }
@@ -330,4 +312,30 @@ func MakeSynthetic(dir string, total int64, recordSize int, level int) error {
 	}
 	_, err = p.Close(map[string]any{"source": "synthetic", "record_bytes": recordSize})
 	return err
+}
+
+// forEach calls a function for every i in [0, n) on up to workers
+// goroutines, each with its own function from newWorker, and returns the
+// first error.
+func forEach(n, workers int, newWorker func() func(int) error) error {
+	var mu sync.Mutex
+	var first error
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		f := newWorker()
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				if err := f(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
 }

@@ -18,9 +18,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/dataloader"
 	"github.com/ringo-ml/ringo/dataloader/order"
 	"github.com/ringo-ml/ringo/dataloader/source"
+	"github.com/ringo-ml/ringo/diloco"
 	"github.com/ringo-ml/ringo/runtime"
 )
 
@@ -45,7 +47,16 @@ func main() {
 	seen := flag.String("seen", "", "append the sample ids each rank trains on to FILE.rank-N")
 	diverge := flag.Int("diverge-rank", -1, "test hook: this rank corrupts its weights once")
 	stepTime := flag.Duration("step-time", 0, "test hook: sleep this long per step")
+	oc := diloco.DefaultConfig()
+	flag.IntVar(&oc.Every, "outer-every", 0, "train across sites: average gradients inside each site (ringo launch --site) every step, and sync the sites every N steps (0: one all-reduce over every rank each step)")
+	flag.Float64Var(&oc.LR, "outer-lr", oc.LR, "outer learning rate")
+	flag.Float64Var(&oc.Momentum, "outer-momentum", oc.Momentum, "outer Nesterov momentum")
+	flag.IntVar(&oc.Delay, "outer-delay", oc.Delay, "apply each outer sync this many steps after it starts, overlapping the exchange")
+	prec := flag.String("outer-precision", string(oc.Precision), "outer deltas on the wire as f32, bf16 or fp16")
+	flag.Float64Var(&oc.TopK, "outer-topk", oc.TopK, "send only this fraction of each delta, the largest values (0: all)")
+	flag.BoolVar(&oc.Zstd, "outer-zstd", oc.Zstd, "zstd-compress outer deltas")
 	flag.Parse()
+	oc.Precision = diloco.Precision(*prec)
 	if *makeData != "" {
 		if err := writeDataset(*makeData, *samples); err != nil {
 			fail(err)
@@ -65,11 +76,23 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	grads, err := runtime.NewGradients(g, runtime.DefaultGradConfig())
-	if err != nil {
-		fail(err)
+	if oc.Every > 0 && *ckpt != "" {
+		// A checkpoint would hold rank 0's site only, and not the other
+		// ranks' error feedback: a restart would not continue the run.
+		fail(errors.New("--outer-every with --ckpt: checkpoints of training across sites are not supported yet"))
 	}
-	t, err := g.NewTrainer(ctx, runtime.TrainerConfig{Dir: *ckpt, SaveEvery: *saveEvery, KeepLast: 3, VerifyEvery: *verifyEvery})
+	if oc.Every > 0 && *verifyEvery > 0 && (*verifyEvery%int64(oc.Every) != 0 || oc.Delay > 0) {
+		// Between syncs each site has its own parameters.
+		fail(fmt.Errorf("--verify-every %d with --outer-every %d and --outer-delay %d: sites agree only right after a sync; verify at multiples of --outer-every with no delay", *verifyEvery, oc.Every, oc.Delay))
+	}
+	// Across sites only the parameters are the same everywhere (and only
+	// right after a sync): each site keeps its own momentum. The loop
+	// checks them itself.
+	trainerVerify := *verifyEvery
+	if oc.Every > 0 {
+		trainerVerify = 0
+	}
+	t, err := g.NewTrainer(ctx, runtime.TrainerConfig{Dir: *ckpt, SaveEvery: *saveEvery, KeepLast: 3, VerifyEvery: trainerVerify})
 	if err != nil {
 		fail(err)
 	}
@@ -93,6 +116,21 @@ func main() {
 	}
 	if g.Rank() == 0 && restored {
 		fmt.Printf("resumed from step %d (epoch %d, %d samples in)\n", step, meta.Data.Epoch, meta.Data.Consumed)
+	}
+	// Across sites, the gradients are averaged inside the site and the
+	// outer syncs average the sites; else over every rank.
+	var inner collective.Comm = g
+	var outer *runtime.Outer
+	if oc.Every > 0 {
+		if outer, err = g.NewOuter(ctx, oc, w, b); err != nil {
+			fail(err)
+		}
+		defer outer.Close()
+		inner = outer.Site
+	}
+	grads, err := runtime.NewGradients(inner, runtime.DefaultGradConfig())
+	if err != nil {
+		fail(err)
 	}
 	ocfg := order.Config{Seed: *seed, Shuffle: true, Window: 256, BatchSize: *batch / g.Size(), DropLast: true}
 	gw, gb := make([]float32, features), make([]float32, 1)
@@ -120,6 +158,16 @@ func main() {
 			vb[0] = 0.9*vb[0] + gb[0]
 			b[0] -= float32(*lr) * vb[0]
 			step++
+			if outer != nil {
+				if err := outer.Step(ctx, step); err != nil {
+					fail(err)
+				}
+				if *verifyEvery > 0 && step%*verifyEvery == 0 {
+					if err := runtime.VerifySame(ctx, g, step, w, b); err != nil {
+						fail(err)
+					}
+				}
+			}
 			meta.Data = bt.State
 			if g.Rank() == *diverge && step == 3 && g.Restarts == 0 {
 				w[0] += 1e-3 // the planted bug Verify must catch
@@ -145,7 +193,23 @@ func main() {
 			fmt.Printf("epoch %d: step %d, loss %.4f\n", meta.Data.Epoch, step, loss)
 		}
 	}
-	if err := t.Verify(ctx, step); err != nil {
+	if outer != nil {
+		// The sites' parameters differ between syncs: one more makes
+		// them the same everywhere.
+		if err := outer.Sync(ctx, step); err != nil {
+			fail(err)
+		}
+		if g.Rank() == 0 {
+			st := outer.Stats()
+			fmt.Printf("outer: %d sites, %d syncs, %d bytes to other sites from rank 0 (%.0f per step), compression %.1fx\n",
+				len(outer.Names), st.Syncs, st.WireBytes, float64(st.WireBytes)/float64(max(step, 1)), st.Ratio())
+		}
+	}
+	verify := func() error { return t.Verify(ctx, step) }
+	if outer != nil {
+		verify = func() error { return runtime.VerifySame(ctx, g, step, w, b) }
+	}
+	if err := verify(); err != nil {
 		fail(err)
 	}
 	if g.Rank() == 0 {

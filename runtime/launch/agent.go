@@ -373,6 +373,9 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 	if a.cfg.Transport != "" {
 		set[ringo.EnvTransport] = a.cfg.Transport
 	}
+	if a.cfg.Site != "" {
+		set[ringo.EnvSite] = a.cfg.Site
+	}
 	if a.p2p != nil {
 		set[ringo.EnvP2PIdentity] = a.p2p.identity[local]
 		set[ringo.EnvP2PPeers] = a.p2p.peers

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/ringo-ml/ringo/internal/auth"
@@ -70,6 +71,10 @@ type Config struct {
 	// allowlist), or "" for the default (shared memory when every rank is
 	// on one node, mix otherwise).
 	Transport string
+	// Site labels this node's site (data centre) for training across
+	// sites: workers see it as RINGO_SITE. Empty leaves RINGO_SITE as the
+	// launcher's environment has it (unset: each node is its own site).
+	Site string
 	// Topology "probe" measures the links between nodes at every
 	// (re)formation and orders the nodes along the ring that avoids the
 	// slowest; "" keeps the rendezvous order.
@@ -138,6 +143,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--hang-timeout %v is negative", c.HangTimeout)
 	case c.Devices != nil && len(c.Devices) != c.NProc:
 		return fmt.Errorf("%d devices for %d workers", len(c.Devices), c.NProc)
+	case len(c.Site) > 128 || strings.ContainsAny(c.Site, "\x00\n"):
+		return fmt.Errorf("--site %q: want a label of at most 128 bytes on one line", c.Site)
 	case c.Transport != "" && c.Transport != "tcp" && c.Transport != "shm" && c.Transport != "mix" && c.Transport != "libp2p":
 		return fmt.Errorf("--transport %q: want tcp, shm, mix or libp2p (or nothing for the default)", c.Transport)
 	case c.Topology != "" && c.Topology != "probe":

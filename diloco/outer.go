@@ -1,0 +1,307 @@
+package diloco
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+)
+
+// Outer is one rank's part of the outer synchronisation. Every rank of
+// every site makes the same calls at the same steps. Not safe for
+// concurrent use.
+type Outer struct {
+	cfg         Config
+	site, cross collective.Comm
+	params      [][]float32
+	n           int // elements in all params
+	lo, hi      int // this rank's shard of the flat vector
+	shardLen    int // every rank's shard, padded: ceil(n / site size)
+
+	anchor, mom []float32 // the global parameters at the last sync, and the outer momentum: the same on every rank
+	resid       []float32 // this rank's shard: what compression has not sent yet
+	snap        []float32 // the parameters when the pending sync started
+	gathered    []float32 // the site's shards of the averaged delta
+
+	enc     *encoder
+	pending *exchange
+	stats   Stats
+	closed  bool
+}
+
+// Stats counts what the outer syncs moved.
+type Stats struct {
+	// Syncs is the number of outer syncs applied.
+	Syncs int64
+	// WireBytes is what this rank sent to the other sites, all syncs.
+	WireBytes int64
+	// LastWireBytes is what it sent for the last sync.
+	LastWireBytes int64
+	// DenseBytes is what this rank's messages would have been as plain
+	// float32 (its shard of the delta), MessageBytes what they were.
+	DenseBytes, MessageBytes int64
+	// Waited is how long Step blocked for exchanges that had not
+	// finished when their results were due.
+	Waited time.Duration
+}
+
+// Ratio is the compression ratio of the messages: plain float32 bytes per
+// byte sent.
+func (s Stats) Ratio() float64 {
+	if s.MessageBytes == 0 {
+		return 0
+	}
+	return float64(s.DenseBytes) / float64(s.MessageBytes)
+}
+
+// exchange is one sync on the wire: started by Step, finished by the
+// goroutine that runs it.
+type exchange struct {
+	step    int64 // the step it started after
+	applyAt int64
+	done    chan struct{}
+	avg     []float32 // this rank's shard of the averaged delta
+	sent    int64
+	err     error
+}
+
+// New returns the outer synchronisation of params on this rank.
+//
+// site is the group of this rank's site; nil when the site is this rank
+// alone. cross is the group of the ranks that hold this rank's place in
+// every site, one per site, in the same site order everywhere; nil when
+// there is one site. Every site has the same number of ranks; each rank
+// exchanges its shard of the parameters (a 1/site-size slice) with its
+// peers in cross, then the site gathers the shards, so the wide-area
+// traffic is spread over every rank of a site. cross carries only outer
+// syncs, which run beside the training loop when Delay > 0: it must not
+// be the group the loop averages gradients on. site is used inside Step,
+// on the caller's goroutine.
+//
+// params must be the same on every rank (broadcast them first); Step
+// reads and writes them in place.
+func New(site, cross collective.Comm, cfg Config, params ...[]float32) (*Outer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	o := &Outer{cfg: cfg, site: site, cross: cross, params: params}
+	for _, p := range params {
+		o.n += len(p)
+	}
+	size, rank := 1, 0
+	if site != nil {
+		size, rank = site.Size(), site.Rank()
+	}
+	o.shardLen = (o.n + size - 1) / size
+	o.lo = min(o.n, rank*o.shardLen)
+	o.hi = min(o.n, o.lo+o.shardLen)
+	o.anchor = make([]float32, o.n)
+	o.mom = make([]float32, o.n)
+	o.snap = make([]float32, o.n)
+	o.resid = make([]float32, o.hi-o.lo)
+	o.gathered = make([]float32, o.shardLen*size)
+	o.flatten(o.anchor)
+	var err error
+	if o.enc, err = newEncoder(cfg); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// Anchor is the global parameters as of the last sync, Momentum the outer
+// optimizer's momentum: both the same on every rank, and what a
+// checkpoint must hold (with Residual) to resume the outer optimizer.
+// The slices are live: restore a checkpoint into them before the first
+// Step.
+func (o *Outer) Anchor() []float32   { return o.anchor }
+func (o *Outer) Momentum() []float32 { return o.mom }
+
+// Residual is this rank's error feedback: the part of its shard of the
+// deltas that compression has not sent yet. It differs between ranks.
+func (o *Outer) Residual() []float32 { return o.resid }
+
+// Stats returns the counters so far.
+func (o *Outer) Stats() Stats { return o.stats }
+
+// Pending says whether a sync has started and not been applied.
+func (o *Outer) Pending() bool { return o.pending != nil }
+
+func (o *Outer) flatten(dst []float32) {
+	off := 0
+	for _, p := range o.params {
+		off += copy(dst[off:], p)
+	}
+}
+
+// Step is called after inner step `step` (counted from 1) has updated the
+// parameters. It applies the pending sync when its delay is up, and
+// starts a sync every Every steps; with Delay 0 the sync is applied
+// before Step returns.
+func (o *Outer) Step(ctx context.Context, step int64) error {
+	if o.closed {
+		return errors.New("diloco: Step after Close")
+	}
+	if o.pending != nil && step >= o.pending.applyAt {
+		if err := o.apply(ctx); err != nil {
+			return err
+		}
+	}
+	if step%int64(o.cfg.Every) != 0 {
+		return nil
+	}
+	if o.pending != nil {
+		return fmt.Errorf("diloco: step %d: the sync of step %d is still pending (Step must be called after every step)", step, o.pending.step)
+	}
+	o.start(ctx, step)
+	if o.cfg.Delay == 0 {
+		return o.apply(ctx)
+	}
+	return nil
+}
+
+// Sync applies any pending sync, then syncs now and waits for it: at the
+// end of training, so that every site ends with the same parameters.
+func (o *Outer) Sync(ctx context.Context, step int64) error {
+	if o.pending != nil {
+		if err := o.apply(ctx); err != nil {
+			return err
+		}
+	}
+	o.start(ctx, step)
+	return o.apply(ctx)
+}
+
+// start computes this rank's shard of the delta since the last sync,
+// encodes it and sends it on its way.
+func (o *Outer) start(ctx context.Context, step int64) {
+	o.flatten(o.snap)
+	for i := range o.resid {
+		o.resid[i] += o.anchor[o.lo+i] - o.snap[o.lo+i]
+	}
+	msg := o.enc.encode(nil, o.resid)
+	o.stats.DenseBytes += int64(len(o.resid) * 4)
+	o.stats.MessageBytes += int64(len(msg))
+	x := &exchange{step: step, applyAt: step + int64(o.cfg.Delay), done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
+	o.pending = x
+	if o.cfg.Delay == 0 {
+		x.run(ctx, o.cross, msg)
+		return
+	}
+	go x.run(ctx, o.cross, msg)
+}
+
+// run exchanges msg with the other sites and averages what they sent.
+// The result is the same on every site: every message, this site's too,
+// is decoded and summed in site order.
+func (x *exchange) run(ctx context.Context, cross collective.Comm, msg []byte) {
+	defer close(x.done)
+	d, err := newDecoder()
+	if err != nil {
+		x.err = err
+		return
+	}
+	defer d.close()
+	if cross == nil || cross.Size() == 1 {
+		x.err = d.addTo(x.avg, msg)
+		return
+	}
+	sites := cross.Size()
+	lens := make([]int64, sites)
+	if err := cross.AllGather(ctx, collective.Int64s([]int64{int64(len(msg))}), collective.Int64s(lens)); err != nil {
+		x.err = fmt.Errorf("exchanging message sizes between sites: %w", err)
+		return
+	}
+	width := int((slices.Max(lens) + 3) &^ 3) // AllGather moves whole int32s
+	send := make([]byte, width)
+	copy(send, msg)
+	recv := make([]byte, width*sites)
+	if err := cross.AllGather(ctx, collective.BufferOf(collective.Int32, send), collective.BufferOf(collective.Int32, recv)); err != nil {
+		x.err = fmt.Errorf("exchanging deltas between sites: %w", err)
+		return
+	}
+	x.sent = int64((sites - 1) * (8 + width)) // what a ring all-gather sends
+	for s := range sites {
+		if err := d.addTo(x.avg, recv[s*width:s*width+int(lens[s])]); err != nil {
+			x.err = fmt.Errorf("the delta of site %d (rank %d of the cross-site group): %w", s, s, err)
+			return
+		}
+	}
+	inv := float32(sites)
+	for i := range x.avg {
+		x.avg[i] /= inv
+	}
+}
+
+// apply waits for the pending exchange, gathers the site's shards of the
+// averaged delta and takes the outer optimizer's step.
+func (o *Outer) apply(ctx context.Context) error {
+	x := o.pending
+	o.pending = nil
+	t0 := time.Now()
+	select {
+	case <-x.done:
+	case <-ctx.Done():
+		<-x.done // the exchange's calls end with ctx
+	}
+	if w := time.Since(t0); o.cfg.Delay > 0 {
+		o.stats.Waited += w
+	}
+	if x.err != nil {
+		return fmt.Errorf("diloco: outer sync of step %d: %w", x.step, x.err)
+	}
+	o.stats.Syncs++
+	o.stats.LastWireBytes = x.sent
+	o.stats.WireBytes += x.sent
+	avg := o.gathered[:o.n]
+	if o.site != nil && o.site.Size() > 1 {
+		mine := make([]float32, o.shardLen)
+		copy(mine, x.avg)
+		if err := o.site.AllGather(ctx, collective.Float32s(mine), collective.Float32s(o.gathered)); err != nil {
+			return fmt.Errorf("diloco: outer sync of step %d: gathering the averaged delta within the site: %w", x.step, err)
+		}
+	} else {
+		copy(avg, x.avg)
+	}
+	lr, mu := float32(o.cfg.LR), float32(o.cfg.Momentum)
+	for i, g := range avg {
+		m := mu*o.mom[i] + g
+		o.mom[i] = m
+		if o.cfg.Nesterov {
+			g += mu * m
+		} else {
+			g = m
+		}
+		o.anchor[i] -= lr * g
+	}
+	// The parameters become the new global ones plus what this site
+	// learned since the sync started (nothing, with no delay).
+	off := 0
+	for _, p := range o.params {
+		for i := range p {
+			if o.cfg.Delay == 0 {
+				p[i] = o.anchor[off+i]
+			} else {
+				p[i] = o.anchor[off+i] + (p[i] - o.snap[off+i])
+			}
+		}
+		off += len(p)
+	}
+	return nil
+}
+
+// Close waits for an exchange in flight and releases the compressor. It
+// does not close the groups, which the caller owns.
+func (o *Outer) Close() error {
+	if o.closed {
+		return nil
+	}
+	o.closed = true
+	if o.pending != nil {
+		<-o.pending.done
+	}
+	o.enc.close()
+	return nil
+}
