@@ -22,7 +22,7 @@ type Outer struct {
 	shardLen    int // every rank's shard, padded: ceil(n / site size)
 
 	anchor, mom []float32 // the global parameters at the last sync, and the outer momentum: the same on every rank
-	resid       []float32 // this rank's shard: what compression has not sent yet
+	resid       []float32 // this rank's shard (padded to shardLen): what compression has not sent yet
 	snap        []float32 // the parameters when the pending sync started
 	gathered    []float32 // the site's shards of the averaged delta
 
@@ -101,7 +101,7 @@ func New(site, cross collective.Comm, cfg Config, params ...[]float32) (*Outer, 
 	o.anchor = make([]float32, o.n)
 	o.mom = make([]float32, o.n)
 	o.snap = make([]float32, o.n)
-	o.resid = make([]float32, o.hi-o.lo)
+	o.resid = make([]float32, o.shardLen)
 	o.gathered = make([]float32, o.shardLen*size)
 	o.flatten(o.anchor)
 	var err error
@@ -120,7 +120,9 @@ func (o *Outer) Anchor() []float32   { return o.anchor }
 func (o *Outer) Momentum() []float32 { return o.mom }
 
 // Residual is this rank's error feedback: the part of its shard of the
-// deltas that compression has not sent yet. It differs between ranks.
+// deltas that compression has not sent yet. It differs between ranks, and
+// has the same length on every rank (the shards' padded length), so that
+// a checkpoint can hold one row per rank.
 func (o *Outer) Residual() []float32 { return o.resid }
 
 // Stats returns the counters so far.
@@ -178,11 +180,12 @@ func (o *Outer) Sync(ctx context.Context, step int64) error {
 // encodes it and sends it on its way.
 func (o *Outer) start(ctx context.Context, step int64) {
 	o.flatten(o.snap)
-	for i := range o.resid {
-		o.resid[i] += o.anchor[o.lo+i] - o.snap[o.lo+i]
+	resid := o.resid[:o.hi-o.lo]
+	for i := range resid {
+		resid[i] += o.anchor[o.lo+i] - o.snap[o.lo+i]
 	}
-	msg := o.enc.encode(nil, o.resid)
-	o.stats.DenseBytes += int64(len(o.resid) * 4)
+	msg := o.enc.encode(nil, resid)
+	o.stats.DenseBytes += int64(len(resid) * 4)
 	o.stats.MessageBytes += int64(len(msg))
 	x := &exchange{step: step, applyAt: step + int64(o.cfg.Delay), done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
 	o.pending = x

@@ -58,6 +58,8 @@ type tracked struct {
 	dtype safetensors.DType
 	shape []int64
 	data  []byte // aliases the caller's slice
+	// perRank: each rank has its own (TrackPerRank), saved as its row.
+	perRank bool
 }
 
 // NewTrainer returns the step helper for g. With checkpoints on and more
@@ -92,6 +94,17 @@ func (t *Trainer) Track(name string, data []float32, shape ...int64) {
 	t.track(name, safetensors.F32, shape, len(data), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)))
 }
 
+// TrackPerRank registers a float32 tensor that differs between ranks, of
+// the same length on each: state such as a site's optimizer moments or a
+// rank's error feedback when training across sites (NewOuter). A
+// checkpoint holds it as a [world size, len] tensor, one row per rank, and
+// gives each rank its row back, on the same world size only; Start with no
+// checkpoint leaves it as it is, and Verify ignores it.
+func (t *Trainer) TrackPerRank(name string, data []float32) {
+	t.track(name, safetensors.F32, []int64{int64(t.g.Size()), int64(len(data))}, len(data), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)))
+	t.tracked[len(t.tracked)-1].perRank = true
+}
+
 // Track64 registers a float64 tensor.
 func (t *Trainer) Track64(name string, data []float64, shape ...int64) {
 	t.track(name, safetensors.F64, shape, len(data), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 8*len(data)))
@@ -107,7 +120,12 @@ func (t *Trainer) track(name string, d safetensors.DType, shape []int64, n int, 
 func (t *Trainer) state(meta any) (*checkpoint.State, error) {
 	st := &checkpoint.State{}
 	for _, tr := range t.tracked {
-		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: tr.name, DType: tr.dtype, Shape: tr.shape, Data: tr.data})
+		ct := checkpoint.Tensor{Name: tr.name, DType: tr.dtype, Shape: tr.shape, Data: tr.data}
+		if tr.perRank {
+			r := int64(t.g.Rank())
+			ct.Split = &checkpoint.Rows{Start: r, End: r + 1}
+		}
+		st.Tensors = append(st.Tensors, ct)
 	}
 	if meta != nil {
 		b, err := json.Marshal(meta)
@@ -144,6 +162,9 @@ func (t *Trainer) Start(ctx context.Context, meta any) (step int64, restored boo
 	step = v[0]
 	if step < 0 {
 		for _, tr := range t.tracked {
+			if tr.perRank {
+				continue
+			}
 			if err := t.g.Broadcast(ctx, collective.BufferOf(collective.Int32, tr.data[:len(tr.data)&^3]), collective.BufferOf(collective.Int32, tr.data[:len(tr.data)&^3]), 0); err != nil {
 				return 0, false, fmt.Errorf("trainer: copying %s from rank 0: %w", tr.name, err)
 			}
@@ -260,6 +281,9 @@ func (e *DivergedError) Error() string {
 func (t *Trainer) Verify(ctx context.Context, step int64) error {
 	h := xxhash.New()
 	for _, tr := range t.tracked {
+		if tr.perRank {
+			continue
+		}
 		h.WriteString(tr.name)
 		h.Write(tr.data)
 	}

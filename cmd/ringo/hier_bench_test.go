@@ -52,19 +52,19 @@ func BenchmarkHierTwoHosts(b *testing.B) {
 			s := setups[(k+i)%len(setups)]
 			port++
 			var ls []*launcher
-			for j := range h.names {
-				args := append([]string{"--nnodes", "2", "--nproc-per-node", "2", "--rdzv-endpoint", fmt.Sprintf("%s:%d", h.addrs[0], port),
+			for j := range h.Names {
+				args := append([]string{"--nnodes", "2", "--nproc-per-node", "2", "--rdzv-endpoint", fmt.Sprintf("%s:%d", h.Addrs[0], port),
 					"--rdzv-id", s.name, "--node-rank", strconv.Itoa(j), "--token-file", tok, "--rdzv-timeout", "60s", "--max-restarts", "0"}, s.args...)
 				args = append(append(args, "--", workerBin, "--steps", "1", "--bench-sweep", sweep, "--bench-iters", "3"), worker[s.name]...)
-				ls = append(ls, h.launch(j, args...))
+				ls = append(ls, h.Launch(j, args...))
 			}
 			out := ""
 			for j, l := range ls {
-				if err := <-l.done; err != nil {
-					b.Fatalf("%s: host %d: %v\n%s", s.name, j, err, l.out.String())
+				if err := <-l.Done; err != nil {
+					b.Fatalf("%s: host %d: %v\n%s", s.name, j, err, l.Out.String())
 				}
-				l.done <- nil
-				out += l.out.String()
+				l.Done <- nil
+				out += l.Out.String()
 			}
 			if times[s.name] == nil {
 				times[s.name] = map[int][]float64{}

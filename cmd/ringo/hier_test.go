@@ -16,16 +16,16 @@ var opsOK = regexp.MustCompile(`rank (\d+): ops ok; transport (\S+), links (\S+)
 func (h *hosts) launchHosts(t *testing.T, tok, id string, port, perHost int, worker ...string) (string, []error) {
 	t.Helper()
 	var ls []*launcher
-	for i := range h.names {
-		args := append([]string{"--nnodes", strconv.Itoa(len(h.names)), "--nproc-per-node", strconv.Itoa(perHost),
-			"--rdzv-endpoint", fmt.Sprintf("%s:%d", h.addrs[0], port), "--rdzv-id", id, "--node-rank", strconv.Itoa(i),
+	for i := range h.Names {
+		args := append([]string{"--nnodes", strconv.Itoa(len(h.Names)), "--nproc-per-node", strconv.Itoa(perHost),
+			"--rdzv-endpoint", fmt.Sprintf("%s:%d", h.Addrs[0], port), "--rdzv-id", id, "--node-rank", strconv.Itoa(i),
 			"--token-file", tok, "--rdzv-timeout", "60s", "--max-restarts", "0", "--", workerBin}, worker...)
-		ls = append(ls, h.launch(i, args...))
+		ls = append(ls, h.Launch(i, args...))
 	}
 	all, errs := "", make([]error, len(ls))
 	for i, l := range ls {
-		errs[i] = l.wait(t, 180*time.Second)
-		all += l.out.String()
+		errs[i] = l.Wait(t, 180*time.Second)
+		all += l.Out.String()
 	}
 	return all, errs
 }

@@ -18,9 +18,9 @@ import (
 // class on each one's bridge-side veth, chosen by a u32 filter on the
 // other's address: tbf alone would slow a whole interface, every pair.
 func (h *hosts) slow(a, b int, rate string) {
-	h.t.Helper()
+	h.T.Helper()
 	for _, p := range [][2]int{{a, b}, {b, a}} {
-		dev, src := h.veths[p[1]], h.addrs[p[0]]
+		dev, src := h.Veths[p[1]], h.Addrs[p[0]]
 		// One root qdisc per device; unclassified traffic bypasses it.
 		exec.Command("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb").Run()
 		class := fmt.Sprintf("1:%d", 10+p[0])
@@ -29,7 +29,7 @@ func (h *hosts) slow(a, b int, rate string) {
 			{"filter", "add", "dev", dev, "protocol", "ip", "parent", "1:", "prio", "1", "u32", "match", "ip", "src", src + "/32", "flowid", class},
 		} {
 			if out, err := exec.Command("tc", args...).CombinedOutput(); err != nil {
-				h.t.Skipf("skipped: tc cannot shape links here (%v: %s)", err, out)
+				h.T.Skipf("skipped: tc cannot shape links here (%v: %s)", err, out)
 			}
 		}
 	}
@@ -37,7 +37,7 @@ func (h *hosts) slow(a, b int, rate string) {
 
 // unshape removes every limit.
 func (h *hosts) unshape() {
-	for _, v := range h.veths {
+	for _, v := range h.Veths {
 		exec.Command("tc", "qdisc", "del", "dev", v, "root").Run()
 	}
 }
@@ -49,21 +49,21 @@ var allreduceTime = regexp.MustCompile(`all-reduce of \d+ bytes: median (\S+) s`
 func (h *hosts) runJob(t *testing.T, tok, logDir, id string, probe bool) (float64, string) {
 	t.Helper()
 	var ls []*launcher
-	for i := range h.names {
-		args := []string{"--nnodes", strconv.Itoa(len(h.names)), "--nproc-per-node", "1", "--rdzv-endpoint", h.addrs[0] + ":29410",
+	for i := range h.Names {
+		args := []string{"--nnodes", strconv.Itoa(len(h.Names)), "--nproc-per-node", "1", "--rdzv-endpoint", h.Addrs[0] + ":29410",
 			"--rdzv-id", id, "--node-rank", strconv.Itoa(i), "--token-file", tok, "--rdzv-timeout", "60s", "--log-dir", logDir, "--tee", "all"}
 		if probe {
 			args = append(args, "--topology", "probe")
 		}
 		args = append(args, "--", workerBin, "--steps", "1", "--bench-bytes", strconv.Itoa(16<<20), "--bench-iters", "3")
-		ls = append(ls, h.launch(i, args...))
+		ls = append(ls, h.Launch(i, args...))
 	}
 	all := ""
 	for i, l := range ls {
-		if err := l.wait(t, 120*time.Second); err != nil {
-			t.Fatalf("host %d: %v\n%s", i, err, l.out.String())
+		if err := l.Wait(t, 120*time.Second); err != nil {
+			t.Fatalf("host %d: %v\n%s", i, err, l.Out.String())
 		}
-		all += l.out.String()
+		all += l.Out.String()
 	}
 	m := allreduceTime.FindStringSubmatch(all)
 	if m == nil {
@@ -104,7 +104,7 @@ func TestTopologyProbeAvoidsSlowLinks(t *testing.T) {
 	// the other links far faster. Hosts are in rendezvous order, node
 	// rank = host index.
 	idx := map[string]int{}
-	for i, a := range h.addrs {
+	for i, a := range h.Addrs {
 		idx[a] = i
 	}
 	var slowBW, fastBW []float64
@@ -131,7 +131,7 @@ func TestTopologyProbeAvoidsSlowLinks(t *testing.T) {
 		}
 	}
 	ring := ringOf(out)
-	for _, bad := range [][2]string{{h.addrs[0], h.addrs[1]}, {h.addrs[2], h.addrs[3]}} {
+	for _, bad := range [][2]string{{h.Addrs[0], h.Addrs[1]}, {h.Addrs[2], h.Addrs[3]}} {
 		if adjacent(ring, bad[0], bad[1]) {
 			t.Errorf("the solved ring %v crosses the slow link %s-%s", ring, bad[0], bad[1])
 		}
@@ -142,7 +142,7 @@ func TestTopologyProbeAvoidsSlowLinks(t *testing.T) {
 	h.slow(1, 3, "200mbit")
 	_, out2 := h.runJob(t, tok, logDir, "moved", true)
 	ring2 := ringOf(out2)
-	for _, bad := range [][2]string{{h.addrs[0], h.addrs[2]}, {h.addrs[1], h.addrs[3]}} {
+	for _, bad := range [][2]string{{h.Addrs[0], h.Addrs[2]}, {h.Addrs[1], h.Addrs[3]}} {
 		if adjacent(ring2, bad[0], bad[1]) {
 			t.Errorf("after moving the limits the ring %v still crosses the slow link %s-%s", ring2, bad[0], bad[1])
 		}

@@ -113,14 +113,7 @@ func TestRecoveryIsBitIdentical(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for a first checkpoint, then kill one worker at a random moment.
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if m, _ := filepath.Glob(filepath.Join(ck, "step-*", "manifest.json")); len(m) > 0 {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
+	afterFirstCheckpoint(ck, 30*time.Second)
 	kids := proctest.Children(cmd.Process.Pid)
 	if len(kids) != 3 {
 		t.Fatalf("launcher has %d children, want 3\n%s", len(kids), out.String())
@@ -133,12 +126,7 @@ func TestRecoveryIsBitIdentical(t *testing.T) {
 	if !strings.Contains(out.String(), "killed by signal 9") || !strings.Contains(out.String(), "resumed from step") {
 		t.Fatalf("the run was not killed and resumed from a checkpoint:\n%s", out.String())
 	}
-	a, b := params(t, clean), params(t, killed)
-	for i := range a {
-		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
-			t.Fatalf("parameter %d: %v after the kill, %v uninterrupted; want bit-identical\n%s", i, b[i], a[i], out.String())
-		}
-	}
+	sameBits(t, params(t, clean), params(t, killed), out.String())
 }
 
 // 3. Stopped at step S on 4 workers, resumed on 2: the checkpoint loads
@@ -186,36 +174,52 @@ func TestDivergenceIsCaughtAndNamed(t *testing.T) {
 	}
 }
 
-// launchSites runs the job on two nodes of this host, each labelled as its
-// own site (two launchers, as two data centres would run them), with two
+// sitesJob is the job on two nodes of this host, each labelled as its own
+// site (two launchers, as two data centres would run them), with two
 // workers each.
-func launchSites(t *testing.T, args ...string) (string, error) {
+type sitesJob struct {
+	cmds []*exec.Cmd
+	outs []*proctest.Buffer
+}
+
+func startSites(t *testing.T, extra []string, args ...string) *sitesJob {
 	t.Helper()
 	tok := filepath.Join(t.TempDir(), "job.token")
 	if err := os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ep := proctest.FreeAddr(t)
-	outs := make([]*proctest.Buffer, 2)
-	cmds := make([]*exec.Cmd, 2)
+	j := &sitesJob{}
 	for i, site := range []string{"east", "west"} {
-		cmdArgs := []string{"launch", "--nnodes", "2", "--node-rank", strconv.Itoa(i), "--nproc-per-node", "2",
-			"--rdzv-endpoint", ep, "--token-file", tok, "--rdzv-timeout", "60s", "--max-restarts", "0", "--site", site,
-			"--", loopBin, "--data", dataDir}
-		cmds[i] = exec.Command(ringoBin, append(cmdArgs, args...)...)
-		outs[i] = &proctest.Buffer{}
-		cmds[i].Stdout, cmds[i].Stderr = outs[i], outs[i]
-		if err := cmds[i].Start(); err != nil {
+		cmdArgs := append([]string{"launch", "--nnodes", "2", "--node-rank", strconv.Itoa(i), "--nproc-per-node", "2",
+			"--rdzv-endpoint", ep, "--token-file", tok, "--rdzv-timeout", "60s", "--site", site}, extra...)
+		cmdArgs = append(cmdArgs, "--", loopBin, "--data", dataDir)
+		cmd := exec.Command(ringoBin, append(cmdArgs, args...)...)
+		out := &proctest.Buffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		j.cmds, j.outs = append(j.cmds, cmd), append(j.outs, out)
 	}
+	return j
+}
+
+// wait returns both launchers' output and the first error.
+func (j *sitesJob) wait() (string, error) {
 	var first error
-	for _, c := range cmds {
+	for _, c := range j.cmds {
 		if err := c.Wait(); err != nil && first == nil {
 			first = err
 		}
 	}
-	return outs[0].String() + outs[1].String(), first
+	return j.outs[0].String() + j.outs[1].String(), first
+}
+
+func launchSites(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	return startSites(t, []string{"--max-restarts", "0"}, args...).wait()
 }
 
 var lossRe = regexp.MustCompile(`done: \d+ steps on \d+ workers, loss ([0-9.]+)`)
@@ -273,5 +277,63 @@ func TestAcrossSites(t *testing.T) {
 	t.Logf("every 20 steps, top 25%%, bf16: loss %.4f (per-step all-reduce %.4f); %s syncs, %s bytes per step", loss, refLoss, m[1], m[3])
 	if loss > refLoss+0.1 {
 		t.Errorf("every 20 steps: loss %.4f, want within 0.1 of the per-step all-reduce's %.4f", loss, refLoss)
+	}
+}
+
+// 6. Across sites, every worker of one site killed with SIGKILL mid-run:
+// both sites restart from the newest checkpoint, which holds the outer
+// optimizer, each site's momentum and each rank's error feedback, and the
+// run ends bit-identical to one that was never interrupted.
+func TestAcrossSitesRecoveryIsBitIdentical(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"--batch", "48", "--epochs", "3", "--save-every", "10", "--step-time", "4ms",
+		"--outer-every", "10", "--outer-topk", "0.25"}
+	clean := filepath.Join(dir, "clean")
+	if out, err := launchSites(t, append(args, "--ckpt", filepath.Join(dir, "ck-clean"), "--dump", clean)...); err != nil {
+		t.Fatalf("uninterrupted run: %v\n%s", err, out)
+	}
+	ck := filepath.Join(dir, "ck")
+	killed := filepath.Join(dir, "killed")
+	j := startSites(t, []string{"--max-restarts", "1"}, append(args, "--ckpt", ck, "--dump", killed)...)
+	afterFirstCheckpoint(ck, 60*time.Second)
+	kids := proctest.Children(j.cmds[1].Process.Pid)
+	if len(kids) != 2 {
+		t.Fatalf("site west's launcher has %d children, want 2\n%s", len(kids), j.outs[1].String())
+	}
+	for _, k := range kids {
+		syscall.Kill(k, syscall.SIGKILL)
+	}
+	out, err := j.wait()
+	if err != nil {
+		t.Fatalf("interrupted run: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "killed by signal 9") || !strings.Contains(out, "resumed from step") {
+		t.Fatalf("the run was not killed and resumed from a checkpoint:\n%s", out)
+	}
+	sameBits(t, params(t, clean), params(t, killed), out)
+}
+
+// afterFirstCheckpoint waits until dir holds a committed checkpoint (or
+// within passes), then a random moment more, for a kill to land anywhere
+// in a step.
+func afterFirstCheckpoint(dir string, within time.Duration) {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if m, _ := filepath.Glob(filepath.Join(dir, "step-*", "manifest.json")); len(m) > 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond)
+}
+
+// sameBits fails t unless the parameters of the interrupted run are the
+// uninterrupted run's, bit for bit.
+func sameBits(t *testing.T, clean, killed []float32, out string) {
+	t.Helper()
+	for i := range clean {
+		if math.Float32bits(clean[i]) != math.Float32bits(killed[i]) {
+			t.Fatalf("parameter %d: %v after the kill, %v uninterrupted; want bit-identical\n%s", i, killed[i], clean[i], out)
+		}
 	}
 }

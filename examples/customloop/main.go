@@ -48,15 +48,8 @@ func main() {
 	diverge := flag.Int("diverge-rank", -1, "test hook: this rank corrupts its weights once")
 	stepTime := flag.Duration("step-time", 0, "test hook: sleep this long per step")
 	oc := diloco.DefaultConfig()
-	flag.IntVar(&oc.Every, "outer-every", 0, "train across sites: average gradients inside each site (ringo launch --site) every step, and sync the sites every N steps (0: one all-reduce over every rank each step)")
-	flag.Float64Var(&oc.LR, "outer-lr", oc.LR, "outer learning rate")
-	flag.Float64Var(&oc.Momentum, "outer-momentum", oc.Momentum, "outer Nesterov momentum")
-	flag.IntVar(&oc.Delay, "outer-delay", oc.Delay, "apply each outer sync this many steps after it starts, overlapping the exchange")
-	prec := flag.String("outer-precision", string(oc.Precision), "outer deltas on the wire as f32, bf16 or fp16")
-	flag.Float64Var(&oc.TopK, "outer-topk", oc.TopK, "send only this fraction of each delta, the largest values (0: all)")
-	flag.BoolVar(&oc.Zstd, "outer-zstd", oc.Zstd, "zstd-compress outer deltas")
+	diloco.AddFlags(flag.CommandLine, &oc)
 	flag.Parse()
-	oc.Precision = diloco.Precision(*prec)
 	if *makeData != "" {
 		if err := writeDataset(*makeData, *samples); err != nil {
 			fail(err)
@@ -76,10 +69,10 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	if oc.Every > 0 && *ckpt != "" {
-		// A checkpoint would hold rank 0's site only, and not the other
-		// ranks' error feedback: a restart would not continue the run.
-		fail(errors.New("--outer-every with --ckpt: checkpoints of training across sites are not supported yet"))
+	if oc.Every > 0 && *ckpt != "" && (*saveEvery%int64(oc.Every) != 0 || *stopAfter%int64(oc.Every) != 0 || oc.Delay > 0) {
+		// Only right after a sync do the sites hold the same parameters,
+		// which a checkpoint keeps once.
+		fail(fmt.Errorf("--ckpt with --outer-every %d: --save-every %d and --stop-after %d must be multiples of it, with no --outer-delay (%d)", oc.Every, *saveEvery, *stopAfter, oc.Delay))
 	}
 	if oc.Every > 0 && *verifyEvery > 0 && (*verifyEvery%int64(oc.Every) != 0 || oc.Delay > 0) {
 		// Between syncs each site has its own parameters.
@@ -105,18 +98,6 @@ func main() {
 	for i := range w {
 		w[i] = float32(i%3) * 0.01 // rank 0's start; Start copies it everywhere
 	}
-	t.Track("w", w)
-	t.Track("b", b)
-	t.Track("momentum.w", vw)
-	t.Track("momentum.b", vb)
-	meta := Meta{Data: order.State{Seed: *seed}}
-	step, restored, err := t.Start(ctx, &meta)
-	if err != nil {
-		fail(err)
-	}
-	if g.Rank() == 0 && restored {
-		fmt.Printf("resumed from step %d (epoch %d, %d samples in)\n", step, meta.Data.Epoch, meta.Data.Consumed)
-	}
 	// Across sites, the gradients are averaged inside the site and the
 	// outer syncs average the sites; else over every rank.
 	var inner collective.Comm = g
@@ -127,6 +108,28 @@ func main() {
 		}
 		defer outer.Close()
 		inner = outer.Site
+	}
+	t.Track("w", w)
+	t.Track("b", b)
+	if outer == nil {
+		t.Track("momentum.w", vw)
+		t.Track("momentum.b", vb)
+	} else {
+		// Each site has its own momentum, each rank its own error
+		// feedback; the outer optimizer's state is the same everywhere.
+		t.TrackPerRank("momentum.w", vw)
+		t.TrackPerRank("momentum.b", vb)
+		t.Track("outer.anchor", outer.Anchor())
+		t.Track("outer.momentum", outer.Momentum())
+		t.TrackPerRank("outer.residual", outer.Residual())
+	}
+	meta := Meta{Data: order.State{Seed: *seed}}
+	step, restored, err := t.Start(ctx, &meta)
+	if err != nil {
+		fail(err)
+	}
+	if g.Rank() == 0 && restored {
+		fmt.Printf("resumed from step %d (epoch %d, %d samples in)\n", step, meta.Data.Epoch, meta.Data.Consumed)
 	}
 	grads, err := runtime.NewGradients(inner, runtime.DefaultGradConfig())
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/dataloader"
 	"github.com/ringo-ml/ringo/dataloader/order"
+	"github.com/ringo-ml/ringo/diloco"
 	"github.com/ringo-ml/ringo/runtime"
 )
 
@@ -31,11 +32,13 @@ type config struct {
 	saveEvery, verifyEvery      int64
 	maxSteps, crashAt           int64
 	bench                       bool
+	outer                       diloco.Config
 }
 
 func parseFlags(args []string) (config, error) {
-	var c config
+	c := config{outer: diloco.DefaultConfig()}
 	fs := flag.NewFlagSet("mnist", flag.ContinueOnError)
+	diloco.AddFlags(fs, &c.outer)
 	fs.StringVar(&c.model, "model", "cnn", "cnn or mlp")
 	fs.StringVar(&c.data, "data", "data/mnist", "dataset root holding train/ and test/ (a directory or a URL prefix)")
 	fs.IntVar(&c.epochs, "epochs", 5, "epochs to train (counting those a restored checkpoint already did)")
@@ -62,6 +65,16 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.compress == "none" {
 		c.compress = ""
+	}
+	if c.outer.Every > 0 {
+		if err := c.outer.Validate(); err != nil {
+			return c, err
+		}
+		if c.ckpt != "" && (c.saveEvery%int64(c.outer.Every) != 0 || c.outer.Delay > 0) {
+			// Only right after a sync do the sites hold the same weights,
+			// which a checkpoint keeps once.
+			return c, fmt.Errorf("--ckpt with --outer-every %d: --save-every %d must be a multiple of it, with no --outer-delay (%d)", c.outer.Every, c.saveEvery, c.outer.Delay)
+		}
 	}
 	return c, nil
 }
@@ -141,11 +154,12 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	opt := newAdam(n.params, c.lr)
-	avg, err := runtime.NewGradients(g, runtime.GradConfig{Compress: runtime.Compression(c.compress)})
-	if err != nil {
-		return err
-	}
 	tcfg := runtime.TrainerConfig{Dir: c.ckpt, SaveEvery: c.saveEvery, KeepLast: 2, VerifyEvery: c.verifyEvery}
+	if c.outer.Every > 0 {
+		// Each site keeps its own Adam moments; only the weights agree,
+		// and only right after a sync. The loop checks them itself.
+		tcfg.VerifyEvery = 0
+	}
 	if c.bench {
 		tcfg.Dir = ""
 	}
@@ -154,16 +168,48 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	defer tr.Close()
+	// Across sites, gradients are averaged inside the site every step and
+	// the sites sync every --outer-every steps; else over every rank.
+	var inner collective.Comm = g
+	var outer *runtime.Outer
+	weights := make([][]float32, len(n.params))
+	for i, p := range n.params {
+		weights[i] = p.data()
+	}
+	if c.outer.Every > 0 {
+		if outer, err = g.NewOuter(ctx, c.outer, weights...); err != nil {
+			return err
+		}
+		defer outer.Close()
+		inner = outer.Site
+		say("across %d sites %v: outer sync every %d steps, lr %g, momentum %g, %s, top-k %g, delay %d",
+			len(outer.Names), outer.Names, c.outer.Every, c.outer.LR, c.outer.Momentum, c.outer.Precision, c.outer.TopK, c.outer.Delay)
+	}
 	var nparams int
 	for _, p := range n.params {
 		tr.Track(p.name, p.data(), p.shape64()...)
 		nparams += len(p.data())
 	}
 	for i, p := range n.params {
+		if outer != nil {
+			// Each site has its own Adam moments, each rank its own error
+			// feedback; the outer optimizer's state is the same everywhere.
+			tr.TrackPerRank("adam.m."+p.name, opt.m[i])
+			tr.TrackPerRank("adam.v."+p.name, opt.v[i])
+			continue
+		}
 		tr.Track("adam.m."+p.name, opt.m[i], p.shape64()...)
 		tr.Track("adam.v."+p.name, opt.v[i], p.shape64()...)
 	}
 	tr.Track64("adam.steps", opt.steps[:])
+	if outer != nil {
+		tr.Track("outer.anchor", outer.Anchor())
+		tr.Track("outer.momentum", outer.Momentum())
+		tr.TrackPerRank("outer.residual", outer.Residual())
+	}
+	// synced says whether the sites agree after step, so that a
+	// checkpoint of it continues the run.
+	synced := func(step int64) bool { return outer == nil || step%int64(c.outer.Every) == 0 }
 
 	m := meta{Model: c.model, Seed: c.seed, Batch: c.batch, Order: order.State{Seed: c.seed}}
 	step, restored, err := tr.Start(ctx, &m)
@@ -178,6 +224,10 @@ func run(ctx context.Context, c config, out io.Writer) error {
 				c.ckpt, m.Model, m.Seed, m.Batch, c.model, c.seed, c.batch)
 		}
 		say("resumed from step %d: epoch %d, %d of its samples done (restart %d)", step, m.Order.Epoch+1, m.Order.Consumed, g.Restarts)
+	}
+	avg, err := runtime.NewGradients(inner, runtime.GradConfig{Compress: runtime.Compression(c.compress)})
+	if err != nil {
+		return err
 	}
 	ocfg := order.Config{Seed: c.seed, Shuffle: true, Window: 16384, BatchSize: local, DropLast: true}
 
@@ -227,6 +277,18 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			td := time.Now()
 			opt.update(n.params, n.grads)
 			step++
+			if outer != nil {
+				if err := outer.Step(ctx, step); err != nil {
+					ld.Close()
+					return err
+				}
+				if c.verifyEvery > 0 && step%c.verifyEvery == 0 && step%int64(c.outer.Every) == 0 && c.outer.Delay == 0 {
+					if err := runtime.VerifySame(ctx, g, step, weights...); err != nil {
+						ld.Close()
+						return err
+					}
+				}
+			}
 			m.Order = b.State
 			if err := tr.Step(ctx, step, m); err != nil {
 				ld.Close()
@@ -250,7 +312,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		dt := time.Since(t0)
 		if stopped {
 			// Leave a checkpoint to resume from.
-			if !c.bench && c.ckpt != "" && step != lastSaved {
+			if !c.bench && c.ckpt != "" && step != lastSaved && synced(step) {
 				if err := tr.Save(ctx, step, m); err != nil {
 					return err
 				}
@@ -276,7 +338,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		}
 		ckptNote := ""
 		if c.ckpt != "" {
-			if step != lastSaved {
+			if step != lastSaved && synced(step) {
 				if err := tr.Save(ctx, step, m); err != nil {
 					return err
 				}
@@ -299,11 +361,28 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		say("bench: %d workers, global batch %d: %.0f samples/s; %s", world, c.batch,
 			float64(total.steps)*float64(c.batch)/elapsed.Seconds(), breakdown(sums))
 	}
+	if outer != nil {
+		// Between syncs each site has its own weights: one more sync
+		// makes them the same everywhere.
+		if err := outer.Sync(ctx, step); err != nil {
+			return err
+		}
+	}
 	acc, err := accuracy(ctx, g, n, test)
 	if err != nil {
 		return err
 	}
 	say("final test accuracy %.4f on %d digits after %d steps", acc, len(test), step)
+	if outer != nil {
+		if err := runtime.VerifySame(ctx, g, step, weights...); err != nil {
+			return err
+		}
+		st := outer.Stats()
+		say("outer: %d syncs; rank 0 sent %d bytes to other sites (%.0f per step), compression %.1fx, waited %v for syncs",
+			st.Syncs, st.WireBytes, float64(st.WireBytes)/float64(max(step, 1)), st.Ratio(), st.Waited.Round(time.Millisecond))
+		say("all %d replicas hold identical weights after step %d (each site keeps its own Adam moments)", world, step)
+		return tr.Close()
+	}
 	if err := tr.Verify(ctx, step); err != nil {
 		return err
 	}

@@ -217,7 +217,7 @@ var (
 
 // binaries builds ringo and this example (without -race: they are real
 // processes run by the launcher).
-func binaries(t *testing.T) {
+func binaries(t testing.TB) {
 	t.Helper()
 	buildOnce.Do(func() {
 		if binDir, buildErr = os.MkdirTemp("", "mnist-example"); buildErr != nil {
