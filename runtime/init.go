@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/transport"
+	"github.com/ringo-ml/ringo/collective/transport/p2p"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 	"github.com/ringo-ml/ringo/internal/auth"
 )
@@ -43,6 +44,9 @@ type Group struct {
 	tcfg tcp.Config
 	ccfg collective.Config
 	tr   transport.Transport
+	// p2p is the libp2p configuration when the group runs over libp2p, so
+	// that the groups NewSites forms do too.
+	p2p *p2p.Config
 }
 
 // Heartbeat tells the launcher the worker made progress: step is the
@@ -124,6 +128,15 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		return nil, fmt.Errorf("rank %d of %d: joining the collective group (%s) at %s: %w", e.rank, e.size, name, e.collAddr, err)
 	}
 	g.Transport, g.tr = name, tr
+	if name == "libp2p" && e.size > 1 {
+		c, err := p2pConfig(e, tcfg)
+		if err != nil {
+			g.Comm.Close()
+			g.beat.close()
+			return nil, err
+		}
+		g.p2p = &c
+	}
 	g.beat.report = g.report
 	return g, nil
 }

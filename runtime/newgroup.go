@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/p2p"
 )
 
 // NewGroup forms another group of the same ranks over fresh connections,
@@ -59,11 +62,42 @@ func (g *Group) newSubgroup(ctx context.Context, members []int, what string) (co
 		}
 		tcfg.Rendezvous = all[members[0]]
 	}
+	if g.p2p != nil {
+		return g.newP2PSubgroup(ctx, members, me, tcfg.Rendezvous, ccfg, what)
+	}
 	c, err := collective.NewTCP(ctx, tcfg, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: rank %d: %w", what, g.Rank(), err)
 	}
 	return c, nil
+}
+
+// newP2PSubgroup forms the subgroup over libp2p: the members' peer IDs
+// pinned and nothing else allowed, with the first member's rendezvous at
+// addr.
+func (g *Group) newP2PSubgroup(ctx context.Context, members []int, me int, addr string, ccfg collective.Config, what string) (collective.Comm, error) {
+	c := *g.p2p
+	c.Rank, c.Size, c.OnFault, c.Allow = me, len(members), nil, nil
+	c.Peers = make([]peer.ID, len(members))
+	for i, r := range members {
+		c.Peers[i] = g.p2p.Peers[r]
+	}
+	if len(members) > 1 {
+		var err error
+		if c.Rendezvous, err = p2p.RendezvousAddr(addr, c.Peers[0]); err != nil {
+			return nil, fmt.Errorf("%s: rank %d: %w", what, g.Rank(), err)
+		}
+	}
+	tr, err := p2p.Join(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("%s: rank %d over libp2p: %w", what, g.Rank(), err)
+	}
+	comm, err := collective.New(tr, ccfg)
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
+	return comm, nil
 }
 
 // freeAddr picks a free port on this rank's listen host (else the host of

@@ -18,6 +18,9 @@ type Sites struct {
 	// rank's site among them.
 	Names []string
 	Index int
+	// Transport is what the groups run over: "libp2p" when the job's
+	// group does (peer IDs pinned, encrypted), else "tcp".
+	Transport string
 	// Site is the group of this rank's site (its ranks in rank order).
 	// Cross holds one rank per site, in the order of Names: the ranks
 	// whose place in their site is this rank's.
@@ -50,7 +53,10 @@ func (g *Group) NewSites(ctx context.Context) (*Sites, error) {
 			return nil, fmt.Errorf("sites: the sites have different numbers of ranks (%s): each rank of a site exchanges its share with the same place in every other site, so all need the same number", strings.Join(sizes, ", "))
 		}
 	}
-	s := &Sites{Names: names}
+	s := &Sites{Names: names, Transport: "tcp"}
+	if g.p2p != nil {
+		s.Transport = "libp2p"
+	}
 	mine := members[g.Site]
 	var place int
 	for i, n := range names {

@@ -13,6 +13,7 @@ import (
 	"github.com/ringo-ml/ringo/collective/transport/p2p"
 	"github.com/ringo-ml/ringo/collective/transport/shm"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
+	"github.com/ringo-ml/ringo/internal/audit"
 )
 
 // joinTransport forms this worker's transport: the one RINGO_TRANSPORT
@@ -87,6 +88,11 @@ func p2pConfig(e workerEnv, tcfg tcp.Config) (p2p.Config, error) {
 		c.Peers = append(c.Peers, id)
 	}
 	c.Identity = key
+	rank := tcfg.Rank
+	c.OnRefuse = func(id peer.ID, remote string) {
+		fmt.Fprintf(os.Stderr, "ringo: rank %d refused a libp2p connection from %s (peer ID %s, not in the job's allowlist)\n", rank, remote, id)
+		audit.FromEnv().Record("collective.refused", map[string]any{"rank": rank, "peer_id": id.String(), "remote": remote, "transport": "libp2p"})
+	}
 	if c.Rendezvous, err = p2p.RendezvousAddr(tcfg.Rendezvous, c.Peers[0]); err != nil {
 		return c, err
 	}

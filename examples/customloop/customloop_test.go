@@ -264,19 +264,23 @@ func TestAcrossSites(t *testing.T) {
 	if worst > 1e-5 {
 		t.Errorf("two sites syncing every step differ from the per-step all-reduce by %g (> 1e-5)", worst)
 	}
-	out, err = launchSites(t, "--batch", "48", "--epochs", "6", "--verify-every", "20",
-		"--outer-every", "20", "--outer-topk", "0.25")
-	if err != nil {
-		t.Fatalf("two sites, every 20 steps: %v\n%s", err, out)
-	}
-	loss := finalLoss(t, out)
-	m := regexp.MustCompile(`outer: 2 sites, (\d+) syncs, (\d+) bytes to other sites from rank 0 \(([0-9.]+) per step\), compression ([0-9.]+)x`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no outer summary:\n%s", out)
-	}
-	t.Logf("every 20 steps, top 25%%, bf16: loss %.4f (per-step all-reduce %.4f); %s syncs, %s bytes per step", loss, refLoss, m[1], m[3])
-	if loss > refLoss+0.1 {
-		t.Errorf("every 20 steps: loss %.4f, want within 0.1 of the per-step all-reduce's %.4f", loss, refLoss)
+	// Over TCP and over libp2p (peer IDs pinned, encrypted), which the
+	// site groups take from the job's group.
+	for _, transport := range []string{"tcp", "libp2p"} {
+		out, err = startSites(t, []string{"--max-restarts", "0", "--transport", transport}, "--batch", "48", "--epochs", "6",
+			"--verify-every", "20", "--outer-every", "20", "--outer-topk", "0.25").wait()
+		if err != nil {
+			t.Fatalf("two sites over %s, every 20 steps: %v\n%s", transport, err, out)
+		}
+		loss := finalLoss(t, out)
+		m := regexp.MustCompile(`outer: 2 sites over (\w+), (\d+) syncs, (\d+) bytes to other sites from rank 0 \(([0-9.]+) per step\), compression ([0-9.]+)x`).FindStringSubmatch(out)
+		if m == nil || m[1] != transport {
+			t.Fatalf("no outer summary over %s:\n%s", transport, out)
+		}
+		t.Logf("%s, every 20 steps, top 25%%, bf16: loss %.4f (per-step all-reduce %.4f); %s syncs, %s bytes per step", transport, loss, refLoss, m[2], m[4])
+		if loss > refLoss+0.1 {
+			t.Errorf("%s, every 20 steps: loss %.4f, want within 0.1 of the per-step all-reduce's %.4f", transport, loss, refLoss)
+		}
 	}
 }
 

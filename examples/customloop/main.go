@@ -204,8 +204,8 @@ func main() {
 		}
 		if g.Rank() == 0 {
 			st := outer.Stats()
-			fmt.Printf("outer: %d sites, %d syncs, %d bytes to other sites from rank 0 (%.0f per step), compression %.1fx\n",
-				len(outer.Names), st.Syncs, st.WireBytes, float64(st.WireBytes)/float64(max(step, 1)), st.Ratio())
+			fmt.Printf("outer: %d sites over %s, %d syncs, %d bytes to other sites from rank 0 (%.0f per step), compression %.1fx\n",
+				len(outer.Names), outer.Transport, st.Syncs, st.WireBytes, float64(st.WireBytes)/float64(max(step, 1)), st.Ratio())
 		}
 	}
 	verify := func() error { return t.Verify(ctx, step) }

@@ -17,6 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ringo-ml/ringo/collective/transport/p2p"
 	"github.com/ringo-ml/ringo/internal/audit"
 	"github.com/ringo-ml/ringo/internal/auth"
 	"github.com/ringo-ml/ringo/internal/proctest"
@@ -423,5 +428,63 @@ func TestTransports(t *testing.T) {
 				t.Error("not every worker finished")
 			}
 		})
+	}
+}
+
+// A libp2p peer that is not in the job's allowlist is refused by the
+// workers' handshake, and the refusal lands in the job's audit log with
+// the peer ID it proved.
+func TestStrangerRefusedIsAudited(t *testing.T) {
+	j := newJob(t, 2, "--steps", "400", "--step-time", "10ms", "--print-p2p")
+	j.cfg.Transport = "libp2p"
+	j.cfg.AuditLog = filepath.Join(t.TempDir(), "audit.jsonl")
+	done := make(chan error, 1)
+	go func() { done <- j.run(t) }()
+	line := regexp.MustCompile(`p2p rank 0 is (\S+) at (\S+):(\d+)`)
+	var m []string
+	for end := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		m = line.FindStringSubmatch(j.out.String())
+	}
+	if m == nil {
+		t.Fatalf("rank 0 did not say where it listens:\n%s", j.out.String())
+	}
+	id, err := peer.Decode(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/%s/tcp/%s", m[2], m[3]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := p2p.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := libp2p.New(libp2p.Identity(key), libp2p.NoListenAddrs, libp2p.DisableRelay(), libp2p.DisableMetrics(), libp2p.Ping(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	me, _ := p2p.PeerID(key)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stranger.Connect(ctx, peer.AddrInfo{ID: id, Addrs: []ma.Multiaddr{addr}}) // refused, whatever it returns
+	var logged bool
+	for end := time.Now().Add(10 * time.Second); !logged && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(j.cfg.AuditLog)
+		logged = strings.Contains(string(b), `"collective.refused"`) && strings.Contains(string(b), me.String())
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the job failed: %v", err)
+	}
+	if !logged {
+		b, _ := os.ReadFile(j.cfg.AuditLog)
+		t.Fatalf("no collective.refused entry naming %s in the audit log:\n%s", me, b)
+	}
+	if !strings.Contains(j.out.String(), "refused a libp2p connection") {
+		t.Errorf("the worker did not say it refused the stranger:\n%s", j.out.String())
+	}
+	if _, err := audit.Verify(j.cfg.AuditLog); err != nil {
+		t.Errorf("the audit log's chain: %v", err)
 	}
 }

@@ -67,6 +67,12 @@ type Config struct {
 	// records its first fault (before any call returns it). It must not
 	// block.
 	OnFault func(*transport.Fault)
+
+	// OnRefuse, if set, is told about each connection the allowlist
+	// refused: the peer ID it proved and where it came from, for logs and
+	// the audit trail. It runs on its own goroutine, and must not block
+	// for long.
+	OnRefuse func(id peer.ID, remote string)
 }
 
 // DefaultConfig returns a Config that listens on loopback and uses Noise.

@@ -23,12 +23,13 @@ import (
 // peer is dropped as soon as its handshake has proved who it is, before
 // any stream can be opened on it.
 type gater struct {
-	allow   map[peer.ID]bool
-	refused atomic.Int64 // connections refused after the handshake
+	allow    map[peer.ID]bool
+	refused  atomic.Int64 // connections refused after the handshake
+	onRefuse func(peer.ID, string)
 }
 
-func newGater(ids []peer.ID) *gater {
-	g := &gater{allow: make(map[peer.ID]bool, len(ids))}
+func newGater(ids []peer.ID, onRefuse func(peer.ID, string)) *gater {
+	g := &gater{allow: make(map[peer.ID]bool, len(ids)), onRefuse: onRefuse}
 	for _, id := range ids {
 		g.allow[id] = true
 	}
@@ -42,11 +43,15 @@ func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason)
 	return true, 0
 }
 
-func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, addrs network.ConnMultiaddrs) bool {
 	if g.allow[p] {
 		return true
 	}
 	g.refused.Add(1)
+	if g.onRefuse != nil {
+		remote := addrs.RemoteMultiaddr().String()
+		go g.onRefuse(p, remote) // libp2p's handshake must not wait on it
+	}
 	return false
 }
 

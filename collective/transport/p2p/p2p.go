@@ -103,7 +103,7 @@ func (t *Transport) join(ctx context.Context, cfg Config) error {
 			listen = rv.Addrs[0]
 		}
 	}
-	t.gater = newGater(cfg.allowlist())
+	t.gater = newGater(cfg.allowlist(), cfg.OnRefuse)
 	h, err := newHost(cfg.Identity, cfg.Security, t.gater)
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", cfg.Rank, err)

@@ -112,7 +112,10 @@ func checkWorks(t *testing.T, tts []*p2p.Transport) {
 // The same host with an allowlisted key gets through, which shows that it
 // was its identity that kept it out.
 func TestStrangerRefused(t *testing.T) {
-	j, tts := mustJoin(t, 3, nil)
+	told := make(chan string, 64)
+	j, tts := mustJoin(t, 3, func(r int, c *p2p.Config) {
+		c.OnRefuse = func(id peer.ID, remote string) { told <- fmt.Sprintf("rank %d refused %s from %s", r, id, remote) }
+	})
 	stranger := outsider(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -138,6 +141,14 @@ func TestStrangerRefused(t *testing.T) {
 		}
 		if p2p.Refused(tts[r]) == before {
 			t.Fatalf("rank %d's allowlist refused no connection", r)
+		}
+		select {
+		case m := <-told:
+			if !strings.Contains(m, stranger.ID().String()) || !strings.Contains(m, "/tcp/") {
+				t.Errorf("OnRefuse said %q, want the stranger's peer ID %s and its address", m, stranger.ID())
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("rank %d's OnRefuse was not told of the stranger", r)
 		}
 	}
 	for r, tt := range tts {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ func main() {
 	benchBytes := flag.Int("bench-bytes", 0, "before the steps, time all-reduces of this many bytes and print the median")
 	benchIters := flag.Int("bench-iters", 3, "with --bench-bytes: timed all-reduces (after one warm-up)")
 	noToken := flag.Int("no-token-rank", -1, "this rank joins without the job token, as an intruder would")
+	printP2P := flag.Bool("print-p2p", false, "rank 0 prints its libp2p peer ID and the address it listens on, for a test to dial")
 	flag.Parse()
 	if os.Getenv("RANK") == fmt.Sprint(*noToken) {
 		os.Unsetenv("RINGO_TOKEN_FILE")
@@ -42,6 +44,12 @@ func main() {
 		os.Exit(1)
 	}
 	defer g.Close()
+	if *printP2P && g.Rank() == 0 {
+		ids, err := os.ReadFile(os.Getenv(ringo.EnvP2PPeers))
+		if f := strings.Fields(string(ids)); err == nil && len(f) > 0 {
+			fmt.Printf("p2p rank 0 is %s at %s\n", f[0], os.Getenv(ringo.EnvCollectiveAddr))
+		}
+	}
 	if *benchBytes > 0 {
 		buf := make([]float32, *benchBytes/4)
 		var times []time.Duration
