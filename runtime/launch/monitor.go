@@ -273,7 +273,9 @@ func (a *agent) checkHang(now time.Time, ws []*worker, fail func(*worker, string
 		step int64
 		isGo bool
 	}
-	var stalled []stall
+	var beating []stall
+	var over bool
+	var top int64 // the highest step of a worker past the timeout
 	for _, w := range ws {
 		last, step, beat, isGo := w.progress()
 		select {
@@ -281,12 +283,25 @@ func (a *agent) checkHang(now time.Time, ws []*worker, fail func(*worker, string
 			continue // exited; the exit path reports it
 		default:
 		}
-		if beat && now.Sub(last) >= a.cfg.HangTimeout {
-			stalled = append(stalled, stall{w, last, step, isGo})
+		if !beat {
+			continue
+		}
+		beating = append(beating, stall{w, last, step, isGo})
+		if now.Sub(last) >= a.cfg.HangTimeout {
+			top, over = max(top, step), true
 		}
 	}
-	if len(stalled) == 0 {
+	if !over {
 		return rendezvous.End{}, false
+	}
+	// A worker that has not passed the timed-out ones' step and has been
+	// still for most of the timeout is stuck with them: its last beat may
+	// have come a step time later, and it may be the one that hung.
+	var stalled []stall
+	for _, s := range beating {
+		if s.step <= top && now.Sub(s.last) >= a.cfg.HangTimeout/2 {
+			stalled = append(stalled, s)
+		}
 	}
 	slices.SortFunc(stalled, func(x, y stall) int {
 		if x.step != y.step {
