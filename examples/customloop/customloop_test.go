@@ -311,8 +311,10 @@ func TestAcrossSitesRecoveryIsBitIdentical(t *testing.T) {
 	if err != nil {
 		t.Fatalf("interrupted run: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "killed by signal 9") || !strings.Contains(out, "resumed from step") {
-		t.Fatalf("the run was not killed and resumed from a checkpoint:\n%s", out)
+	// Either launcher may post the failure first: west's, of its killed
+	// workers, or east's, of a worker that lost its peers and exited.
+	if !strings.Contains(out, "restarting (1 of 1 restarts)") || !strings.Contains(out, "resumed from step") {
+		t.Fatalf("the run was not restarted and resumed from a checkpoint:\n%s", out)
 	}
 	sameBits(t, params(t, clean), params(t, killed), out)
 }
