@@ -1,9 +1,12 @@
 package checkpoint_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -40,6 +43,7 @@ func TestCrashChild(t *testing.T) {
 	if err != nil && !errors.Is(err, checkpoint.ErrNoCheckpoint) {
 		t.Fatal(err)
 	}
+	fmt.Println("saving") // the parent times its kill from here
 	for {
 		step++
 		if err := checkpoint.Save(context.Background(), checkpoint.Single{}, dir, step, stateAt(step)); err != nil {
@@ -67,8 +71,35 @@ func TestKilledWhileSaving(t *testing.T) {
 	for k := 0; k < kills; k++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
+		}
+		// The kill's moment counts from the child's first save, not from
+		// its start, which a loaded machine (-race) can delay past every
+		// moment drawn below.
+		started, drained := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(drained) // read to EOF before Wait closes the pipe
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if sc.Text() == "saving" {
+					close(started)
+					break
+				}
+			}
+			io.Copy(io.Discard, out)
+		}()
+		select {
+		case <-started:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-drained
+			cmd.Wait()
+			t.Fatalf("kill %d: the child did not start saving within 20 s", k)
 		}
 		if last == 0 {
 			// Until a first save has landed, wait for it: a child that
@@ -80,8 +111,9 @@ func TestKilledWhileSaving(t *testing.T) {
 				}
 			}
 		}
-		time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
+		time.Sleep(time.Duration(rng.IntN(60)) * time.Millisecond)
 		cmd.Process.Kill()
+		<-drained
 		cmd.Wait()
 
 		if midSave(dir) {
