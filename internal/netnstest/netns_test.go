@@ -24,7 +24,13 @@ func TestMain(m *testing.M) {
 		got := 0
 		buf := make([]byte, 2048)
 		for {
-			c.SetReadDeadline(time.Now().Add(time.Second))
+			// Long for the first packet (the sender starts after this,
+			// slowly on a loaded machine), then a second of quiet ends it.
+			wait := time.Second
+			if got == 0 {
+				wait = 30 * time.Second
+			}
+			c.SetReadDeadline(time.Now().Add(wait))
 			if _, _, err := c.ReadFrom(buf); err != nil {
 				break
 			}
