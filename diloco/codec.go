@@ -325,7 +325,7 @@ func (d *decoder) addTo(acc []float32, msg []byte) error {
 	sum := binary.LittleEndian.Uint32(msg[24:])
 	wireLen := binary.LittleEndian.Uint32(msg[28:])
 	if count != uint64(len(acc)) {
-		return bad("a vector of %d values, want %d", count, len(acc))
+		return bad("a vector of %d values, want %d: every site must train the same parameters (same model, same number of ranks per site)", count, len(acc))
 	}
 	sparse := flags&flagSparse != 0
 	if nnz > count || !sparse && nnz != count {

@@ -24,9 +24,12 @@ type Outer struct {
 	anchor, mom []float32 // the global parameters at the last sync, and the outer momentum: the same on every rank
 	resid       []float32 // this rank's shard (padded to shardLen): what compression has not sent yet
 	snap        []float32 // the parameters when the pending sync started
+	mine        []float32 // this rank's averaged shard, padded, for the site's all-gather
 	gathered    []float32 // the site's shards of the averaged delta
+	agreed      int64     // the step after which every site holds the same parameters (-1: none yet)
 
 	enc     *encoder
+	dec     *decoder // used by one exchange at a time
 	pending *exchange
 	stats   Stats
 	closed  bool
@@ -38,8 +41,6 @@ type Stats struct {
 	Syncs int64
 	// WireBytes is what this rank sent to the other sites, all syncs.
 	WireBytes int64
-	// LastWireBytes is what it sent for the last sync.
-	LastWireBytes int64
 	// DenseBytes is what this rank's messages would have been as plain
 	// float32 (its shard of the delta), MessageBytes what they were.
 	DenseBytes, MessageBytes int64
@@ -87,7 +88,7 @@ func New(site, cross collective.Comm, cfg Config, params ...[]float32) (*Outer, 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	o := &Outer{cfg: cfg, site: site, cross: cross, params: params}
+	o := &Outer{cfg: cfg, site: site, cross: cross, params: params, agreed: -1}
 	for _, p := range params {
 		o.n += len(p)
 	}
@@ -102,10 +103,15 @@ func New(site, cross collective.Comm, cfg Config, params ...[]float32) (*Outer, 
 	o.mom = make([]float32, o.n)
 	o.snap = make([]float32, o.n)
 	o.resid = make([]float32, o.shardLen)
+	o.mine = make([]float32, o.shardLen)
 	o.gathered = make([]float32, o.shardLen*size)
 	o.flatten(o.anchor)
 	var err error
 	if o.enc, err = newEncoder(cfg); err != nil {
+		return nil, err
+	}
+	if o.dec, err = newDecoder(); err != nil {
+		o.enc.close()
 		return nil, err
 	}
 	return o, nil
@@ -127,9 +133,6 @@ func (o *Outer) Residual() []float32 { return o.resid }
 
 // Stats returns the counters so far.
 func (o *Outer) Stats() Stats { return o.stats }
-
-// Pending says whether a sync has started and not been applied.
-func (o *Outer) Pending() bool { return o.pending != nil }
 
 func (o *Outer) flatten(dst []float32) {
 	off := 0
@@ -165,8 +168,13 @@ func (o *Outer) Step(ctx context.Context, step int64) error {
 }
 
 // Sync applies any pending sync, then syncs now and waits for it: at the
-// end of training, so that every site ends with the same parameters.
+// end of training, so that every site ends with the same parameters. When
+// a sync without delay was just applied after step, they already do, and
+// Sync does nothing.
 func (o *Outer) Sync(ctx context.Context, step int64) error {
+	if o.pending == nil && o.agreed == step {
+		return nil
+	}
 	if o.pending != nil {
 		if err := o.apply(ctx); err != nil {
 			return err
@@ -190,23 +198,17 @@ func (o *Outer) start(ctx context.Context, step int64) {
 	x := &exchange{step: step, applyAt: step + int64(o.cfg.Delay), done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
 	o.pending = x
 	if o.cfg.Delay == 0 {
-		x.run(ctx, o.cross, msg)
+		x.run(ctx, o.cross, o.dec, msg)
 		return
 	}
-	go x.run(ctx, o.cross, msg)
+	go x.run(ctx, o.cross, o.dec, msg)
 }
 
 // run exchanges msg with the other sites and averages what they sent.
 // The result is the same on every site: every message, this site's too,
 // is decoded and summed in site order.
-func (x *exchange) run(ctx context.Context, cross collective.Comm, msg []byte) {
+func (x *exchange) run(ctx context.Context, cross collective.Comm, d *decoder, msg []byte) {
 	defer close(x.done)
-	d, err := newDecoder()
-	if err != nil {
-		x.err = err
-		return
-	}
-	defer d.close()
 	if cross == nil || cross.Size() == 1 {
 		x.err = d.addTo(x.avg, msg)
 		return
@@ -244,25 +246,19 @@ func (o *Outer) apply(ctx context.Context) error {
 	x := o.pending
 	o.pending = nil
 	t0 := time.Now()
-	select {
-	case <-x.done:
-	case <-ctx.Done():
-		<-x.done // the exchange's calls end with ctx
-	}
-	if w := time.Since(t0); o.cfg.Delay > 0 {
-		o.stats.Waited += w
+	<-x.done // with Delay 0 it has; else its calls end with ctx
+	if o.cfg.Delay > 0 {
+		o.stats.Waited += time.Since(t0)
 	}
 	if x.err != nil {
 		return fmt.Errorf("diloco: outer sync of step %d: %w", x.step, x.err)
 	}
 	o.stats.Syncs++
-	o.stats.LastWireBytes = x.sent
 	o.stats.WireBytes += x.sent
 	avg := o.gathered[:o.n]
 	if o.site != nil && o.site.Size() > 1 {
-		mine := make([]float32, o.shardLen)
-		copy(mine, x.avg)
-		if err := o.site.AllGather(ctx, collective.Float32s(mine), collective.Float32s(o.gathered)); err != nil {
+		copy(o.mine, x.avg) // the tail past this shard stays zero
+		if err := o.site.AllGather(ctx, collective.Float32s(o.mine), collective.Float32s(o.gathered)); err != nil {
 			return fmt.Errorf("diloco: outer sync of step %d: gathering the averaged delta within the site: %w", x.step, err)
 		}
 	} else {
@@ -292,6 +288,9 @@ func (o *Outer) apply(ctx context.Context) error {
 		}
 		off += len(p)
 	}
+	if o.cfg.Delay == 0 {
+		o.agreed = x.step
+	}
 	return nil
 }
 
@@ -306,5 +305,6 @@ func (o *Outer) Close() error {
 		<-o.pending.done
 	}
 	o.enc.close()
+	o.dec.close()
 	return nil
 }

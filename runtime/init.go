@@ -117,7 +117,7 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 	}
 	g.tcfg, g.ccfg = tcfg, ccfg
 	g.rep.ckpt.LastStep = -1
-	tr, name, err := joinTransport(ctx, e, tcfg)
+	tr, name, p2pc, err := joinTransport(ctx, e, tcfg)
 	if err == nil {
 		if g.Comm, err = collective.New(tr, ccfg); err != nil {
 			tr.Close()
@@ -128,14 +128,8 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		return nil, fmt.Errorf("rank %d of %d: joining the collective group (%s) at %s: %w", e.rank, e.size, name, e.collAddr, err)
 	}
 	g.Transport, g.tr = name, tr
-	if name == "libp2p" && e.size > 1 {
-		c, err := p2pConfig(e, tcfg)
-		if err != nil {
-			g.Comm.Close()
-			g.beat.close()
-			return nil, err
-		}
-		g.p2p = &c
+	if e.size > 1 {
+		g.p2p = p2pc // nil unless libp2p
 	}
 	g.beat.report = g.report
 	return g, nil

@@ -114,6 +114,17 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 	return &Outer{Outer: o, Sites: s}, nil
 }
 
+// Track registers the outer optimizer's state with t, so that its
+// checkpoints resume it: the global parameters of the last sync and the
+// outer momentum (the same on every rank), and this rank's error
+// feedback (its own). Checkpoints continue the run only when taken right
+// after a sync without delay, where every site holds the same parameters.
+func (o *Outer) Track(t *Trainer) {
+	t.Track("outer.anchor", o.Anchor())
+	t.Track("outer.momentum", o.Momentum())
+	t.TrackPerRank("outer.residual", o.Residual())
+}
+
 // Close waits for a sync in flight and closes the site groups.
 func (o *Outer) Close() error {
 	return errors.Join(o.Outer.Close(), o.Sites.Close())

@@ -91,7 +91,7 @@ func (g *Group) NewTrainer(ctx context.Context, cfg TrainerConfig) (*Trainer, er
 // restore, checkpoint and verify; shape defaults to one dimension. The
 // trainer reads and writes the slice in place.
 func (t *Trainer) Track(name string, data []float32, shape ...int64) {
-	t.track(name, safetensors.F32, shape, len(data), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)))
+	t.track(name, safetensors.F32, shape, len(data), bytesOfSlice(data))
 }
 
 // TrackPerRank registers a float32 tensor that differs between ranks, of
@@ -101,13 +101,13 @@ func (t *Trainer) Track(name string, data []float32, shape ...int64) {
 // gives each rank its row back, on the same world size only; Start with no
 // checkpoint leaves it as it is, and Verify ignores it.
 func (t *Trainer) TrackPerRank(name string, data []float32) {
-	t.track(name, safetensors.F32, []int64{int64(t.g.Size()), int64(len(data))}, len(data), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)))
+	t.track(name, safetensors.F32, []int64{int64(t.g.Size()), int64(len(data))}, len(data), bytesOfSlice(data))
 	t.tracked[len(t.tracked)-1].perRank = true
 }
 
 // Track64 registers a float64 tensor.
 func (t *Trainer) Track64(name string, data []float64, shape ...int64) {
-	t.track(name, safetensors.F64, shape, len(data), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 8*len(data)))
+	t.track(name, safetensors.F64, shape, len(data), bytesOfSlice(data))
 }
 
 func (t *Trainer) track(name string, d safetensors.DType, shape []int64, n int, b []byte) {
@@ -248,6 +248,12 @@ func (t *Trainer) Save(ctx context.Context, step int64, meta any) (err error) {
 	return t.saver.Save(ctx, step, st)
 }
 
+// bytesOfSlice is the memory of s, which it aliases.
+func bytesOfSlice[T float32 | float64](s []T) []byte {
+	var zero T
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), int(unsafe.Sizeof(zero))*len(s))
+}
+
 func bytesOf(ts []tracked) int64 {
 	var n int64
 	for _, t := range ts {
@@ -297,7 +303,7 @@ func (t *Trainer) Verify(ctx context.Context, step int64) error {
 func VerifySame(ctx context.Context, c collective.Comm, step int64, data ...[]float32) error {
 	h := xxhash.New()
 	for _, d := range data {
-		h.Write(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(d))), 4*len(d)))
+		h.Write(bytesOfSlice(d))
 	}
 	return sameHash(ctx, c, step, h.Sum64())
 }

@@ -20,8 +20,10 @@ import (
 // names, else shared memory when every rank of the job runs on this host
 // (one node), else mix: a link per peer, shared memory to the ranks on
 // this host and TCP to the others. tcfg carries what every transport
-// shares: the rendezvous, rank, size, token and fault hook.
-func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport.Transport, string, error) {
+// shares: the rendezvous, rank, size, token and fault hook. Over libp2p
+// it also returns the configuration, which the groups NewSites forms
+// reuse.
+func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport.Transport, string, *p2p.Config, error) {
 	kind := e.transport
 	if kind == "" {
 		kind = defaultTransport(e)
@@ -32,30 +34,30 @@ func joinTransport(ctx context.Context, e workerEnv, tcfg tcp.Config) (transport
 	switch kind {
 	case "mix":
 		tr, err := joinMix(ctx, e, tcfg)
-		return tr, kind, err
+		return tr, kind, nil, err
 	case "tcp":
 		tr, err := tcp.Join(ctx, tcfg)
-		return tr, kind, err
+		return tr, kind, nil, err
 	case "shm":
 		if e.nodes > 1 {
-			return nil, kind, fmt.Errorf("%s=shm: the job spans %d nodes, and shared memory reaches only ranks on this host; use tcp", EnvTransport, e.nodes)
+			return nil, kind, nil, fmt.Errorf("%s=shm: the job spans %d nodes, and shared memory reaches only ranks on this host; use tcp", EnvTransport, e.nodes)
 		}
 		c, err := shmConfig(e)
 		if err != nil {
-			return nil, kind, err
+			return nil, kind, nil, err
 		}
 		c.Rendezvous, c.Rank, c.Size, c.Token, c.OnFault = tcfg.Rendezvous, tcfg.Rank, tcfg.Size, tcfg.Token, tcfg.OnFault
 		tr, err := shm.Join(ctx, c)
-		return tr, kind, err
+		return tr, kind, nil, err
 	case "libp2p":
 		c, err := p2pConfig(e, tcfg)
 		if err != nil {
-			return nil, kind, err
+			return nil, kind, nil, err
 		}
 		tr, err := p2p.Join(ctx, c)
-		return tr, kind, err
+		return tr, kind, &c, err
 	}
-	return nil, kind, fmt.Errorf("%s=%q: want tcp, shm, mix or libp2p", EnvTransport, kind)
+	return nil, kind, nil, fmt.Errorf("%s=%q: want tcp, shm, mix or libp2p", EnvTransport, kind)
 }
 
 // p2pConfig reads the identity and allowlist files the launcher wrote.

@@ -119,9 +119,7 @@ func main() {
 		// feedback; the outer optimizer's state is the same everywhere.
 		t.TrackPerRank("momentum.w", vw)
 		t.TrackPerRank("momentum.b", vb)
-		t.Track("outer.anchor", outer.Anchor())
-		t.Track("outer.momentum", outer.Momentum())
-		t.TrackPerRank("outer.residual", outer.Residual())
+		outer.Track(t)
 	}
 	meta := Meta{Data: order.State{Seed: *seed}}
 	step, restored, err := t.Start(ctx, &meta)

@@ -203,9 +203,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	}
 	tr.Track64("adam.steps", opt.steps[:])
 	if outer != nil {
-		tr.Track("outer.anchor", outer.Anchor())
-		tr.Track("outer.momentum", outer.Momentum())
-		tr.TrackPerRank("outer.residual", outer.Residual())
+		outer.Track(tr)
 	}
 	// synced says whether the sites agree after step, so that a
 	// checkpoint of it continues the run.

@@ -197,10 +197,15 @@ func (h *Hosts) Shape(i int, rate string, loss float64) {
 	if err != nil {
 		h.T.Fatal(err)
 	}
-	// Drop when a random u32 falls below loss·2^32.
+	if loss > 1 {
+		h.T.Fatalf("Shape: loss %v is a fraction, at most 1", loss)
+	}
+	// Drop when a random u32 falls below loss·2^32. The threshold goes in
+	// a register: as a 32-bit immediate it would turn negative from 0.5.
 	insns := asm.Instructions{
 		asm.FnGetPrandomU32.Call(),
-		asm.JGE.Imm(asm.R0, int32(loss*(1<<32)), "pass"),
+		asm.LoadImm(asm.R1, int64(loss*(1<<32)), asm.DWord),
+		asm.JGE.Reg(asm.R0, asm.R1, "pass"),
 		asm.Mov.Imm(asm.R0, 2), // TCX_DROP
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("pass"), // TCX_PASS
