@@ -193,25 +193,14 @@ func (h *Hosts) Shape(i int, rate string, loss float64) {
 	if loss <= 0 {
 		return
 	}
+	if loss > 1 {
+		h.T.Fatalf("Shape: loss %v is a fraction, at most 1", loss)
+	}
 	ifc, err := net.InterfaceByName(dev)
 	if err != nil {
 		h.T.Fatal(err)
 	}
-	if loss > 1 {
-		h.T.Fatalf("Shape: loss %v is a fraction, at most 1", loss)
-	}
-	// Drop when a random u32 falls below loss·2^32. The threshold goes in
-	// a register: as a 32-bit immediate it would turn negative from 0.5.
-	insns := asm.Instructions{
-		asm.FnGetPrandomU32.Call(),
-		asm.LoadImm(asm.R1, int64(loss*(1<<32)), asm.DWord),
-		asm.JGE.Reg(asm.R0, asm.R1, "pass"),
-		asm.Mov.Imm(asm.R0, 2), // TCX_DROP
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("pass"), // TCX_PASS
-		asm.Return(),
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: insns, License: "Dual MIT/GPL"})
+	prog, err := DropProgram(loss, 0)
 	if err != nil {
 		h.T.Skipf("skipped: cannot load the packet-loss program (eBPF): %v", err)
 	}
@@ -236,4 +225,29 @@ func (h *Hosts) TxBytes(i int) int64 {
 		h.T.Fatal(err)
 	}
 	return n
+}
+
+// DropProgram is a tc (tcx) program that drops the fraction loss of the
+// packets of at least minLen bytes, at random, and passes the rest: packet
+// loss where netem is not built into the kernel. The caller attaches and
+// closes it.
+func DropProgram(loss float64, minLen int32) (*ebpf.Program, error) {
+	var insns asm.Instructions
+	if minLen > 0 {
+		insns = append(insns,
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // skb->len
+			asm.JLT.Imm(asm.R2, minLen, "pass"))
+	}
+	// Drop when a random u32 falls below loss·2^32. The threshold goes in
+	// a register: as a 32-bit immediate it would turn negative from 0.5.
+	insns = append(insns,
+		asm.FnGetPrandomU32.Call(),
+		asm.LoadImm(asm.R1, int64(loss*(1<<32)), asm.DWord),
+		asm.JGE.Reg(asm.R0, asm.R1, "pass"),
+		asm.Mov.Imm(asm.R0, 2), // TCX_DROP
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("pass"), // TCX_PASS
+		asm.Return(),
+	)
+	return ebpf.NewProgram(&ebpf.ProgramSpec{Name: "ringo_drop", Type: ebpf.SchedCLS, Instructions: insns, License: "Apache-2.0"})
 }
