@@ -1,0 +1,354 @@
+package collective_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/collectivetest"
+)
+
+// encode writes small integers as elements of d.
+func encode(d collective.DType, vals []int) []byte {
+	b := make([]byte, len(vals)*d.Size())
+	for i, v := range vals {
+		switch d {
+		case collective.Float32:
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(float32(v)))
+		case collective.Float64:
+			binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(float64(v)))
+		case collective.Int32:
+			binary.LittleEndian.PutUint32(b[4*i:], uint32(int32(v)))
+		case collective.Int64:
+			binary.LittleEndian.PutUint64(b[8*i:], uint64(int64(v)))
+		case collective.BFloat16:
+			binary.LittleEndian.PutUint16(b[2*i:], collective.BF16FromFloat32(float32(v)))
+		case collective.Float16:
+			binary.LittleEndian.PutUint16(b[2*i:], collective.F16FromFloat32(float32(v)))
+		}
+	}
+	return b
+}
+
+// stagedInput is rank r's element i: small integers, so that every
+// reduction is exact in every dtype and the order of reduction does not
+// matter (products of up to 4 ranks stay below 2^8).
+func stagedInput(r, i, count int) []int {
+	v := make([]int, count)
+	for j := range v {
+		v[j] = (r*7+(i+j)*3)%9 - 4
+	}
+	return v
+}
+
+func stagedCfg() collective.Config {
+	cfg := collective.DefaultConfig()
+	cfg.ChunkBytes = 64
+	cfg.Timeout = 20 * time.Second
+	return cfg
+}
+
+// TestStagedMatchesHost checks every staged collective against the same
+// collective on host buffers, for every dtype and op, world sizes 1 to 4,
+// sizes of no, one and many chunks, in place and out of place.
+func TestStagedMatchesHost(t *testing.T) {
+	scfg := collective.StagingConfig{ChunkBytes: 96, Slots: 3}
+	for n := 1; n <= 4; n++ {
+		host := inprocGroup(t, n, stagedCfg())
+		dev := inprocGroup(t, n, stagedCfg())
+		stagers := make([]*collective.Stager, n)
+		for r := range stagers {
+			s, err := collective.NewStager(dev[r], scfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stagers[r] = s
+			t.Cleanup(func() { s.Close() })
+		}
+		for _, d := range collective.DTypes {
+			for _, count := range []int{0, 1, 7, 48, 101} {
+				for _, op := range collective.Ops {
+					t.Run(fmt.Sprintf("n%d/%v/%v/c%d", n, d, op, count), func(t *testing.T) {
+						checkStagedAllReduce(t, host, dev, stagers, d, op, count)
+					})
+				}
+				t.Run(fmt.Sprintf("n%d/%v/c%d/others", n, d, count), func(t *testing.T) {
+					checkStagedOthers(t, host, stagers, d, count)
+				})
+			}
+		}
+	}
+}
+
+func checkStagedAllReduce(t *testing.T, host, dev []collective.Comm, stagers []*collective.Stager, d collective.DType, op collective.Op, count int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n := len(host)
+	want := make([][]byte, n)
+	errs := each(host, func(c collective.Comm) error {
+		b := encode(d, stagedInput(c.Rank(), 0, count))
+		want[c.Rank()] = b
+		return c.AllReduce(ctx, collective.BufferOf(d, b), collective.BufferOf(d, b), op)
+	})
+	failOn(t, errs)
+	for _, inPlace := range []bool{true, false} {
+		got := make([][]byte, n)
+		errs = each(dev, func(c collective.Comm) error {
+			r := c.Rank()
+			send := collectivetest.NewHostDevice(count * d.Size())
+			send.Store(encode(d, stagedInput(r, 0, count)))
+			recv := send
+			if !inPlace {
+				recv = collectivetest.NewHostDevice(count * d.Size())
+			}
+			err := stagers[r].AllReduce(ctx, collective.OnDevice(d, send), collective.OnDevice(d, recv), op)
+			got[r] = recv.Load()
+			if !inPlace && !bytes.Equal(send.Load(), encode(d, stagedInput(r, 0, count))) {
+				return fmt.Errorf("out-of-place all-reduce changed the send buffer")
+			}
+			return err
+		})
+		failOn(t, errs)
+		for r := range got {
+			if !bytes.Equal(got[r], want[r]) {
+				t.Fatalf("in place %v: rank %d: staged all-reduce gave\n%x\nhost all-reduce gave\n%x", inPlace, r, got[r], want[r])
+			}
+		}
+	}
+}
+
+// checkStagedOthers checks reduce-scatter, all-gather and broadcast
+// (every root) against the host collectives.
+func checkStagedOthers(t *testing.T, host []collective.Comm, stagers []*collective.Stager, d collective.DType, count int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n := len(host)
+	es := d.Size()
+	type result struct{ rs, ag []byte }
+	want := make([]result, n)
+	failOn(t, each(host, func(c collective.Comm) error {
+		r := c.Rank()
+		send := encode(d, stagedInput(r, 0, count*n))
+		rs := make([]byte, count*es)
+		if err := c.ReduceScatter(ctx, collective.BufferOf(d, send), collective.BufferOf(d, rs), collective.Sum); err != nil {
+			return err
+		}
+		ag := make([]byte, count*n*es)
+		if err := c.AllGather(ctx, collective.BufferOf(d, encode(d, stagedInput(r, 5, count))), collective.BufferOf(d, ag)); err != nil {
+			return err
+		}
+		want[r] = result{rs, ag}
+		return nil
+	}))
+	errs := make([]error, n)
+	got := make([]result, n)
+	bcast := make([][][]byte, n)
+	done := make(chan struct{})
+	for r, s := range stagers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			send := collectivetest.NewHostDevice(count * n * es)
+			send.Store(encode(d, stagedInput(r, 0, count*n)))
+			rs := collectivetest.NewHostDevice(count * es)
+			if errs[r] = s.ReduceScatter(ctx, collective.OnDevice(d, send), collective.OnDevice(d, rs), collective.Sum); errs[r] != nil {
+				return
+			}
+			in := collectivetest.NewHostDevice(count * es)
+			in.Store(encode(d, stagedInput(r, 5, count)))
+			ag := collectivetest.NewHostDevice(count * n * es)
+			if errs[r] = s.AllGather(ctx, collective.OnDevice(d, in), collective.OnDevice(d, ag)); errs[r] != nil {
+				return
+			}
+			got[r] = result{rs.Load(), ag.Load()}
+			for root := range n {
+				b := collectivetest.NewHostDevice(count * es)
+				b.Store(encode(d, stagedInput(r, 11, count)))
+				if errs[r] = s.Broadcast(ctx, collective.OnDevice(d, b), collective.OnDevice(d, b), root); errs[r] != nil {
+					return
+				}
+				bcast[r] = append(bcast[r], b.Load())
+			}
+		}()
+	}
+	for range stagers {
+		<-done
+	}
+	failOn(t, errs)
+	for r := range got {
+		if !bytes.Equal(got[r].rs, want[r].rs) {
+			t.Fatalf("rank %d: staged reduce-scatter gave %x, host %x", r, got[r].rs, want[r].rs)
+		}
+		if !bytes.Equal(got[r].ag, want[r].ag) {
+			t.Fatalf("rank %d: staged all-gather gave %x, host %x", r, got[r].ag, want[r].ag)
+		}
+		for root := range n {
+			if w := encode(d, stagedInput(root, 11, count)); !bytes.Equal(bcast[r][root], w) {
+				t.Fatalf("rank %d: staged broadcast from root %d gave %x, want %x", r, root, bcast[r][root], w)
+			}
+		}
+	}
+}
+
+func failOn(t *testing.T, errs []error) {
+	t.Helper()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+}
+
+// TestStagedOverlaps proves the stages run side by side: the copy of
+// chunk 0 back to the device is held until the copy of chunk 2 off the
+// device has begun. A stager that ran the chunks one after another would
+// never start chunk 2 and the held copy would give up.
+func TestStagedOverlaps(t *testing.T) {
+	const chunk = 64
+	comms := inprocGroup(t, 2, stagedCfg())
+	errs := each(comms, func(c collective.Comm) error {
+		s, err := collective.NewStager(c, collective.StagingConfig{ChunkBytes: chunk, Slots: 3})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		dev := collectivetest.NewHostDevice(8 * chunk)
+		started := make(chan struct{})
+		dev.Hook = func(dir collectivetest.Direction, off, n int) error {
+			switch {
+			case dir == collectivetest.ToHost && off == 2*chunk:
+				close(started)
+			case dir == collectivetest.ToDevice && off == 0:
+				select {
+				case <-started:
+				case <-time.After(10 * time.Second):
+					return errors.New("chunk 2 was not copied off the device while chunk 0 waited to be copied back: the stages do not overlap")
+				}
+			}
+			return nil
+		}
+		if err := s.AllReduce(context.Background(), collective.OnDevice(collective.Float32, dev), collective.OnDevice(collective.Float32, dev), collective.Sum); err != nil {
+			return err
+		}
+		st := s.Stats()
+		if st.Chunks != 8 || st.Bytes != 8*chunk || st.Calls != 1 {
+			return fmt.Errorf("stats %+v: want 8 chunks, %d bytes, 1 call", st, 8*chunk)
+		}
+		if dev.Copies(collectivetest.ToHost) != 8 || dev.Copies(collectivetest.ToDevice) != 8 {
+			return fmt.Errorf("%d copies to host and %d to device, want 8 each", dev.Copies(collectivetest.ToHost), dev.Copies(collectivetest.ToDevice))
+		}
+		return nil
+	})
+	failOn(t, errs)
+}
+
+// TestStagedCopyFailure: a copy that fails on one rank fails that rank's
+// call with an error naming the chunk and the stage, and every other rank
+// gets a PeerError naming that rank at once, not at its timeout.
+func TestStagedCopyFailure(t *testing.T) {
+	for _, dir := range []collectivetest.Direction{collectivetest.ToHost, collectivetest.ToDevice} {
+		t.Run(dir.String(), func(t *testing.T) {
+			cfg := stagedCfg()
+			cfg.Timeout = time.Minute
+			comms := inprocGroup(t, 3, cfg)
+			boom := errors.New("injected copy failure")
+			start := time.Now()
+			errs := each(comms, func(c collective.Comm) error {
+				s, err := collective.NewStager(c, collective.StagingConfig{ChunkBytes: 64, Slots: 3})
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				dev := collectivetest.NewHostDevice(10 * 64)
+				if c.Rank() == 1 {
+					dev.Hook = func(d collectivetest.Direction, off, n int) error {
+						if d == dir && off == 3*64 {
+							return boom
+						}
+						return nil
+					}
+				}
+				return s.AllReduce(context.Background(), collective.OnDevice(collective.Float32, dev), collective.OnDevice(collective.Float32, dev), collective.Sum)
+			})
+			if took := time.Since(start); took > 30*time.Second {
+				t.Fatalf("the failure took %v to reach every rank, as long as a timeout", took)
+			}
+			if !errors.Is(errs[1], boom) || !strings.Contains(errs[1].Error(), "chunk 4 of 10") || !strings.Contains(errs[1].Error(), dir.String()) {
+				t.Fatalf("rank 1: %v; want the injected failure, naming chunk 4 of 10 and %q", errs[1], dir)
+			}
+			for _, r := range []int{0, 2} {
+				var pe *collective.PeerError
+				if !errors.As(errs[r], &pe) || pe.Rank != 1 || errors.Is(errs[r], collective.ErrTimeout) {
+					t.Fatalf("rank %d: %v; want a PeerError naming rank 1 (not a timeout)", r, errs[r])
+				}
+			}
+		})
+	}
+}
+
+// TestStagedLengthMismatch: ranks whose buffers differ by whole chunks
+// (so each chunk's count agrees) fail together with ErrMismatch.
+func TestStagedLengthMismatch(t *testing.T) {
+	comms := inprocGroup(t, 2, stagedCfg())
+	errs := each(comms, func(c collective.Comm) error {
+		s, err := collective.NewStager(c, collective.StagingConfig{ChunkBytes: 64, Slots: 3})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		dev := collectivetest.NewHostDevice((3 + c.Rank()) * 64)
+		return s.AllReduce(context.Background(), collective.OnDevice(collective.Float32, dev), collective.OnDevice(collective.Float32, dev), collective.Sum)
+	})
+	for r, err := range errs {
+		if !errors.Is(err, collective.ErrMismatch) || !strings.Contains(err.Error(), "192 to 256 bytes") {
+			t.Fatalf("rank %d: %v; want ErrMismatch naming both lengths", r, err)
+		}
+	}
+}
+
+func TestStagedArgErrors(t *testing.T) {
+	comms := inprocGroup(t, 2, stagedCfg())
+	s, err := collective.NewStager(comms[0], collective.StagingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f32 := func(n int) collective.DeviceBuffer {
+		return collective.OnDevice(collective.Float32, collectivetest.NewHostDevice(n))
+	}
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"dtype", s.AllReduce(ctx, f32(16), collective.OnDevice(collective.Float64, collectivetest.NewHostDevice(16)), collective.Sum), "dtypes"},
+		{"ragged", s.AllReduce(ctx, f32(15), f32(15), collective.Sum), "not a whole number"},
+		{"sizes", s.AllReduce(ctx, f32(16), f32(32), collective.Sum), "want recv"},
+		{"rs", s.ReduceScatter(ctx, f32(16), f32(16), collective.Sum), "want recv"},
+		{"ag", s.AllGather(ctx, f32(16), f32(16)), "want recv"},
+		{"root", s.Broadcast(ctx, f32(16), f32(16), 2), "root 2"},
+		{"op", s.AllReduce(ctx, f32(16), f32(16), collective.Op(99)), "not supported"},
+	}
+	for _, c := range cases {
+		var ae *collective.ArgError
+		if !errors.As(c.err, &ae) || !strings.Contains(c.err.Error(), c.want) {
+			t.Errorf("%s: %v; want an ArgError mentioning %q", c.name, c.err, c.want)
+		}
+	}
+	s.Close()
+	if err := s.AllReduce(ctx, f32(16), f32(16), collective.Sum); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("after Close: %v; want an error saying the stager is closed", err)
+	}
+	if _, err := collective.NewStager(comms[0], collective.StagingConfig{Slots: 2}); err == nil {
+		t.Error("2 slots accepted; a pipeline of three stages needs 3")
+	}
+	if _, err := collective.NewStager(comms[0], collective.StagingConfig{Alloc: func(int) ([]byte, error) { return nil, errors.New("no pinned memory") }}); err == nil || !strings.Contains(err.Error(), "no pinned memory") {
+		t.Errorf("failing allocator: %v", err)
+	}
+}
