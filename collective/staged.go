@@ -171,6 +171,7 @@ func (s *Stager) ResetStats() { s.stats = StageStats{} }
 type stagedCall struct {
 	kind       opKind
 	dtype      DType
+	wireType   DType // AllReduceAs: the float32 chunk travels as this 16-bit type
 	op         Op
 	root       int
 	send, recv DeviceMemory
@@ -190,7 +191,13 @@ func (c *stagedCall) toHost(k int, slot []byte) error {
 	off, n := c.span(k)
 	switch c.kind {
 	case opAllReduce, opAllGather:
-		return c.send.CopyToHost(slot[:n], off)
+		if err := c.send.CopyToHost(slot[:n], off); err != nil {
+			return err
+		}
+		if c.wireType != 0 {
+			narrow(c.wireType, view[uint16](slot[len(slot)/2:len(slot)/2+n/2]), view[float32](slot[:n]))
+		}
+		return nil
 	case opBroadcast:
 		if c.rank != c.root {
 			return nil
@@ -213,6 +220,9 @@ func (c *stagedCall) wire(ctx context.Context, comm Comm, k int, slot []byte) er
 	switch c.kind {
 	case opAllReduce:
 		b := BufferOf(d, slot[:n])
+		if c.wireType != 0 {
+			b = BufferOf(c.wireType, slot[len(slot)/2:len(slot)/2+n/2])
+		}
 		return comm.AllReduce(ctx, b, b, c.op)
 	case opBroadcast:
 		b := BufferOf(d, slot[:n])
@@ -233,6 +243,9 @@ func (c *stagedCall) toDevice(k int, slot []byte) error {
 	case opAllReduce, opBroadcast:
 		if c.kind == opBroadcast && c.rank == c.root && c.send == c.recv {
 			return nil // the root's data is already there
+		}
+		if c.wireType != 0 {
+			widen(c.wireType, view[float32](slot[:n]), view[uint16](slot[len(slot)/2:len(slot)/2+n/2]))
 		}
 		return c.recv.CopyFromHost(off, slot[:n])
 	case opReduceScatter:
@@ -259,6 +272,96 @@ func (s *Stager) AllReduce(ctx context.Context, send, recv DeviceBuffer, op Op) 
 	}
 	c.op = op
 	return s.run(ctx, c)
+}
+
+// AllReduceAs is AllReduce of float32 device memory that travels and is
+// reduced as wire, bfloat16 or float16: half the bytes on the wire, the
+// rounding described at runtime.BF16 and FP16. The narrowing and widening
+// run on the host, in the copy stages, beside the wire.
+func (s *Stager) AllReduceAs(ctx context.Context, send, recv DeviceBuffer, wire DType, op Op) error {
+	if wire != BFloat16 && wire != Float16 || send.dtype != Float32 {
+		return s.argErr(opAllReduce, "all-reduce of %v as %v: want float32 memory sent as bfloat16 or float16", send.dtype, wire)
+	}
+	c, err := s.check(opAllReduce, send, recv, 1, 1)
+	if err != nil {
+		return err
+	}
+	c.op, c.wireType = op, wire
+	return s.run(ctx, c)
+}
+
+// narrow rounds src into dst (same length) as wire.
+func narrow(wire DType, dst []uint16, src []float32) {
+	dst = dst[:len(src)]
+	if wire == BFloat16 {
+		for i, v := range src {
+			dst[i] = f32ToBF16(v)
+		}
+		return
+	}
+	for i, v := range src {
+		dst[i] = f32ToF16(v)
+	}
+}
+
+// widen is narrow's inverse, exact.
+func widen(wire DType, dst []float32, src []uint16) {
+	dst = dst[:len(src)]
+	if wire == BFloat16 {
+		for i, h := range src {
+			dst[i] = bf16ToF32(h)
+		}
+		return
+	}
+	t := f16Table
+	for i, h := range src {
+		dst[i] = t[h]
+	}
+}
+
+// Concat joins device memories end to end, so that many tensors (a
+// model's gradients, layer by layer) go through one staged call: the
+// bucketing of runtime.Gradients over device tensors. A copy that spans
+// parts becomes one copy per part, in order.
+func Concat(parts ...DeviceMemory) DeviceMemory {
+	c := &concat{parts: parts, starts: make([]int, len(parts)+1)}
+	for i, p := range parts {
+		c.starts[i+1] = c.starts[i] + p.Len()
+	}
+	return c
+}
+
+type concat struct {
+	parts  []DeviceMemory
+	starts []int // starts[i] is where part i begins; the last is the total
+}
+
+func (c *concat) Len() int { return c.starts[len(c.parts)] }
+
+// each calls f for every piece of [off, off+n): part i, offset within it,
+// and the piece's place in the caller's host slice.
+func (c *concat) each(off, n int, f func(p DeviceMemory, poff, at, m int) error) error {
+	if off < 0 || n < 0 || off+n > c.Len() {
+		return fmt.Errorf("copy of bytes %d..%d outside %d bytes of joined device memory", off, off+n, c.Len())
+	}
+	for i, p := range c.parts {
+		lo, hi := max(off, c.starts[i]), min(off+n, c.starts[i+1])
+		if lo >= hi {
+			continue
+		}
+		if err := f(p, lo-c.starts[i], lo-off, hi-lo); err != nil {
+			return fmt.Errorf("tensor %d of %d: %w", i+1, len(c.parts), err)
+		}
+	}
+	return nil
+}
+
+func (c *concat) CopyToHost(dst []byte, off int) error {
+	return c.each(off, len(dst), func(p DeviceMemory, poff, at, m int) error { return p.CopyToHost(dst[at:at+m], poff) })
+}
+
+func (c *concat) CopyFromHost(off int, src []byte) error {
+	return c.each(off, len(src), func(p DeviceMemory, poff, at, m int) error { return p.CopyFromHost(poff, src[at:at+m]) })
 }
 
 // Broadcast copies root's send into every rank's recv.

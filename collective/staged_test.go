@@ -352,3 +352,164 @@ func TestStagedArgErrors(t *testing.T) {
 		t.Errorf("failing allocator: %v", err)
 	}
 }
+
+// TestStagedAllReduceAs: float32 device memory reduced as bfloat16 or
+// float16 gives what a host all-reduce of the narrowed values gives,
+// widened back, on every rank; and the wire carries half the bytes.
+func TestStagedAllReduceAs(t *testing.T) {
+	const count = 301 // not a whole number of chunks
+	for _, wire := range []collective.DType{collective.BFloat16, collective.Float16} {
+		narrowTo := collective.BF16FromFloat32
+		widenFrom := collective.BF16ToFloat32
+		if wire == collective.Float16 {
+			narrowTo, widenFrom = collective.F16FromFloat32, collective.F16ToFloat32
+		}
+		// Values with more mantissa than 16 bits hold, so rounding shows.
+		input := func(r int) []float32 {
+			v := make([]float32, count)
+			for i := range v {
+				v[i] = float32(r+1)*0.3337 + float32(i%17)*0.01171 - 0.1
+			}
+			return v
+		}
+		for _, n := range []int{1, 3} {
+			t.Run(fmt.Sprintf("%v/n%d", wire, n), func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				host := inprocGroup(t, n, stagedCfg())
+				want := make([][]float32, n)
+				failOn(t, each(host, func(c collective.Comm) error {
+					h := make([]uint16, count)
+					for i, v := range input(c.Rank()) {
+						h[i] = narrowTo(v)
+					}
+					b := make([]byte, 2*count)
+					for i, x := range h {
+						binary.LittleEndian.PutUint16(b[2*i:], x)
+					}
+					if err := c.AllReduce(ctx, collective.BufferOf(wire, b), collective.BufferOf(wire, b), collective.Sum); err != nil {
+						return err
+					}
+					want[c.Rank()] = make([]float32, count)
+					for i := range want[c.Rank()] {
+						want[c.Rank()][i] = widenFrom(binary.LittleEndian.Uint16(b[2*i:]))
+					}
+					return nil
+				}))
+				dev := inprocGroup(t, n, stagedCfg())
+				got := make([][]byte, n)
+				stats := make([]collective.StageStats, n)
+				failOn(t, each(dev, func(c collective.Comm) error {
+					s, err := collective.NewStager(c, collective.StagingConfig{ChunkBytes: 128, Slots: 3})
+					if err != nil {
+						return err
+					}
+					defer s.Close()
+					m := collectivetest.NewHostDevice(4 * count)
+					b := make([]byte, 4*count)
+					for i, v := range input(c.Rank()) {
+						binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+					}
+					m.Store(b)
+					if err := s.AllReduceAs(ctx, collective.OnDevice(collective.Float32, m), collective.OnDevice(collective.Float32, m), wire, collective.Sum); err != nil {
+						return err
+					}
+					got[c.Rank()], stats[c.Rank()] = m.Load(), s.Stats()
+					return nil
+				}))
+				for r := range got {
+					for i := range count {
+						g := math.Float32frombits(binary.LittleEndian.Uint32(got[r][4*i:]))
+						if math.Float32bits(g) != math.Float32bits(want[r][i]) {
+							t.Fatalf("rank %d element %d: staged %v all-reduce gave %v, host %v", r, i, wire, g, want[r][i])
+						}
+					}
+					if !bytes.Equal(got[r], got[0]) {
+						t.Fatalf("rank %d's result differs from rank 0's", r)
+					}
+				}
+				if v := input(0)[5]; n == 1 && widenFrom(narrowTo(v)) == v {
+					t.Fatalf("test input %v is exact in %v: the rounding would not show", v, wire)
+				}
+				if stats[0].Chunks != (4*count+127)/128 {
+					t.Fatalf("stats %+v: want %d chunks of the float32 memory", stats[0], (4*count+127)/128)
+				}
+			})
+		}
+	}
+	comms := inprocGroup(t, 1, stagedCfg())
+	s, err := collective.NewStager(comms[0], collective.StagingConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := collective.OnDevice(collective.Float64, collectivetest.NewHostDevice(64))
+	var ae *collective.ArgError
+	if err := s.AllReduceAs(context.Background(), m, m, collective.BFloat16, collective.Sum); !errors.As(err, &ae) || !strings.Contains(err.Error(), "float64") {
+		t.Errorf("float64 memory as bfloat16: %v; want an ArgError naming float64", err)
+	}
+	f := collective.OnDevice(collective.Float32, collectivetest.NewHostDevice(64))
+	if err := s.AllReduceAs(context.Background(), f, f, collective.Int32, collective.Sum); !errors.As(err, &ae) {
+		t.Errorf("float32 as int32: %v; want an ArgError", err)
+	}
+}
+
+// TestConcat: a staged all-reduce over tensors joined end to end, with
+// chunks that straddle the joins, equals one over a single buffer; a copy
+// outside the joined memory names the bounds, and one that fails inside
+// a part names the tensor.
+func TestConcat(t *testing.T) {
+	sizes := []int{12, 100, 4, 0, 68} // bytes of float32 tensors; chunks of 64 straddle every join
+	total := 0
+	for _, s := range sizes {
+		total += s
+	}
+	comms := inprocGroup(t, 2, stagedCfg())
+	failOn(t, each(comms, func(c collective.Comm) error {
+		s, err := collective.NewStager(c, collective.StagingConfig{ChunkBytes: 64, Slots: 3})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		all := encode(collective.Float32, stagedInput(c.Rank(), 0, total/4))
+		whole := collectivetest.NewHostDevice(total)
+		whole.Store(all)
+		parts := make([]*collectivetest.HostDevice, len(sizes))
+		mems := make([]collective.DeviceMemory, len(sizes))
+		at := 0
+		for i, n := range sizes {
+			parts[i] = collectivetest.NewHostDevice(n)
+			parts[i].Store(all[at : at+n])
+			mems[i] = parts[i]
+			at += n
+		}
+		joined := collective.Concat(mems...)
+		if joined.Len() != total {
+			return fmt.Errorf("joined length %d, want %d", joined.Len(), total)
+		}
+		ctx := context.Background()
+		if err := s.AllReduce(ctx, collective.OnDevice(collective.Float32, whole), collective.OnDevice(collective.Float32, whole), collective.Sum); err != nil {
+			return err
+		}
+		if err := s.AllReduce(ctx, collective.OnDevice(collective.Float32, joined), collective.OnDevice(collective.Float32, joined), collective.Sum); err != nil {
+			return err
+		}
+		want := whole.Load()
+		at = 0
+		for i, p := range parts {
+			if g := p.Load(); !bytes.Equal(g, want[at:at+sizes[i]]) {
+				return fmt.Errorf("tensor %d: %x after the joined all-reduce, want %x", i, g, want[at:at+sizes[i]])
+			}
+			at += sizes[i]
+		}
+		if err := joined.CopyToHost(make([]byte, 8), total-4); err == nil || !strings.Contains(err.Error(), fmt.Sprint(total)) {
+			return fmt.Errorf("copy past the end: %v; want an error naming the %d bytes", err, total)
+		}
+		boom := errors.New("injected")
+		parts[2].Hook = func(collectivetest.Direction, int, int) error { return boom }
+		if err := joined.CopyToHost(make([]byte, total), 0); !errors.Is(err, boom) || !strings.Contains(err.Error(), "tensor 3 of 5") {
+			return fmt.Errorf("failing part: %v; want the failure, naming tensor 3 of 5", err)
+		}
+		return nil
+	}))
+}
