@@ -617,3 +617,6 @@ func (s *Stager) run(ctx context.Context, c *stagedCall) error {
 	s.stats.Bytes += int64(c.block)
 	return nil
 }
+
+// ChunkBytes is the size of the pieces calls are cut into.
+func (s *Stager) ChunkBytes() int { return s.cfg.ChunkBytes }

@@ -58,6 +58,10 @@ type row struct {
 	Wrong  int64   `json:"wrong"`
 	Ceil   float64 `json:"ceiling_gbps"`
 	OfCeil float64 `json:"of_ceiling"`
+	Device string  `json:"device"`
+	D2H    float64 `json:"d2h_share"`
+	Wire   float64 `json:"wire_share"`
+	H2D    float64 `json:"h2d_share"`
 }
 
 func runBenchJSON(t *testing.T, args ...string) []row {

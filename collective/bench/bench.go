@@ -42,6 +42,11 @@ type Config struct {
 	// table is written to.
 	Rounds int
 	Out    string
+	// Device is where the buffers live: "host", or "cuda" for GPU memory
+	// staged through pinned host memory in chunks of StageChunk bytes
+	// (0: collective's default, 4 MiB).
+	Device     string
+	StageChunk int
 
 	ceilingGBps float64 // in a worker: what the parent measured
 }
@@ -51,7 +56,7 @@ func DefaultConfig() Config {
 	return Config{
 		Op: "allreduce", NP: 2, MinBytes: 4 << 10, MaxBytes: 64 << 20, Factor: 2,
 		Iters: 20, Warmup: 5, DType: collective.Float32, RedOp: collective.Sum,
-		Transport: "tcp", Coll: collective.DefaultConfig(), // Sockets 0: tcp.SocketsFor(NP)
+		Transport: "tcp", Coll: collective.DefaultConfig(), Device: "host", // Sockets 0: tcp.SocketsFor(NP)
 	}
 }
 
@@ -82,6 +87,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--check-ceiling measures a TCP ring of at least 2 processes; it is not the limit of --transport %s with --np %d", c.Transport, c.NP)
 	case c.Root < 0 || c.Root >= c.NP:
 		return fmt.Errorf("--root %d is outside 0..%d", c.Root, c.NP-1)
+	case c.Device != "host" && c.Device != "cuda":
+		return fmt.Errorf("--device %q: want host or cuda", c.Device)
+	case c.Device == "cuda" && (c.Op == "tune" || c.CheckCeiling):
+		return fmt.Errorf("--device cuda measures the sweep only; tune and --check-ceiling use host memory")
+	case c.StageChunk < 0 || c.StageChunk > 0 && c.StageChunk < 64:
+		return fmt.Errorf("--stage-chunk %d: want at least 64 bytes (0 for the default)", c.StageChunk)
 	case !collective.Supports(c.DType, c.RedOp):
 		return fmt.Errorf("reduction %s is not supported for %s", c.RedOp, c.DType)
 	}
@@ -105,6 +116,15 @@ type Row struct {
 	// and busbw as a fraction of it.
 	CeilingGBps float64 `json:"ceiling_gbps,omitempty"`
 	OfCeiling   float64 `json:"of_ceiling,omitempty"`
+	// With --device cuda: where the buffers were, and the share of the
+	// timed calls' wall time that each stage was busy (rank 0's): copies
+	// off the GPU, the host collective (network and reduction), copies
+	// back. They overlap, so they add up to more than 1 when the copies
+	// hide behind the wire.
+	Device    string  `json:"device,omitempty"`
+	D2HShare  float64 `json:"d2h_share,omitempty"`
+	WireShare float64 `json:"wire_share,omitempty"`
+	H2DShare  float64 `json:"h2d_share,omitempty"`
 }
 
 // busFactor converts algbw into busbw (nccl-tests' PERFORMANCE.md).
@@ -205,6 +225,19 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 		fmt.Fprintf(out, "#\n# %10s %12s %8s %6s %6s %6s %10s %8s %8s %7s%s\n", "size", "count", "type", "redop", "root", "algo", "time", "algbw", "busbw", "#wrong", ceil1)
 		fmt.Fprintf(out, "# %10s %12s %8s %6s %6s %6s %10s %8s %8s %7s%s\n", "(B)", "(elements)", "", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", ceil2)
 	}
+	var gpu *gpuSide
+	if c.Device == "cuda" {
+		var err error
+		if gpu, err = openGPU(c, comm); err != nil {
+			return err
+		}
+		defer gpu.Close()
+		if rank == 0 && !c.JSON {
+			maj, mnr := gpu.ctx.ComputeCapability()
+			fmt.Fprintf(out, "# buffers on %s (%s, compute %d.%d, %d MiB), staged in %d B chunks through pinned memory; d2h, wire, h2d: each stage's busy share of the time\n",
+				gpu.ctx.Name(), gpu.ctx.UUID(), maj, mnr, gpu.ctx.TotalMem()>>20, gpu.stager.ChunkBytes())
+		}
+	}
 	var busSum float64
 	var rows int
 	var totalWrong int64
@@ -218,6 +251,13 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 			return err
 		}
 		run := func() error { return b.run(ctx, comm, c) }
+		var db *deviceBuffers
+		if gpu != nil {
+			if db, err = gpu.buffers(b); err != nil {
+				return fmt.Errorf("%d bytes on the GPU: %w", size, err)
+			}
+			run = func() error { return db.run(ctx, b) }
+		}
 		for range c.Warmup {
 			if err := run(); err != nil {
 				return err
@@ -225,8 +265,19 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 		}
 		// One checked call on fresh inputs, then the timed ones.
 		b.reset()
+		if db != nil {
+			if err := db.load(b); err != nil {
+				return err
+			}
+		}
 		if err := run(); err != nil {
 			return err
+		}
+		if db != nil {
+			if err := db.store(b); err != nil {
+				return err
+			}
+			gpu.stager.ResetStats()
 		}
 		wrongBuf[0] = b.check()
 		if err := comm.Barrier(ctx); err != nil {
@@ -239,6 +290,11 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 			}
 		}
 		stat[0] = time.Since(start).Seconds() / float64(c.Iters)
+		var stages collective.StageStats
+		if db != nil {
+			stages = gpu.stager.Stats()
+			db.Free()
+		}
 		// The slowest rank's time is the collective's time.
 		if err := comm.AllReduce(ctx, collective.Float64s(stat), collective.Float64s(stat), collective.Max); err != nil {
 			return err
@@ -259,6 +315,10 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 		if c.ceilingGBps > 0 {
 			row.CeilingGBps, row.OfCeiling = c.ceilingGBps, row.BusBWGBps/c.ceilingGBps
 		}
+		if gpu != nil {
+			row.Device = c.Device
+			row.D2HShare, row.WireShare, row.H2DShare = stageShares(stages)
+		}
 		busSum += row.BusBWGBps
 		totalWrong += row.Wrong
 		rows++
@@ -277,6 +337,9 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 			frac := ""
 			if c.ceilingGBps > 0 {
 				frac = fmt.Sprintf("  %10.0f%%", 100*row.OfCeiling)
+			}
+			if gpu != nil {
+				frac += fmt.Sprintf("  d2h %3.0f%% wire %3.0f%% h2d %3.0f%%", 100*row.D2HShare, 100*row.WireShare, 100*row.H2DShare)
 			}
 			fmt.Fprintf(out, "  %10d %12d %8s %6s %6s %6s %10.1f %8.3f %8.3f %7d%s\n", row.Bytes, row.Count, row.DType, redop, root, row.Algo, row.TimeUS, row.AlgBWGBps, row.BusBWGBps, row.Wrong, frac)
 		}

@@ -61,6 +61,9 @@ func Run(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 		}
 		return runWorker(ctx, c, rank, os.Getenv(envRendezvous), stdout)
 	}
+	if err := checkDevice(c); err != nil {
+		return err
+	}
 	switch {
 	case c.Op == "tune":
 		return runTune(ctx, c, stdout, stderr)
@@ -185,8 +188,8 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, env ...s
 	if c.Transport == "shm" {
 		link = "one ring per ordered pair"
 	}
-	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (rd < %d B, hd < %d B on 4, 8, 16 ... ranks), chunk %d B, timeout %v, iters %d, warmup %d\n",
-		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.Timeout, c.Iters, c.Warmup)
+	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (rd < %d B, hd < %d B on 4, 8, 16 ... ranks), chunk %d B, timeout %v, iters %d, warmup %d, buffers in %s memory\n",
+		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.Timeout, c.Iters, c.Warmup, c.Device)
 
 	cmds := make([]*exec.Cmd, c.NP)
 	exits := make(chan exit, c.NP)

@@ -7,7 +7,9 @@
 package cudatest
 
 import (
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,19 +40,32 @@ func FakeDriver(t testing.TB) string {
 				return
 			}
 		}
+		// One build per version of the source, kept in the temporary
+		// directory and shared by test binaries; written under a temporary
+		// name and renamed, so a binary never loads a half-written one.
+		sum := sha256.Sum256(source)
+		lib := filepath.Join(os.TempDir(), "ringo-fakecuda-"+hex.EncodeToString(sum[:8])+".so")
+		if _, err := os.Stat(lib); err == nil {
+			built = lib
+			return
+		}
 		dir, err := os.MkdirTemp("", "fakecuda")
 		if err != nil {
 			fail = err.Error()
 			return
 		}
-		src := filepath.Join(dir, "fakecuda.c")
-		lib := filepath.Join(dir, "libcuda.so.1")
+		defer os.RemoveAll(dir)
+		src, out := filepath.Join(dir, "fakecuda.c"), filepath.Join(dir, "libcuda.so.1")
 		if err := os.WriteFile(src, source, 0o644); err != nil {
 			fail = err.Error()
 			return
 		}
-		if out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-o", lib, src, "-lpthread").CombinedOutput(); err != nil {
-			fail = "building the stand-in CUDA driver: " + err.Error() + ": " + string(out)
+		if msg, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-o", out, src, "-lpthread").CombinedOutput(); err != nil {
+			fail = "building the stand-in CUDA driver: " + err.Error() + ": " + string(msg)
+			return
+		}
+		if err := os.Rename(out, lib); err != nil {
+			fail = err.Error()
 			return
 		}
 		built = lib
