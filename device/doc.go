@@ -16,6 +16,7 @@
 // # What is reported
 //
 // Per GPU: index, UUID, name, compute capability, memory total and used,
+// SM and memory clocks (now and maximum),
 // utilisation, temperature, power and its limit, PCIe generation and width
 // (current and maximum), PCI address, NUMA node (NVML, else sysfs), and
 // every NVLink with its state and the PCI address and kind of device at

@@ -39,6 +39,8 @@ type Sample struct {
 	MemoryTotal       int64   `json:"memory_total_bytes"`
 	TemperatureC      int     `json:"temperature_c"`
 	PowerW            float64 `json:"power_w"`
+	SMClockMHz        int     `json:"sm_clock_mhz"`     // streaming multiprocessors, now
+	MemoryClockMHz    int     `json:"memory_clock_mhz"` // now
 }
 
 // GPU is one GPU: its telemetry at discovery (the embedded Sample, which
@@ -49,6 +51,8 @@ type GPU struct {
 	BusID             string  `json:"bus_id"`             // PCI address as in sysfs and lspci, "0000:07:00.0"
 	ComputeCapability string  `json:"compute_capability"` // "9.0"; "" when unknown
 	PowerLimitW       float64 `json:"power_limit_w"`
+	SMClockMaxMHz     int     `json:"sm_clock_max_mhz"`
+	MemoryClockMaxMHz int     `json:"memory_clock_max_mhz"`
 	PCIeGen           int     `json:"pcie_gen"` // current; drops when the GPU idles
 	PCIeWidth         int     `json:"pcie_width"`
 	PCIeMaxGen        int     `json:"pcie_max_gen"`

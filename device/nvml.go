@@ -101,6 +101,7 @@ var symbols = []string{
 	"nvmlDeviceGetIndex", "nvmlDeviceGetUUID", "nvmlDeviceGetName", "nvmlDeviceGetCudaComputeCapability",
 	"nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetTemperature",
 	"nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit",
+	"nvmlDeviceGetClockInfo", "nvmlDeviceGetMaxClockInfo",
 	"nvmlDeviceGetCurrPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
 	"nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetMaxPcieLinkWidth",
 	"nvmlDeviceGetNumaNodeId", "nvmlDeviceGetNvLinkState", "nvmlDeviceGetNvLinkRemoteDeviceType",
@@ -268,6 +269,7 @@ func (h *Host) readSample(g handle, fail func(field string, r nvml.Return)) Samp
 		Utilization: Unknown, MemoryUtilization: Unknown,
 		MemoryUsed: Unknown, MemoryTotal: Unknown,
 		TemperatureC: Unknown, PowerW: Unknown,
+		SMClockMHz: Unknown, MemoryClockMHz: Unknown,
 	}
 	if m, ret := call(h, "nvmlDeviceGetMemoryInfo", g.dev.GetMemoryInfo); ret == nvml.SUCCESS {
 		s.MemoryUsed, s.MemoryTotal = int64(m.Used), int64(m.Total)
@@ -291,7 +293,20 @@ func (h *Host) readSample(g handle, fail func(field string, r nvml.Return)) Samp
 	} else {
 		fail("power", ret)
 	}
+	s.SMClockMHz = h.clock(g, "nvmlDeviceGetClockInfo", g.dev.GetClockInfo, nvml.CLOCK_SM, "sm_clock", fail)
+	s.MemoryClockMHz = h.clock(g, "nvmlDeviceGetClockInfo", g.dev.GetClockInfo, nvml.CLOCK_MEM, "memory_clock", fail)
 	return s
+}
+
+// clock reads one clock in MHz through get (the current or the maximum
+// clock of its kind), or Unknown.
+func (h *Host) clock(g handle, sym string, get func(nvml.ClockType) (uint32, nvml.Return), kind nvml.ClockType, field string, fail func(string, nvml.Return)) int {
+	mhz, ret := call(h, sym, func() (uint32, nvml.Return) { return get(kind) })
+	if ret != nvml.SUCCESS {
+		fail(field, ret)
+		return Unknown
+	}
+	return int(mhz)
 }
 
 // readGPU reads everything about one GPU; a field NVML cannot report is
@@ -307,6 +322,8 @@ func (h *Host) readGPU(g handle) GPU {
 	}
 	gpu.Sample = h.readSample(g, fail)
 	d := g.dev
+	gpu.SMClockMaxMHz = h.clock(g, "nvmlDeviceGetMaxClockInfo", d.GetMaxClockInfo, nvml.CLOCK_SM, "sm_clock_max", fail)
+	gpu.MemoryClockMaxMHz = h.clock(g, "nvmlDeviceGetMaxClockInfo", d.GetMaxClockInfo, nvml.CLOCK_MEM, "memory_clock_max", fail)
 	if g.uuidRet != nvml.SUCCESS {
 		fail("uuid", g.uuidRet)
 	}

@@ -77,11 +77,11 @@ func renderDevices(out io.Writer, inv *device.Inventory) {
 		fmt.Fprintf(w, "%s\n", inv.Driver)
 	} else {
 		fmt.Fprintf(w, "%s: %d GPUs\n", inv.Driver, len(inv.GPUs))
-		fmt.Fprintln(w, "GPU\tNAME\tCC\tMEMORY\tUTIL\tTEMP\tPOWER\tPCIE\tNUMA\tNVLINK\tBUS\tUUID")
+		fmt.Fprintln(w, "GPU\tNAME\tCC\tMEMORY\tUTIL\tTEMP\tPOWER\tCLOCKS SM/MEM MHZ\tPCIE\tNUMA\tNVLINK\tBUS\tUUID")
 		for _, g := range inv.GPUs {
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 				g.Index, orDash(g.Name), orDash(g.ComputeCapability), gpuMemory(g), unknownOr(g.Utilization, "%d%%"),
-				unknownOr(g.TemperatureC, "%dC"), gpuPower(g), gpuPCIe(g), unknownOr(g.NUMANode, "%d"),
+				unknownOr(g.TemperatureC, "%dC"), gpuPower(g), gpuClocks(g), gpuPCIe(g), unknownOr(g.NUMANode, "%d"),
 				gpuNVLinks(g), orDash(g.BusID), orDash(g.UUID))
 		}
 		for _, warn := range inv.Warnings {
@@ -211,4 +211,9 @@ func numaCPUs(inv *device.Inventory, node int) string {
 		}
 	}
 	return ""
+}
+
+// gpuClocks is "now/max" for the SM and memory clocks: 1980/1980 2619/2619.
+func gpuClocks(g device.GPU) string {
+	return unknownOr(g.SMClockMHz, "%d") + "/" + unknownOr(g.SMClockMaxMHz, "%d") + " " + unknownOr(g.MemoryClockMHz, "%d") + "/" + unknownOr(g.MemoryClockMaxMHz, "%d")
 }

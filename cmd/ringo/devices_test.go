@@ -118,9 +118,10 @@ func mockInventory() *device.Inventory {
 	gpu := func(i int) device.GPU {
 		return device.GPU{
 			Sample: device.Sample{Index: i, UUID: "GPU-0000000" + string(rune('0'+i)), Utilization: 25 * i, MemoryUtilization: 3,
-				MemoryUsed: int64(i) << 30, MemoryTotal: 80 << 30, TemperatureC: 40 + i, PowerW: 120.4 + float64(i)},
+				MemoryUsed: int64(i) << 30, MemoryTotal: 80 << 30, TemperatureC: 40 + i, PowerW: 120.4 + float64(i),
+				SMClockMHz: 1980, MemoryClockMHz: 2619},
 			Name: "NVIDIA H100 80GB HBM3", BusID: "0000:" + string(rune('1'+i)) + "0:00.0", ComputeCapability: "9.0",
-			PowerLimitW: 700, PCIeGen: 5, PCIeWidth: 16, PCIeMaxGen: 5, PCIeMaxWidth: 16, NUMANode: i / 2,
+			PowerLimitW: 700, SMClockMaxMHz: 1980, MemoryClockMaxMHz: 2619, PCIeGen: 5, PCIeWidth: 16, PCIeMaxGen: 5, PCIeMaxWidth: 16, NUMANode: i / 2,
 		}
 	}
 	link := func(n, remote int) device.NVLink {
@@ -139,10 +140,11 @@ func mockInventory() *device.Inventory {
 	inv.GPUs[0].NVLinks = []device.NVLink{link(0, 1), link(1, 1), link(2, 2), down}
 	inv.GPUs[1].NVLinks = []device.NVLink{link(0, 0), link(1, 0), down}
 	inv.GPUs[2].NVLinks = []device.NVLink{link(0, 0), link(1, 3), link(2, 3), down}
-	inv.GPUs[1].PCIeGen = 1 // idle
+	inv.GPUs[1].PCIeGen, inv.GPUs[1].SMClockMHz = 1, 345 // idle
 	g3 := &inv.GPUs[3]
 	g3.Name, g3.PowerW, g3.PowerLimitW, g3.TemperatureC, g3.NUMANode = "NVIDIA A2", device.Unknown, device.Unknown, device.Unknown, device.Unknown
 	g3.PCIeMaxGen, g3.PCIeMaxWidth = device.Unknown, device.Unknown
+	g3.SMClockMHz, g3.MemoryClockMHz, g3.SMClockMaxMHz, g3.MemoryClockMaxMHz = device.Unknown, device.Unknown, device.Unknown, device.Unknown
 	g3.ComputeCapability, g3.MemoryTotal = "", device.Unknown
 	g3.NVLinks = []device.NVLink{link(0, 2), link(1, 2)}
 	X, S, Y := device.LevelSelf, device.LevelSingle, device.LevelSystem
@@ -158,11 +160,11 @@ func TestRenderDevices(t *testing.T) {
 	var b strings.Builder
 	renderDevices(&b, mockInventory())
 	want := `NVIDIA driver 550.54.15, CUDA 12.4: 4 GPUs
-GPU  NAME                   CC   MEMORY              UTIL  TEMP  POWER        PCIE                     NUMA  NVLINK  BUS           UUID
-0    NVIDIA H100 80GB HBM3  9.0  0 B / 80.0 GiB      0%    40C   120 / 700 W  Gen5 x16                 0     3/4 up  0000:10:00.0  GPU-00000000
-1    NVIDIA H100 80GB HBM3  9.0  1.0 GiB / 80.0 GiB  25%   41C   121 / 700 W  Gen1 x16 (max Gen5 x16)  0     2/3 up  0000:20:00.0  GPU-00000001
-2    NVIDIA H100 80GB HBM3  9.0  2.0 GiB / 80.0 GiB  50%   42C   122 / 700 W  Gen5 x16                 1     3/4 up  0000:30:00.0  GPU-00000002
-3    NVIDIA A2              -    -                   75%   -     -            Gen5 x16                 -     2/2 up  0000:40:00.0  GPU-00000003
+GPU  NAME                   CC   MEMORY              UTIL  TEMP  POWER        CLOCKS SM/MEM MHZ    PCIE                     NUMA  NVLINK  BUS           UUID
+0    NVIDIA H100 80GB HBM3  9.0  0 B / 80.0 GiB      0%    40C   120 / 700 W  1980/1980 2619/2619  Gen5 x16                 0     3/4 up  0000:10:00.0  GPU-00000000
+1    NVIDIA H100 80GB HBM3  9.0  1.0 GiB / 80.0 GiB  25%   41C   121 / 700 W  345/1980 2619/2619   Gen1 x16 (max Gen5 x16)  0     2/3 up  0000:20:00.0  GPU-00000001
+2    NVIDIA H100 80GB HBM3  9.0  2.0 GiB / 80.0 GiB  50%   42C   122 / 700 W  1980/1980 2619/2619  Gen5 x16                 1     3/4 up  0000:30:00.0  GPU-00000002
+3    NVIDIA A2              -    -                   75%   -     -            -/- -/-              Gen5 x16                 -     2/2 up  0000:40:00.0  GPU-00000003
 warning: GPU 4 skipped: GPU is lost
 
 Topology: NV# = # NVLinks, else the closest common ancestor (PIX, PXB, PHB, NODE, SYS; ? unknown)

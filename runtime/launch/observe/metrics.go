@@ -54,6 +54,8 @@ var (
 	dGPUMemTot  = desc("gpu_memory_total_bytes", "GPU memory.", gpuID...)
 	dGPUTemp    = desc("gpu_temperature_celsius", "GPU temperature.", gpuID...)
 	dGPUPower   = desc("gpu_power_watts", "GPU power draw.", gpuID...)
+	dGPUSMClk   = desc("gpu_sm_clock_hertz", "GPU streaming multiprocessor clock.", gpuID...)
+	dGPUMemClk  = desc("gpu_memory_clock_hertz", "GPU memory clock.", gpuID...)
 
 	dTCPRetrans = desc("tcp_retransmits_total", "TCP segments this machine retransmitted since the launcher started (eBPF tracepoint tcp_retransmit_skb).")
 	dTCPSegs    = desc("tcp_segments_received_total", "TCP segments this machine received since the launcher started (eBPF tracepoint tcp_probe).")
@@ -65,7 +67,7 @@ var (
 	allDescs = []*prometheus.Desc{dInfo, dWorkersUp, dWorkers, dGeneration, dWorld, dNodes, dRestarts, dStart,
 		dStep, dBeat, dStepDur, dStepTime, dCollCalls, dCollBytes, dCollBus, dCollSec, dCollBusbw,
 		dSamples, dDataBytes, dStall, dLoader, dStallR, dSaves, dSaveSec, dSaveBytes, dLoads, dLoadSec, dCkptStep, dCkptTime,
-		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dTCPRetrans, dTCPSegs, dTCPRTT, dAlert, dAlerts}
+		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dAlert, dAlerts}
 )
 
 // restartCauses are the causes the launcher names (Snapshot.RestartCauses);
@@ -190,6 +192,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if gp.PowerW >= 0 {
 			g(dGPUPower, gp.PowerW, lv...)
+		}
+		if gp.SMClockMHz >= 0 {
+			g(dGPUSMClk, float64(gp.SMClockMHz)*1e6, lv...)
+		}
+		if gp.MemoryClockMHz >= 0 {
+			g(dGPUMemClk, float64(gp.MemoryClockMHz)*1e6, lv...)
 		}
 	}
 
