@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """All-reduce benchmark for torch.distributed's Gloo backend (CPU, TCP).
 
+With --backend nccl (or --device cuda with gloo) the tensors are on GPU
+cuda:(rank mod the visible GPUs) and the time includes a
+torch.cuda.synchronize() after the timed calls. NCCL refuses two ranks on
+one GPU; gloo over CUDA tensors copies them to the host and back.
+
 Run without RANK in the environment, it launches --np copies of itself as
 subprocesses (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE set, env:// init) and
 waits for them. Rank 0 prints one JSON line per size:
@@ -93,11 +98,17 @@ def worker(args):
     torch.set_num_threads(args.threads)
     rank = int(os.environ["RANK"])
     n = int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=n)
+    dist.init_process_group(args.backend, init_method="env://", rank=rank, world_size=n)
+    dev = "cpu"
+    sync = lambda: None
+    if args.backend == "nccl" or args.device == "cuda":
+        dev = "cuda:%d" % (rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        sync = torch.cuda.synchronize
 
     for b in sizes(args.min_bytes, args.max_bytes):
         count = b // 4
-        x = torch.ones(count, dtype=torch.float32)
+        x = torch.ones(count, dtype=torch.float32, device=dev)
         dist.all_reduce(x)  # also a correctness check
         if not torch.all(x == float(n)):
             print("gloo: wrong all-reduce result at %d bytes" % b, file=sys.stderr)
@@ -105,12 +116,14 @@ def worker(args):
         x.zero_()  # a steady value: repeated sums of ones would overflow
         for _ in range(args.warmup):
             dist.all_reduce(x)
+        sync()
         dist.barrier()
         t0 = time.perf_counter()
         for _ in range(args.iters):
             dist.all_reduce(x)
+        sync()
         avg = (time.perf_counter() - t0) / args.iters
-        t = torch.tensor([avg], dtype=torch.float64)
+        t = torch.tensor([avg], dtype=torch.float64, device=dev)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         sec = t.item()
         if rank == 0:
@@ -138,6 +151,8 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per rank")
     p.add_argument("--port", type=int, default=0, help="MASTER_PORT (default: a free one)")
     p.add_argument("--peer", default="gloo", help="name in the JSON output")
+    p.add_argument("--backend", default="gloo", choices=["gloo", "nccl"], help="torch.distributed backend")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the tensors live (nccl: always cuda)")
     args = p.parse_args()
     if args.np < 1 or args.iters < 1 or args.warmup < 0:
         p.error("need --np >= 1, --iters >= 1, --warmup >= 0")
