@@ -53,6 +53,20 @@
 // group size in the element type (integers truncate toward zero). NaN and
 // Inf propagate as IEEE 754 says; Min and Max propagate NaN.
 //
+// # Device memory
+//
+// A Stager runs AllReduce, ReduceScatter, AllGather and Broadcast over
+// memory the host cannot address (a GPU's), through anything with Len,
+// CopyToHost and CopyFromHost (DeviceMemory; device/cuda's Mem is one).
+// Each call is cut into chunks that flow through three stages over a ring
+// of host slots (pinned memory, when StagingConfig.Alloc gives it): chunk
+// k+1 is copied off the device while chunk k is on the wire and chunk k-1
+// is copied back, so the copies hide behind the network. The wire stage is
+// this package's host collective on each chunk, so results are those of
+// host buffers, bit for bit, on every rank. AllReduceAs sends float32
+// device memory as bfloat16 or float16; Concat joins many tensors into one
+// call (bucketing). StageStats says how long each stage was busy.
+//
 // # Failures
 //
 // Every call has a deadline: its context's, or Config.Timeout from the
