@@ -11,4 +11,12 @@
 // is torchrun's contract (RANK, LOCAL_RANK, WORLD_SIZE,
 // LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT,
 // TORCHELASTIC_RESTART_COUNT, ...) plus the RINGO_* variables in env.go.
+//
+// Gradients averages float32 gradients on host slices (Average) or in
+// device memory (AverageDevice, for gradients that live on a GPU). Device
+// tensors are fused into buckets by the same rule and BucketBytes, each
+// bucket joined with collective.Concat, and all-reduced in place through a
+// collective.Stager (GradConfig.Staging), which pipelines copies through
+// host memory with the wire; BF16 and FP16 narrow on the host as Average
+// does. Close frees the staging buffers.
 package runtime

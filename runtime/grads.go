@@ -35,6 +35,10 @@ type GradConfig struct {
 	BucketBytes int
 	// Compress selects the wire format.
 	Compress Compression
+	// Staging sizes the host buffers that AverageDevice stages device
+	// gradients through (collective.Stager); zero fields take
+	// collective.DefaultStagingConfig's values.
+	Staging collective.StagingConfig
 }
 
 // DefaultGradConfig returns 25 MiB buckets and no compression.
@@ -47,9 +51,26 @@ func (c GradConfig) Validate() error {
 	}
 	switch c.Compress {
 	case NoCompression, BF16, FP16:
-		return nil
+	default:
+		return fmt.Errorf("gradient compression %q: want none, bf16 or fp16", c.Compress)
 	}
-	return fmt.Errorf("gradient compression %q: want none, bf16 or fp16", c.Compress)
+	if err := c.staging().Validate(); err != nil {
+		return fmt.Errorf("gradient staging: %w", err)
+	}
+	return nil
+}
+
+// staging is Staging with its zero fields defaulted, as NewStager fills
+// them.
+func (c GradConfig) staging() collective.StagingConfig {
+	s, def := c.Staging, collective.DefaultStagingConfig()
+	if s.ChunkBytes == 0 {
+		s.ChunkBytes = def.ChunkBytes
+	}
+	if s.Slots == 0 {
+		s.Slots = def.Slots
+	}
+	return s
 }
 
 // Gradients averages gradients across the group: many small tensors are
@@ -65,6 +86,8 @@ type Gradients struct {
 	f32  [][]float32 // bucket buffers, reused
 	u16  [][]uint16
 	f64  []float64
+	// stager stages device gradients (AverageDevice); made on first use.
+	stager *collective.Stager
 }
 
 // NewGradients returns a Gradients over comm.
@@ -75,6 +98,7 @@ func NewGradients(comm collective.Comm, cfg GradConfig) (*Gradients, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg.Staging = cfg.staging()
 	return &Gradients{comm: comm, cfg: cfg}, nil
 }
 
@@ -88,28 +112,41 @@ type bucket struct {
 }
 
 func (g *Gradients) plan(grads [][]float32) []bucket {
-	per := g.cfg.BucketBytes / 4
 	var bs []bucket
-	var cur bucket
-	flush := func() {
-		if len(cur.grads) > 0 {
-			cur.direct = len(cur.grads) == 1 && g.cfg.Compress == NoCompression
-			bs = append(bs, cur)
-			cur = bucket{}
+	fuse(len(grads), func(i int) int { return len(grads[i]) }, g.cfg.BucketBytes/4, func(idx []int, elems int) {
+		b := bucket{grads: make([][]float32, len(idx)), elems: elems}
+		for j, i := range idx {
+			b.grads[j] = grads[i]
 		}
-	}
-	for _, gr := range grads {
-		if len(gr) == 0 {
+		b.direct = len(b.grads) == 1 && g.cfg.Compress == NoCompression
+		bs = append(bs, b)
+	})
+	return bs
+}
+
+// fuse is the bucketing rule of both Average and AverageDevice: it walks
+// n tensors of elems(i) float32s in order, skips empty ones, and calls
+// emit with the indexes of each run of consecutive tensors that fits in
+// per elements, and its total. A tensor larger than per is a bucket of its
+// own. emit must not keep idx.
+func fuse(n int, elems func(i int) int, per int, emit func(idx []int, elems int)) {
+	var idx []int
+	cur := 0
+	for i := range n {
+		e := elems(i)
+		if e == 0 {
 			continue
 		}
-		if cur.elems > 0 && cur.elems+len(gr) > per {
-			flush()
+		if cur > 0 && cur+e > per {
+			emit(idx, cur)
+			idx, cur = idx[:0], 0
 		}
-		cur.grads = append(cur.grads, gr)
-		cur.elems += len(gr)
+		idx = append(idx, i)
+		cur += e
 	}
-	flush()
-	return bs
+	if cur > 0 {
+		emit(idx, cur)
+	}
 }
 
 // Pending is an average in flight.

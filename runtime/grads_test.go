@@ -10,10 +10,22 @@ import (
 	"github.com/ringo-ml/ringo/collective/collectivetest"
 )
 
-// each runs f on every rank of a 3-rank TCP group concurrently.
+// each runs f on every rank of an n-rank TCP group concurrently and
+// fails t if any rank returns an error.
 func each(t *testing.T, n int, f func(c collective.Comm) error) {
 	t.Helper()
-	g := collectivetest.TCP(t, n, collective.DefaultConfig(), nil)
+	for r, err := range eachErr(t, n, collective.DefaultConfig(), f) {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+}
+
+// eachErr runs f on every rank of an n-rank TCP group formed with cfg,
+// concurrently, and returns each rank's error.
+func eachErr(t *testing.T, n int, cfg collective.Config, f func(c collective.Comm) error) []error {
+	t.Helper()
+	g := collectivetest.TCP(t, n, cfg, nil)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for r, c := range g.Comms {
@@ -21,11 +33,7 @@ func each(t *testing.T, n int, f func(c collective.Comm) error) {
 		go func() { defer wg.Done(); errs[r] = f(c) }()
 	}
 	wg.Wait()
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
+	return errs
 }
 
 // Gradients of many sizes, fused into small buckets (so that some hold
@@ -118,5 +126,11 @@ func TestGradConfigValidate(t *testing.T) {
 	}
 	if _, err := NewGradients(nil, GradConfig{BucketBytes: 2}); err == nil {
 		t.Error("a 2-byte bucket accepted")
+	}
+	if _, err := NewGradients(nil, GradConfig{BucketBytes: 1 << 20, Staging: collective.StagingConfig{Slots: 2}}); err == nil {
+		t.Error("2 staging slots accepted")
+	}
+	if _, err := NewGradients(nil, GradConfig{BucketBytes: 1 << 20, Staging: collective.StagingConfig{ChunkBytes: 1 << 10}}); err != nil {
+		t.Errorf("a staging config with only ChunkBytes set: %v", err)
 	}
 }
