@@ -263,12 +263,17 @@ func (c *stagedCall) toDevice(k int, slot []byte) error {
 
 // AllReduce reduces send across the group into recv (which may be send).
 func (s *Stager) AllReduce(ctx context.Context, send, recv DeviceBuffer, op Op) error {
-	c, err := s.check(opAllReduce, send, recv, 1, 1)
+	return s.reduce(ctx, opAllReduce, send, recv, 1, op)
+}
+
+// reduce runs a reducing call whose send holds sendBlocks of recv's size.
+func (s *Stager) reduce(ctx context.Context, k opKind, send, recv DeviceBuffer, sendBlocks int, op Op) error {
+	c, err := s.check(k, send, recv, sendBlocks, 1)
 	if err != nil {
 		return err
 	}
 	if !Supports(send.dtype, op) {
-		return s.argErr(opAllReduce, "reducing %v with %v is not supported", send.dtype, op)
+		return s.argErr(k, "reducing %v with %v is not supported", send.dtype, op)
 	}
 	c.op = op
 	return s.run(ctx, c)
@@ -379,15 +384,7 @@ func (s *Stager) Broadcast(ctx context.Context, send, recv DeviceBuffer, root in
 
 // ReduceScatter reduces send (Size blocks) and leaves block Rank in recv.
 func (s *Stager) ReduceScatter(ctx context.Context, send, recv DeviceBuffer, op Op) error {
-	c, err := s.check(opReduceScatter, send, recv, s.comm.Size(), 1)
-	if err != nil {
-		return err
-	}
-	if !Supports(send.dtype, op) {
-		return s.argErr(opReduceScatter, "reducing %v with %v is not supported", send.dtype, op)
-	}
-	c.op = op
-	return s.run(ctx, c)
+	return s.reduce(ctx, opReduceScatter, send, recv, s.comm.Size(), op)
 }
 
 // AllGather gathers every rank's send into recv, block r from rank r.

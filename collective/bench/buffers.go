@@ -122,16 +122,29 @@ func (b *buffers) algo(c Config) collective.Algo {
 // run makes one call. All-reduce runs in place on recv, as a training loop
 // does with gradients, so no copy is timed with it.
 func (b *buffers) run(ctx context.Context, comm collective.Comm, c Config) error {
-	send, recv := collective.BufferOf(b.dtype, b.send), collective.BufferOf(b.dtype, b.recv)
+	return call(ctx, comm, b, collective.BufferOf(b.dtype, b.send), collective.BufferOf(b.dtype, b.recv))
+}
+
+// collectives is what a sweep calls: a Comm on host buffers, or a Stager
+// on device buffers.
+type collectives[B any] interface {
+	AllReduce(ctx context.Context, send, recv B, op collective.Op) error
+	ReduceScatter(ctx context.Context, send, recv B, op collective.Op) error
+	AllGather(ctx context.Context, send, recv B) error
+	Broadcast(ctx context.Context, send, recv B, root int) error
+}
+
+// call makes b's collective through c.
+func call[B any](ctx context.Context, c collectives[B], b *buffers, send, recv B) error {
 	switch b.op {
 	case "allreduce":
-		return comm.AllReduce(ctx, recv, recv, b.redop)
+		return c.AllReduce(ctx, recv, recv, b.redop)
 	case "reducescatter":
-		return comm.ReduceScatter(ctx, send, recv, b.redop)
+		return c.ReduceScatter(ctx, send, recv, b.redop)
 	case "allgather":
-		return comm.AllGather(ctx, send, recv)
+		return c.AllGather(ctx, send, recv)
 	case "broadcast":
-		return comm.Broadcast(ctx, send, recv, b.root)
+		return c.Broadcast(ctx, send, recv, b.root)
 	}
 	return fmt.Errorf("unknown op %q", b.op)
 }

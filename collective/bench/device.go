@@ -109,19 +109,7 @@ func (db *deviceBuffers) store(b *buffers) error { return db.recv.CopyToHost(b.r
 
 // run is buffers.run on device memory.
 func (db *deviceBuffers) run(ctx context.Context, b *buffers) error {
-	s := db.g.stager
-	send, recv := collective.OnDevice(b.dtype, db.send), collective.OnDevice(b.dtype, db.recv)
-	switch b.op {
-	case "allreduce":
-		return s.AllReduce(ctx, recv, recv, b.redop)
-	case "reducescatter":
-		return s.ReduceScatter(ctx, send, recv, b.redop)
-	case "allgather":
-		return s.AllGather(ctx, send, recv)
-	case "broadcast":
-		return s.Broadcast(ctx, send, recv, b.root)
-	}
-	return fmt.Errorf("unknown op %q", b.op)
+	return call(ctx, db.g.stager, b, collective.OnDevice(b.dtype, db.send), collective.OnDevice(b.dtype, db.recv))
 }
 
 // stageShares is each stage's busy time as a fraction of the calls' wall
