@@ -76,6 +76,18 @@ func (m machine) build() *server.Server {
 		}
 		d.GetPowerUsageFunc = func() (uint32, nvml.Return) { return uint32(100000 + 1500*i), ret("power") }
 		d.GetEnforcedPowerLimitFunc = func() (uint32, nvml.Return) { return 700000, ret("power_limit") }
+		d.GetClockInfoFunc = func(c nvml.ClockType) (uint32, nvml.Return) {
+			if c == nvml.CLOCK_MEM {
+				return 2619, ret("clocks")
+			}
+			return uint32(1000 + 10*i), ret("clocks")
+		}
+		d.GetMaxClockInfoFunc = func(c nvml.ClockType) (uint32, nvml.Return) {
+			if c == nvml.CLOCK_MEM {
+				return 2619, ret("clocks")
+			}
+			return 1980, ret("clocks")
+		}
 		d.GetCurrPcieLinkGenerationFunc = func() (int, nvml.Return) { return 5, nvml.SUCCESS }
 		d.GetCurrPcieLinkWidthFunc = func() (int, nvml.Return) { return 16, nvml.SUCCESS }
 		d.GetMaxPcieLinkGenerationFunc = func() (int, nvml.Return) { return 5, ret("pcie_max") }

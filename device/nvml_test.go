@@ -53,9 +53,12 @@ func TestDiscoverFourGPUs(t *testing.T) {
 		t.Errorf("GPU 2 identity: %+v", g)
 	}
 	want := Sample{Index: 2, UUID: g.UUID, Utilization: 20, MemoryUtilization: 10,
-		MemoryUsed: 3 << 30, MemoryTotal: 80 << 30, TemperatureC: 42, PowerW: 103}
+		MemoryUsed: 3 << 30, MemoryTotal: 80 << 30, TemperatureC: 42, PowerW: 103, SMClockMHz: 1020, MemoryClockMHz: 2619}
 	if g.Sample != want {
 		t.Errorf("GPU 2 telemetry %+v, want %+v", g.Sample, want)
+	}
+	if g.SMClockMaxMHz != 1980 || g.MemoryClockMaxMHz != 2619 {
+		t.Errorf("GPU 2 maximum clocks %d and %d MHz, want 1980 and 2619", g.SMClockMaxMHz, g.MemoryClockMaxMHz)
 	}
 	if g.BusID != "0000:30:00.0" || g.PowerLimitW != 700 || g.PCIeGen != 5 || g.PCIeWidth != 16 ||
 		g.PCIeMaxGen != 5 || g.PCIeMaxWidth != 16 || g.NUMANode != 1 || g.Unknown != nil {
@@ -150,7 +153,7 @@ func TestDiscoverNVSwitch(t *testing.T) {
 // PCIe cards whose boards and driver leave much unsupported: the fields
 // are Unknown with reasons, NUMA comes from sysfs, and nothing fails.
 func TestDiscoverUnsupportedFields(t *testing.T) {
-	m := machine{n: 2, unsupported: map[string]bool{"power": true, "power_limit": true, "numa": true, "pcie_max": true, "temperature": true}}
+	m := machine{n: 2, unsupported: map[string]bool{"power": true, "power_limit": true, "numa": true, "pcie_max": true, "temperature": true, "clocks": true}}
 	sys := t.TempDir()
 	dev := filepath.Join(sys, "bus/pci/devices/0000:20:00.0")
 	if err := os.MkdirAll(dev, 0o755); err != nil {
@@ -165,13 +168,14 @@ func TestDiscoverUnsupportedFields(t *testing.T) {
 	}
 	g0, g1 := inv.GPUs[0], inv.GPUs[1]
 	if g0.PowerW != Unknown || g0.PowerLimitW != Unknown || g0.TemperatureC != Unknown ||
-		g0.PCIeMaxGen != Unknown || g0.PCIeMaxWidth != Unknown || g0.NUMANode != Unknown || g0.NVLinks != nil {
+		g0.PCIeMaxGen != Unknown || g0.PCIeMaxWidth != Unknown || g0.NUMANode != Unknown || g0.NVLinks != nil ||
+		g0.SMClockMHz != Unknown || g0.MemoryClockMHz != Unknown || g0.SMClockMaxMHz != Unknown || g0.MemoryClockMaxMHz != Unknown {
 		t.Errorf("GPU 0 should have unknowns: %+v", g0)
 	}
 	if g0.PCIeGen != 5 || g0.MemoryTotal != 80<<30 || g0.Utilization != 0 {
 		t.Errorf("GPU 0 lost supported fields: %+v", g0)
 	}
-	for _, f := range []string{"power", "power_limit", "temperature", "pcie_max_gen", "pcie_max_width", "numa_node", "nvlink"} {
+	for _, f := range []string{"power", "power_limit", "temperature", "pcie_max_gen", "pcie_max_width", "numa_node", "nvlink", "sm_clock", "memory_clock", "sm_clock_max", "memory_clock_max"} {
 		if g0.Unknown[f] != "not supported" {
 			t.Errorf("GPU 0 Unknown[%q] = %q, want \"not supported\" (all: %v)", f, g0.Unknown[f], g0.Unknown)
 		}
