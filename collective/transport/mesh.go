@@ -181,10 +181,17 @@ func (m *Mesh) record(f *Fault) bool {
 	return true
 }
 
+// Abort records f as this rank's fault and tells every peer. The notices
+// go out first, as watch passes on a peer's: once f is recorded this
+// rank's calls fail and its process may exit before a notice sent after
+// it is written, and a peer that then hears this rank's connections end
+// would blame this rank instead of the one f names.
 func (m *Mesh) Abort(f *Fault) {
-	if m.record(f) {
-		m.notify(KindFault, EncodeFault(f), false)
+	if m.Fault() != nil {
+		return
 	}
+	m.notify(KindFault, EncodeFault(f), false)
+	m.record(f)
 }
 
 // notify writes a control message to every peer, in parallel and bounded
