@@ -14,7 +14,9 @@
 #      of every op and dtype against the host reference at odd sizes, NVML
 #      against the CUDA driver;
 #   3. runs the benchmarks: kernels at 256 MiB beside a device-to-device
-#      copy, pinned and pageable copies beside one plain copy;
+#      copy, pinned and pageable copies beside one plain copy, and one ring
+#      step's reduction of 4 MiB on the GPU (copies included) beside the
+#      host's;
 #   4. sweeps all-reduce at --np 1, 2 and 4 (ranks share the GPU, each
 #      process its own context) with `ringo bench --device cuda`, with
 #      `ringo bench` on host memory, and with torch.distributed: NCCL (one
@@ -36,6 +38,7 @@ build() {
 	CGO_ENABLED=0 go test -c -trimpath -ldflags="-s -w" -o "$DIR/cuda.test" ./device/cuda
 	CGO_ENABLED=0 go test -c -trimpath -ldflags="-s -w" -o "$DIR/kernels.test" ./device/cuda/kernels
 	CGO_CFLAGS=-Wno-deprecated-declarations go test -c -trimpath -ldflags="-s -w" -o "$DIR/device.test" ./device
+	CGO_ENABLED=0 go test -c -trimpath -ldflags="-s -w" -o "$DIR/collective.test" ./collective
 	# The NVML cross-check needs cgo; a cgo build of the binding's tests.
 	CGO_CFLAGS=-Wno-deprecated-declarations go test -c -trimpath -ldflags="-s -w" -o "$DIR/cuda-nvml.test" ./device/cuda
 	gzip -9f "$DIR"/ringo "$DIR"/*.test
@@ -70,7 +73,10 @@ run() {
 		(cd device/cuda/kernels && timeout 240 "$bin/kernels.test" -test.v -test.run 'GPU')
 		(cd device && timeout 60 "$bin/device.test" -test.v -test.run 'DiscoverHere')
 		step "benchmarks: kernels and copies"
-		(cd device/cuda/kernels && timeout 120 "$bin/kernels.test" -test.run '^$' -test.bench GPUReduce -test.benchtime 3x)
+		(cd device/cuda/kernels && timeout 120 "$bin/kernels.test" -test.run '^$' -test.bench 'GPUReduce$' -test.benchtime 3x)
+		echo "-- one ring step's reduction of 4 MiB: on the GPU (copies in and out included), then on the host"
+		(cd device/cuda/kernels && timeout 60 "$bin/kernels.test" -test.run '^$' -test.bench 'GPUReduceStep' -test.benchtime 200x -test.count 3)
+		(cd collective && timeout 60 "$bin/collective.test" -test.run '^$' -test.bench 'Reduce$' -test.count 3)
 		(cd device/cuda && timeout 120 "$bin/cuda.test" -test.run '^$' -test.bench GPUCopy -test.benchtime 10x)
 		step "all-reduce sweeps, 1 MiB to 256 MiB"
 		local sweep=(--min-bytes 1M --max-bytes 256M --factor 4 --iters 10 --warmup 3)

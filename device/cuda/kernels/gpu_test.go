@@ -194,3 +194,45 @@ func BenchmarkGPUReduce(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGPUReduceStep is one ring step's reduction done on the GPU: the
+// received 4 MiB chunk copied in from pinned memory, reduced into the
+// local chunk, and the result copied out to be sent on. Its MB/s (bytes
+// of one operand) is what the GPU offers against the host's reduction of
+// the same chunk, collective's BenchmarkReduce, which gpu-check.sh runs
+// beside it.
+func BenchmarkGPUReduceStep(b *testing.B) {
+	c, r, s := gpu(b)
+	const size = 4 << 20
+	local := upload(b, c, make([]byte, size))
+	recv := upload(b, c, make([]byte, size))
+	in, err := c.HostAlloc(size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Free()
+	out, err := c.HostAlloc(size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer out.Free()
+	for _, d := range []kernels.DType{kernels.Float32, kernels.BFloat16} {
+		b.Run(string(d)+"-sum", func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				if err := s.CopyToDevice(recv, 0, in.Bytes()); err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Reduce(s, kernels.Sum, d, local.Ptr(), local.Ptr(), recv.Ptr(), size/d.Size()); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.CopyToHost(out.Bytes(), local, 0); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.Sync(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
