@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringo-ml/ringo/device/cuda/cudatest"
 	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
@@ -341,5 +342,31 @@ func sameBits(t *testing.T, clean, killed []float32, out string) {
 		if math.Float32bits(clean[i]) != math.Float32bits(killed[i]) {
 			t.Fatalf("parameter %d: %v after the kill, %v uninterrupted; want bit-identical\n%s", i, killed[i], clean[i], out)
 		}
+	}
+}
+
+// 7. Gradients averaged from GPU memory (--device cuda, here over the
+// stand-in driver library: the real driver API calls with host memory
+// behind them) end bit-identical to gradients averaged from host memory.
+func TestDeviceGradientsMatchHost(t *testing.T) {
+	t.Setenv("RINGO_CUDA_LIBRARY", cudatest.FakeDriver(t))
+	dir := t.TempDir()
+	var dumps [2][]float32
+	for i, dev := range []string{"host", "cuda"} {
+		dump := filepath.Join(dir, "params-"+dev)
+		if out, err := launch(t, 3, nil, "--batch", "48", "--epochs", "1", "--device", dev, "--dump", dump); err != nil {
+			t.Fatalf("--device %s: %v\n%s", dev, err, out)
+		}
+		dumps[i] = params(t, dump)
+	}
+	for i := range dumps[0] {
+		if math.Float32bits(dumps[0][i]) != math.Float32bits(dumps[1][i]) {
+			t.Fatalf("parameter %d: %v from host gradients, %v from device gradients", i, dumps[0][i], dumps[1][i])
+		}
+	}
+	t.Setenv("RINGO_CUDA_LIBRARY", "/nonexistent/libcuda.so.1")
+	out, err := launch(t, 2, nil, "--batch", "48", "--epochs", "1", "--device", "cuda")
+	if err == nil || !strings.Contains(out, "no CUDA driver found") {
+		t.Fatalf("--device cuda without a driver: %v; want a failure saying no CUDA driver was found:\n%s", err, out)
 	}
 }

@@ -5,6 +5,9 @@
 //	customloop --make-data data/synth                # once: a synthetic dataset
 //	ringo launch --nproc-per-node 4 --max-restarts 3 -- \
 //	    customloop --data data/synth --ckpt ckpt/ --save-every 10
+//
+// With --device cuda the gradients are averaged from GPU memory
+// (runtime.Gradients.AverageDevice, staged through pinned host memory).
 package main
 
 import (
@@ -47,6 +50,7 @@ func main() {
 	seen := flag.String("seen", "", "append the sample ids each rank trains on to FILE.rank-N")
 	diverge := flag.Int("diverge-rank", -1, "test hook: this rank corrupts its weights once")
 	stepTime := flag.Duration("step-time", 0, "test hook: sleep this long per step")
+	onDevice := flag.String("device", "host", "where the gradients are averaged from: host memory, or cuda (GPU memory, staged through pinned host memory)")
 	oc := diloco.DefaultConfig()
 	diloco.AddFlags(flag.CommandLine, &oc)
 	flag.Parse()
@@ -129,10 +133,21 @@ func main() {
 	if g.Rank() == 0 && restored {
 		fmt.Printf("resumed from step %d (epoch %d, %d samples in)\n", step, meta.Data.Epoch, meta.Data.Consumed)
 	}
-	grads, err := runtime.NewGradients(inner, runtime.DefaultGradConfig())
+	gcfg := runtime.DefaultGradConfig()
+	var gpu *deviceGrads
+	if *onDevice == "cuda" {
+		if gpu, err = newDeviceGrads(g.LocalRank, &gcfg); err != nil {
+			fail(err)
+		}
+		defer gpu.Close()
+	} else if *onDevice != "host" {
+		fail(fmt.Errorf("--device %q: want host or cuda", *onDevice))
+	}
+	grads, err := runtime.NewGradients(inner, gcfg)
 	if err != nil {
 		fail(err)
 	}
+	defer grads.Close()
 	ocfg := order.Config{Seed: *seed, Shuffle: true, Window: 256, BatchSize: *batch / g.Size(), DropLast: true}
 	gw, gb := make([]float32, features), make([]float32, 1)
 	var loss float64
@@ -149,7 +164,12 @@ func main() {
 				fail(err)
 			}
 			loss = gradient(bt.Samples, w, b, gw, gb) // of the mean loss over this rank's share
-			if err := grads.Average(ctx, gw, gb); err != nil {
+			if gpu != nil {
+				err = gpu.average(ctx, grads, gw, gb)
+			} else {
+				err = grads.Average(ctx, gw, gb)
+			}
+			if err != nil {
 				fail(err) // a peer failed: exit, and the launcher restarts the job
 			}
 			for i := range w {
