@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/device"
+	"github.com/ringo-ml/ringo/device/cuda"
 )
 
 const devicesUsage = `Usage: ringo devices [--json] [--watch 1s]
@@ -18,7 +19,9 @@ Lists this machine's GPUs (through the NVIDIA driver's NVML) with their
 memory, utilisation, temperature, power, PCIe link, NUMA node and NVLinks;
 the topology between every pair of GPUs; and the CPUs and NUMA nodes.
 Without a driver it lists the CPUs and says why there are no GPUs.
-Fields the board does not report show as "-".
+Fields the board does not report show as "-". Last, the devices the CUDA
+driver lets this process use (CUDA_VISIBLE_DEVICES applies), with their
+ordinals: what --device cuda and a worker's GPU code will see.
 
 Flags:
 `
@@ -39,6 +42,7 @@ func runDevices(ctx context.Context, args []string) error {
 	}
 	defer h.Close()
 	clearScreen := *watch > 0 && !*asJSON && isTerminal(os.Stdout)
+	cv := cudaDevices()
 	for first := true; ; first = false {
 		inv, err := h.Inventory()
 		if err != nil {
@@ -46,16 +50,21 @@ func runDevices(ctx context.Context, args []string) error {
 		}
 		switch {
 		case *asJSON:
-			printJSON(inv)
+			printJSON(struct {
+				*device.Inventory
+				CUDA cudaView `json:"cuda"`
+			}{inv, cv})
 		case clearScreen:
 			fmt.Print("\033[H\033[2J")
 			fmt.Printf("every %v: ringo devices  %s\n\n", *watch, time.Now().Format(time.DateTime))
 			renderDevices(os.Stdout, inv)
+			renderCUDA(os.Stdout, cv)
 		default:
 			if !first {
 				fmt.Println()
 			}
 			renderDevices(os.Stdout, inv)
+			renderCUDA(os.Stdout, cv)
 		}
 		if *watch == 0 {
 			return nil
@@ -216,4 +225,52 @@ func numaCPUs(inv *device.Inventory, node int) string {
 // gpuClocks is "now/max" for the SM and memory clocks: 1980/1980 2619/2619.
 func gpuClocks(g device.GPU) string {
 	return unknownOr(g.SMClockMHz, "%d") + "/" + unknownOr(g.SMClockMaxMHz, "%d") + " " + unknownOr(g.MemoryClockMHz, "%d") + "/" + unknownOr(g.MemoryClockMaxMHz, "%d")
+}
+
+// cudaView is what the CUDA driver lets this process use.
+type cudaView struct {
+	Library string            `json:"library,omitempty"`
+	Version string            `json:"version,omitempty"` // the CUDA version the driver supports, "12.4"
+	Error   string            `json:"error,omitempty"`   // why there is none
+	Devices []cuda.DeviceInfo `json:"devices"`
+}
+
+// cudaDevices asks the driver, without making a context on any device.
+func cudaDevices() cudaView {
+	d, err := cuda.Load()
+	if err != nil {
+		return cudaView{Error: err.Error(), Devices: []cuda.DeviceInfo{}}
+	}
+	v := cudaView{Library: d.Path(), Version: fmt.Sprintf("%d.%d", d.Version()/1000, d.Version()%1000/10), Devices: []cuda.DeviceInfo{}}
+	n, err := d.Count()
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	for i := range n {
+		info, err := d.Describe(i)
+		if err != nil {
+			v.Error = err.Error()
+			return v
+		}
+		v.Devices = append(v.Devices, info)
+	}
+	return v
+}
+
+func renderCUDA(out io.Writer, v cudaView) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	defer w.Flush()
+	if v.Error != "" && len(v.Devices) == 0 {
+		fmt.Fprintf(w, "\nCUDA: %s\n", v.Error)
+		return
+	}
+	fmt.Fprintf(w, "\nCUDA %s (%s): %d devices visible to this process (CUDA_VISIBLE_DEVICES=%s)\n", v.Version, v.Library, len(v.Devices), orDash(os.Getenv("CUDA_VISIBLE_DEVICES")))
+	fmt.Fprintln(w, "ORDINAL\tNAME\tCC\tSMS\tMEMORY\tUUID")
+	for _, d := range v.Devices {
+		fmt.Fprintf(w, "%d\t%s\t%d.%d\t%d\t%s\t%s\n", d.Ordinal, d.Name, d.ComputeMajor, d.ComputeMinor, d.Multiprocessors, humanBytes(d.MemoryTotal), d.UUID)
+	}
+	if v.Error != "" {
+		fmt.Fprintf(w, "warning: %s\n", v.Error)
+	}
 }

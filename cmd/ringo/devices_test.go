@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/device"
+	"github.com/ringo-ml/ringo/device/cuda/cudatest"
 )
 
 // ringoDevices runs `ringo devices` and fails the test with a hint when
@@ -205,5 +206,46 @@ NUMA  CPUS  MEMORY
 `
 	if got := b.String(); got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestDevicesCUDA: the devices the CUDA driver lets this process use,
+// from the stand-in driver library, in the table and the JSON; without a
+// driver, the reason.
+func TestDevicesCUDA(t *testing.T) {
+	cmd := exec.Command(ringoBin, "devices")
+	cmd.Env = append(cmd.Environ(), "RINGO_CUDA_LIBRARY=/nonexistent/libcuda.so.1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "CUDA: no CUDA driver found: loading /nonexistent/libcuda.so.1") {
+		t.Errorf("without a driver: %v\n%s", err, out)
+	}
+	env := []string{"RINGO_CUDA_LIBRARY=" + cudatest.FakeDriver(t), "FAKECUDA_DEVICES=2"}
+	cmd = exec.Command(ringoBin, "devices")
+	cmd.Env = append(cmd.Environ(), env...)
+	out, err = cmd.CombinedOutput()
+	for _, want := range []string{"CUDA 12.4 (", "2 devices visible to this process", "GPU-00102030-4050-6070-8090-a0b0c0d0e0f0", "GPU-01112131-4151-6171-8191-a1b1c1d1e1f1"} {
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("with the stand-in driver: %v; output lacks %q:\n%s", err, want, out)
+		}
+	}
+	cmd = exec.Command(ringoBin, "devices", "--json")
+	cmd.Env = append(cmd.Environ(), env...)
+	out, err = cmd.Output()
+	var v struct {
+		CPU  device.CPU `json:"cpu"`
+		CUDA struct {
+			Version string
+			Devices []struct {
+				Ordinal     int    `json:"ordinal"`
+				UUID        string `json:"uuid"`
+				MemoryTotal int64  `json:"memory_total_bytes"`
+			}
+		} `json:"cuda"`
+	}
+	if err != nil || json.Unmarshal(out, &v) != nil {
+		t.Fatalf("--json: %v\n%s", err, out)
+	}
+	if v.CPU.Cores < 1 || v.CUDA.Version != "12.4" || len(v.CUDA.Devices) != 2 || v.CUDA.Devices[1].Ordinal != 1 || v.CUDA.Devices[1].MemoryTotal != 1<<30 {
+		t.Errorf("--json: %+v", v)
 	}
 }

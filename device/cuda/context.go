@@ -56,37 +56,12 @@ func (d *Driver) Open(ordinal int) (*Context, error) {
 	if ordinal < 0 || ordinal >= n {
 		return nil, fmt.Errorf("%w: device %d asked for, %d visible (CUDA_VISIBLE_DEVICES=%q)", ErrNoDevice, ordinal, n, envOr("CUDA_VISIBLE_DEVICES", "unset"))
 	}
-	c := &Context{d: d, ordinal: ordinal}
-	var dev int32
-	if err := d.call(ordinal, "cuDeviceGet", d.f.deviceGet, uintptr(unsafe.Pointer(&dev)), uintptr(ordinal)); err != nil {
+	info, err := d.Describe(ordinal)
+	if err != nil {
 		return nil, err
 	}
-	c.dev = uintptr(dev)
-	var name [256]byte
-	if err := d.call(ordinal, "cuDeviceGetName", d.f.deviceGetName, uintptr(unsafe.Pointer(&name[0])), uintptr(len(name)-1), c.dev); err != nil {
-		return nil, err
-	}
-	c.name = goString(&name[0])
-	var uuid [16]byte
-	if err := d.call(ordinal, "cuDeviceGetUuid", d.f.deviceGetUuid, uintptr(unsafe.Pointer(&uuid[0])), c.dev); err != nil {
-		return nil, err
-	}
-	c.uuid = formatUUID(uuid)
-	var total uint64
-	if err := d.call(ordinal, "cuDeviceTotalMem", d.f.deviceTotalMem, uintptr(unsafe.Pointer(&total)), c.dev); err != nil {
-		return nil, err
-	}
-	c.total = int64(total)
-	for _, a := range []struct {
-		attr int
-		to   *int
-	}{{attrMultiprocessors, &c.sms}, {attrComputeMajor, &c.cc[0]}, {attrComputeMinor, &c.cc[1]}} {
-		var v int32
-		if err := d.call(ordinal, "cuDeviceGetAttribute", d.f.deviceGetAttribute, uintptr(unsafe.Pointer(&v)), uintptr(a.attr), c.dev); err != nil {
-			return nil, detail(err, "attribute %d", a.attr)
-		}
-		*a.to = int(v)
-	}
+	c := &Context{d: d, ordinal: ordinal, dev: info.dev, name: info.Name, uuid: info.UUID, total: info.MemoryTotal,
+		sms: info.Multiprocessors, cc: [2]int{info.ComputeMajor, info.ComputeMinor}}
 	if err := d.call(ordinal, "cuDevicePrimaryCtxRetain", d.f.primaryCtxRetain, uintptr(unsafe.Pointer(&c.ctx)), c.dev); err != nil {
 		return nil, err
 	}
@@ -98,6 +73,56 @@ func (d *Driver) Open(ordinal int) (*Context, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// DeviceInfo is what the driver says of a device without a context on
+// it (a context costs device memory and time).
+type DeviceInfo struct {
+	Ordinal         int    `json:"ordinal"` // among the visible devices
+	Name            string `json:"name"`
+	UUID            string `json:"uuid"` // nvidia-smi's form, as NVML reports it
+	MemoryTotal     int64  `json:"memory_total_bytes"`
+	Multiprocessors int    `json:"multiprocessors"`
+	ComputeMajor    int    `json:"compute_major"`
+	ComputeMinor    int    `json:"compute_minor"`
+	dev             uintptr
+}
+
+// Describe reads the name, UUID, memory and architecture of the device
+// with this ordinal.
+func (d *Driver) Describe(ordinal int) (DeviceInfo, error) {
+	info := DeviceInfo{Ordinal: ordinal}
+	var dev int32
+	if err := d.call(ordinal, "cuDeviceGet", d.f.deviceGet, uintptr(unsafe.Pointer(&dev)), uintptr(ordinal)); err != nil {
+		return info, err
+	}
+	info.dev = uintptr(dev)
+	var name [256]byte
+	if err := d.call(ordinal, "cuDeviceGetName", d.f.deviceGetName, uintptr(unsafe.Pointer(&name[0])), uintptr(len(name)-1), info.dev); err != nil {
+		return info, err
+	}
+	info.Name = goString(&name[0])
+	var uuid [16]byte
+	if err := d.call(ordinal, "cuDeviceGetUuid", d.f.deviceGetUuid, uintptr(unsafe.Pointer(&uuid[0])), info.dev); err != nil {
+		return info, err
+	}
+	info.UUID = formatUUID(uuid)
+	var total uint64
+	if err := d.call(ordinal, "cuDeviceTotalMem", d.f.deviceTotalMem, uintptr(unsafe.Pointer(&total)), info.dev); err != nil {
+		return info, err
+	}
+	info.MemoryTotal = int64(total)
+	for _, a := range []struct {
+		attr int
+		to   *int
+	}{{attrMultiprocessors, &info.Multiprocessors}, {attrComputeMajor, &info.ComputeMajor}, {attrComputeMinor, &info.ComputeMinor}} {
+		var v int32
+		if err := d.call(ordinal, "cuDeviceGetAttribute", d.f.deviceGetAttribute, uintptr(unsafe.Pointer(&v)), uintptr(a.attr), info.dev); err != nil {
+			return info, detail(err, "attribute %d", a.attr)
+		}
+		*a.to = int(v)
+	}
+	return info, nil
 }
 
 func envOr(k, def string) string {
