@@ -42,18 +42,7 @@ type gpuSide struct {
 }
 
 func openGPU(c Config, comm collective.Comm) (*gpuSide, error) {
-	d, err := cuda.Load()
-	if err != nil {
-		return nil, err
-	}
-	n, err := d.Count()
-	if err != nil {
-		return nil, err
-	}
-	if n == 0 {
-		return nil, cuda.ErrNoDevice
-	}
-	ctx, err := d.Open(comm.Rank() % n)
+	ctx, err := cuda.OpenLocal(comm.Rank())
 	if err != nil {
 		return nil, err
 	}

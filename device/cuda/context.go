@@ -569,3 +569,23 @@ func (c *Context) PinnedAllocator() (alloc func(n int) ([]byte, error), free fun
 	}
 	return alloc, free
 }
+
+// OpenLocal loads the driver and opens the GPU of a worker with this
+// local rank: visible device localRank mod their count. The launcher
+// gives each worker its own GPU (CUDA_VISIBLE_DEVICES, so the ordinal is
+// 0); workers that outnumber the GPUs share them, each process with its
+// own context.
+func OpenLocal(localRank int) (*Context, error) {
+	d, err := Load()
+	if err != nil {
+		return nil, err
+	}
+	n, err := d.Count()
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: the driver reports no devices (CUDA_VISIBLE_DEVICES=%q)", ErrNoDevice, envOr("CUDA_VISIBLE_DEVICES", "unset"))
+	}
+	return d.Open(localRank % n)
+}

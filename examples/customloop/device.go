@@ -22,18 +22,7 @@ type deviceGrads struct {
 // ones: the launcher gives each worker its own, or workers share one) and
 // gives the gradients' staging pinned memory.
 func newDeviceGrads(localRank int, cfg *runtime.GradConfig) (*deviceGrads, error) {
-	d, err := cuda.Load()
-	if err != nil {
-		return nil, err
-	}
-	n, err := d.Count()
-	if err != nil {
-		return nil, err
-	}
-	if n == 0 {
-		return nil, cuda.ErrNoDevice
-	}
-	c, err := d.Open(localRank % n)
+	c, err := cuda.OpenLocal(localRank)
 	if err != nil {
 		return nil, err
 	}
