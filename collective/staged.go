@@ -263,19 +263,24 @@ func (c *stagedCall) toDevice(k int, slot []byte) error {
 
 // AllReduce reduces send across the group into recv (which may be send).
 func (s *Stager) AllReduce(ctx context.Context, send, recv DeviceBuffer, op Op) error {
-	return s.reduce(ctx, opAllReduce, send, recv, 1, op)
+	return s.reduce(ctx, opAllReduce, send, recv, 1, op, 0)
 }
 
-// reduce runs a reducing call whose send holds sendBlocks of recv's size.
-func (s *Stager) reduce(ctx context.Context, k opKind, send, recv DeviceBuffer, sendBlocks int, op Op) error {
+// reduce runs a reducing call whose send holds sendBlocks of recv's size,
+// on the wire as wire (AllReduceAs) or, when 0, as send's dtype.
+func (s *Stager) reduce(ctx context.Context, k opKind, send, recv DeviceBuffer, sendBlocks int, op Op, wire DType) error {
 	c, err := s.check(k, send, recv, sendBlocks, 1)
 	if err != nil {
 		return err
 	}
-	if !Supports(send.dtype, op) {
-		return s.argErr(k, "reducing %v with %v is not supported", send.dtype, op)
+	reduced := send.dtype
+	if wire != 0 {
+		reduced = wire
 	}
-	c.op = op
+	if !Supports(reduced, op) {
+		return s.argErr(k, "reducing %v with %v is not supported", reduced, op)
+	}
+	c.op, c.wireType = op, wire
 	return s.run(ctx, c)
 }
 
@@ -287,12 +292,7 @@ func (s *Stager) AllReduceAs(ctx context.Context, send, recv DeviceBuffer, wire 
 	if wire != BFloat16 && wire != Float16 || send.dtype != Float32 {
 		return s.argErr(opAllReduce, "all-reduce of %v as %v: want float32 memory sent as bfloat16 or float16", send.dtype, wire)
 	}
-	c, err := s.check(opAllReduce, send, recv, 1, 1)
-	if err != nil {
-		return err
-	}
-	c.op, c.wireType = op, wire
-	return s.run(ctx, c)
+	return s.reduce(ctx, opAllReduce, send, recv, 1, op, wire)
 }
 
 // narrow rounds src into dst (same length) as wire.
@@ -384,7 +384,7 @@ func (s *Stager) Broadcast(ctx context.Context, send, recv DeviceBuffer, root in
 
 // ReduceScatter reduces send (Size blocks) and leaves block Rank in recv.
 func (s *Stager) ReduceScatter(ctx context.Context, send, recv DeviceBuffer, op Op) error {
-	return s.reduce(ctx, opReduceScatter, send, recv, s.comm.Size(), op)
+	return s.reduce(ctx, opReduceScatter, send, recv, s.comm.Size(), op, 0)
 }
 
 // AllGather gathers every rank's send into recv, block r from rank r.

@@ -335,6 +335,7 @@ func TestStagedArgErrors(t *testing.T) {
 		{"ag", s.AllGather(ctx, f32(16), f32(16)), "want recv"},
 		{"root", s.Broadcast(ctx, f32(16), f32(16), 2), "root 2"},
 		{"op", s.AllReduce(ctx, f32(16), f32(16), collective.Op(99)), "not supported"},
+		{"op as bf16", s.AllReduceAs(ctx, f32(16), f32(16), collective.BFloat16, collective.Op(99)), "reducing bfloat16"},
 	}
 	for _, c := range cases {
 		var ae *collective.ArgError

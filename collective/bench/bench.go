@@ -90,7 +90,7 @@ func (c Config) Validate() error {
 	case c.Device != "host" && c.Device != "cuda":
 		return fmt.Errorf("--device %q: want host or cuda", c.Device)
 	case c.Device == "cuda" && (c.Op == "tune" || c.CheckCeiling):
-		return fmt.Errorf("--device cuda measures the sweep only; tune and --check-ceiling use host memory")
+		return fmt.Errorf("--device cuda measures the sweep only: tune and --check-ceiling measure host memory, so run them without --device cuda")
 	case c.StageChunk < 0 || c.StageChunk > 0 && c.StageChunk < 64:
 		return fmt.Errorf("--stage-chunk %d: want at least 64 bytes (0 for the default)", c.StageChunk)
 	case !collective.Supports(c.DType, c.RedOp):

@@ -20,12 +20,8 @@ func checkDevice(c Config) error {
 		return nil
 	}
 	d, err := cuda.Load()
-	if err != nil {
-		return fmt.Errorf("--device cuda: %w", err)
-	}
-	n, err := d.Count()
-	if err == nil && n == 0 {
-		err = cuda.ErrNoDevice
+	if err == nil {
+		_, err = d.Visible()
 	}
 	if err != nil {
 		return fmt.Errorf("--device cuda: %w", err)

@@ -20,13 +20,8 @@ import (
 type Context struct {
 	d       *Driver
 	ordinal int
-	dev     uintptr // CUdevice
+	info    DeviceInfo
 	ctx     uintptr // CUcontext
-	name    string
-	uuid    string
-	total   int64
-	sms     int
-	cc      [2]int
 	toHost  *Stream
 	toDev   *Stream
 
@@ -46,23 +41,19 @@ const (
 // the visible ones (CUDA_VISIBLE_DEVICES applies: a worker that the
 // launcher gave one GPU opens ordinal 0).
 func (d *Driver) Open(ordinal int) (*Context, error) {
-	n, err := d.Count()
+	n, err := d.Visible()
 	if err != nil {
 		return nil, err
 	}
-	if n == 0 {
-		return nil, fmt.Errorf("%w: the driver reports no devices (CUDA_VISIBLE_DEVICES=%q)", ErrNoDevice, envOr("CUDA_VISIBLE_DEVICES", "unset"))
-	}
 	if ordinal < 0 || ordinal >= n {
-		return nil, fmt.Errorf("%w: device %d asked for, %d visible (CUDA_VISIBLE_DEVICES=%q)", ErrNoDevice, ordinal, n, envOr("CUDA_VISIBLE_DEVICES", "unset"))
+		return nil, fmt.Errorf("%w: device %d asked for, %d visible (CUDA_VISIBLE_DEVICES=%q): ask for 0 to %d", ErrNoDevice, ordinal, n, envOr("CUDA_VISIBLE_DEVICES", "unset"), n-1)
 	}
 	info, err := d.Describe(ordinal)
 	if err != nil {
 		return nil, err
 	}
-	c := &Context{d: d, ordinal: ordinal, dev: info.dev, name: info.Name, uuid: info.UUID, total: info.MemoryTotal,
-		sms: info.Multiprocessors, cc: [2]int{info.ComputeMajor, info.ComputeMinor}}
-	if err := d.call(ordinal, "cuDevicePrimaryCtxRetain", d.f.primaryCtxRetain, uintptr(unsafe.Pointer(&c.ctx)), c.dev); err != nil {
+	c := &Context{d: d, ordinal: ordinal, info: info}
+	if err := d.call(ordinal, "cuDevicePrimaryCtxRetain", d.f.primaryCtxRetain, uintptr(unsafe.Pointer(&c.ctx)), info.dev); err != nil {
 		return nil, err
 	}
 	if c.toHost, err = c.NewStream(); err == nil {
@@ -151,24 +142,36 @@ func (c *Context) call(what string, fn uintptr, args ...uintptr) error {
 	return c.d.call(c.ordinal, what, fn, args...)
 }
 
+// destroy releases the driver object *h with fn, once.
+func (c *Context) destroy(what string, fn uintptr, h *uintptr) error {
+	if *h == 0 {
+		return nil
+	}
+	err := c.call(what, fn, *h)
+	*h = 0
+	return err
+}
+
 // Device is the ordinal this context was opened on.
 func (c *Context) Device() int { return c.ordinal }
 
 // Name is the device's product name, e.g. "NVIDIA H200".
-func (c *Context) Name() string { return c.name }
+func (c *Context) Name() string { return c.info.Name }
 
 // UUID is the device's UUID in nvidia-smi's form (GPU-xxxxxxxx-…), the
 // key that ties it to NVML's view (package device).
-func (c *Context) UUID() string { return c.uuid }
+func (c *Context) UUID() string { return c.info.UUID }
 
 // TotalMem is the device memory in bytes.
-func (c *Context) TotalMem() int64 { return c.total }
+func (c *Context) TotalMem() int64 { return c.info.MemoryTotal }
 
 // Multiprocessors is the number of streaming multiprocessors.
-func (c *Context) Multiprocessors() int { return c.sms }
+func (c *Context) Multiprocessors() int { return c.info.Multiprocessors }
 
 // ComputeCapability is the architecture, e.g. 9, 0 for Hopper.
-func (c *Context) ComputeCapability() (major, minor int) { return c.cc[0], c.cc[1] }
+func (c *Context) ComputeCapability() (major, minor int) {
+	return c.info.ComputeMajor, c.info.ComputeMinor
+}
 
 // MemInfo is the free and total device memory, now.
 func (c *Context) MemInfo() (free, total int64, err error) {
@@ -201,7 +204,7 @@ func (c *Context) Close() error {
 		}
 	}
 	if c.ctx != 0 {
-		keep(c.d.call(c.ordinal, "cuDevicePrimaryCtxRelease", c.d.f.primaryCtxRelease, c.dev))
+		keep(c.d.call(c.ordinal, "cuDevicePrimaryCtxRelease", c.d.f.primaryCtxRelease, c.info.dev))
 	}
 	return first
 }
@@ -396,14 +399,7 @@ func (s *Stream) Sync() error {
 }
 
 // Close destroys the stream (queued work still completes).
-func (s *Stream) Close() error {
-	if s.s == 0 {
-		return nil
-	}
-	err := s.c.call("cuStreamDestroy", s.c.d.f.streamDestroy, s.s)
-	s.s = 0
-	return err
-}
+func (s *Stream) Close() error { return s.c.destroy("cuStreamDestroy", s.c.d.f.streamDestroy, &s.s) }
 
 // Event marks a point in a stream, to wait for or to time.
 type Event struct {
@@ -438,14 +434,7 @@ func (e *Event) Since(start *Event) (time.Duration, error) {
 }
 
 // Close destroys the event.
-func (e *Event) Close() error {
-	if e.e == 0 {
-		return nil
-	}
-	err := e.c.call("cuEventDestroy", e.c.d.f.eventDestroy, e.e)
-	e.e = 0
-	return err
-}
+func (e *Event) Close() error { return e.c.destroy("cuEventDestroy", e.c.d.f.eventDestroy, &e.e) }
 
 // Module is code loaded into a context: PTX text compiled by the driver's
 // JIT for this device.
@@ -498,14 +487,7 @@ func (m *Module) Function(name string) (*Function, error) {
 }
 
 // Close unloads the module.
-func (m *Module) Close() error {
-	if m.m == 0 {
-		return nil
-	}
-	err := m.c.call("cuModuleUnload", m.c.d.f.moduleUnload, m.m)
-	m.m = 0
-	return err
-}
+func (m *Module) Close() error { return m.c.destroy("cuModuleUnload", m.c.d.f.moduleUnload, &m.m) }
 
 // Launch queues f on a one-dimensional grid of blocks of threads. Each
 // argument is a uint64 (device pointers, counts), a float32 or a
@@ -580,12 +562,9 @@ func OpenLocal(localRank int) (*Context, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := d.Count()
+	n, err := d.Visible()
 	if err != nil {
 		return nil, err
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("%w: the driver reports no devices (CUDA_VISIBLE_DEVICES=%q)", ErrNoDevice, envOr("CUDA_VISIBLE_DEVICES", "unset"))
 	}
 	return d.Open(localRank % n)
 }

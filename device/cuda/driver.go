@@ -178,6 +178,15 @@ func (d *Driver) Count() (int, error) {
 	return int(n), nil
 }
 
+// Visible is Count, failing with ErrNoDevice when there are none.
+func (d *Driver) Visible() (int, error) {
+	n, err := d.Count()
+	if err == nil && n == 0 {
+		err = fmt.Errorf("%w: the driver reports no devices (CUDA_VISIBLE_DEVICES=%q): check that the GPUs are installed and that CUDA_VISIBLE_DEVICES names them", ErrNoDevice, envOr("CUDA_VISIBLE_DEVICES", "unset"))
+	}
+	return n, err
+}
+
 // call runs driver function fn and turns its CUresult into nil or an
 // *Error naming dev and what. Pointers converted to uintptr in the
 // argument list stay alive and unmoved for the call (uintptrescapes, as

@@ -48,7 +48,7 @@ func (c *Context) Reducer() (*Reducer, error) {
 }
 
 func (r *Reducer) grid(n int) int {
-	return max(1, min((n+blockThreads-1)/blockThreads, blocksPerSM*max(1, r.c.sms)))
+	return max(1, min((n+blockThreads-1)/blockThreads, blocksPerSM*max(1, r.c.info.Multiprocessors)))
 }
 
 // Reduce queues dst[i] = a[i] (op) b[i] for n elements of d at device

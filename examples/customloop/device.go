@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"unsafe"
 
+	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/device/cuda"
 	"github.com/ringo-ml/ringo/runtime"
 )
@@ -43,17 +43,17 @@ func (dg *deviceGrads) average(ctx context.Context, grads *runtime.Gradients, gw
 		m *cuda.Mem
 		v []float32
 	}{{dg.dw, gw}, {dg.db, gb}} {
-		if err := c.m.CopyFromHost(0, bytesOf(c.v)); err != nil {
+		if err := c.m.CopyFromHost(0, collective.Float32s(c.v).Bytes()); err != nil {
 			return err
 		}
 	}
 	if err := grads.AverageDevice(ctx, dg.dw, dg.db); err != nil {
 		return err
 	}
-	if err := dg.dw.CopyToHost(bytesOf(gw), 0); err != nil {
+	if err := dg.dw.CopyToHost(collective.Float32s(gw).Bytes(), 0); err != nil {
 		return err
 	}
-	return dg.db.CopyToHost(bytesOf(gb), 0)
+	return dg.db.CopyToHost(collective.Float32s(gb).Bytes(), 0)
 }
 
 func (dg *deviceGrads) Close() {
@@ -63,8 +63,4 @@ func (dg *deviceGrads) Close() {
 		}
 	}
 	dg.ctx.Close()
-}
-
-func bytesOf(v []float32) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
 }
