@@ -74,6 +74,19 @@ func DefaultStagingConfig() StagingConfig {
 	return StagingConfig{ChunkBytes: 4 << 20, Slots: 4}
 }
 
+// WithDefaults is c with its zero ChunkBytes and Slots taken from
+// DefaultStagingConfig, as NewStager uses it.
+func (c StagingConfig) WithDefaults() StagingConfig {
+	def := DefaultStagingConfig()
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = def.ChunkBytes
+	}
+	if c.Slots == 0 {
+		c.Slots = def.Slots
+	}
+	return c
+}
+
 // Validate reports a bad field.
 func (c StagingConfig) Validate() error {
 	if c.ChunkBytes < 64 {
@@ -114,13 +127,7 @@ type Stager struct {
 
 // NewStager allocates the host slots for calls on comm.
 func NewStager(comm Comm, cfg StagingConfig) (*Stager, error) {
-	def := DefaultStagingConfig()
-	if cfg.ChunkBytes == 0 {
-		cfg.ChunkBytes = def.ChunkBytes
-	}
-	if cfg.Slots == 0 {
-		cfg.Slots = def.Slots
-	}
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -54,23 +54,10 @@ func (c GradConfig) Validate() error {
 	default:
 		return fmt.Errorf("gradient compression %q: want none, bf16 or fp16", c.Compress)
 	}
-	if err := c.staging().Validate(); err != nil {
+	if err := c.Staging.WithDefaults().Validate(); err != nil {
 		return fmt.Errorf("gradient staging: %w", err)
 	}
 	return nil
-}
-
-// staging is Staging with its zero fields defaulted, as NewStager fills
-// them.
-func (c GradConfig) staging() collective.StagingConfig {
-	s, def := c.Staging, collective.DefaultStagingConfig()
-	if s.ChunkBytes == 0 {
-		s.ChunkBytes = def.ChunkBytes
-	}
-	if s.Slots == 0 {
-		s.Slots = def.Slots
-	}
-	return s
 }
 
 // Gradients averages gradients across the group: many small tensors are
@@ -98,7 +85,7 @@ func NewGradients(comm collective.Comm, cfg GradConfig) (*Gradients, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.Staging = cfg.staging()
+	cfg.Staging = cfg.Staging.WithDefaults()
 	return &Gradients{comm: comm, cfg: cfg}, nil
 }
 
