@@ -83,6 +83,10 @@ type group struct {
 	ring   []int       // ring[p] is the rank at ring position p
 	pos    int         // this rank's position
 	hier   *hierLayout // nil: no hierarchy (hier.go)
+	// hasHier is hier != nil, which no Reorder changes (the layout's
+	// shape comes from the hosts, not the order): calls read it before
+	// their turn, when hier may be changing.
+	hasHier bool
 
 	// Calls run one at a time in the order they were made: each takes a
 	// ticket and waits for its turn. mu guards everything down to err.
@@ -152,18 +156,9 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 			ring[i] = i
 		}
 	}
-	if len(ring) != n {
-		return nil, fmt.Errorf("collective: RingOrder has %d ranks, the group has %d", len(ring), n)
-	}
-	pos, seen := -1, make([]bool, n)
-	for p, r := range ring {
-		if r < 0 || r >= n || seen[r] {
-			return nil, fmt.Errorf("collective: RingOrder %v is not a permutation of 0..%d", ring, n-1)
-		}
-		seen[r] = true
-		if r == tr.Rank() {
-			pos = p
-		}
+	pos, err := ringPosition(ring, n, tr.Rank())
+	if err != nil {
+		return nil, err
 	}
 	g := &group{
 		tr:        tr,
@@ -181,10 +176,10 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 		recvKick:  make(chan struct{}, 1),
 	}
 	g.poller, _ = tr.(transport.Poller)
-	var err error
 	if g.hier, err = newHierLayout(cfg.Hosts, tr, ring, g.rank); err != nil {
 		return nil, err
 	}
+	g.hasHier = g.hier != nil
 	g.turn = sync.NewCond(&g.mu)
 	g.workers.Add(2)
 	go g.sendLane()

@@ -103,7 +103,7 @@ func (l *hierLayout) column(j int) []int {
 func (g *group) algoFor(k opKind, bytes int) Algo {
 	hierOp := k == opAllReduce || k == opReduceScatter || k == opAllGather
 	a := g.cfg.Algo
-	if hierOp && g.hier != nil && (a == AlgoHier || a == AlgoAuto && bytes >= g.cfg.HierBytes) {
+	if hierOp && g.hasHier && (a == AlgoHier || a == AlgoAuto && bytes >= g.cfg.HierBytes) {
 		return AlgoHier
 	}
 	if k == opReduceScatter || k == opAllGather {
@@ -130,7 +130,12 @@ func (g *group) algoFor(k opKind, bytes int) Algo {
 // hierarchy (one host, one rank per host, or uneven hosts).
 func HierarchicalLayout(c Comm) [][]int {
 	g, ok := c.(*group)
-	if !ok || g.hier == nil {
+	if !ok {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hier == nil {
 		return nil
 	}
 	out := make([][]int, len(g.hier.hosts))
