@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -153,6 +154,24 @@ func (m *Mesh) Size() int { return m.size }
 func (m *Mesh) Link(p int) Link {
 	if p >= 0 && p < m.size && m.peers[p] != nil {
 		return m.peers[p].link
+	}
+	return nil
+}
+
+// Socketer is implemented by links that run over kernel sockets (TCP's),
+// so that the layer above can read what the kernel measured of them
+// (TCP_INFO: delivery rate, busy time, retransmits) without sending
+// anything.
+type Socketer interface {
+	Sockets() []syscall.Conn
+}
+
+// Sockets returns the data sockets of the link to peer p, or nil where
+// that link has none (shared memory, this rank). Reading their state is
+// safe while calls run; reading or writing their data is not.
+func (m *Mesh) Sockets(p int) []syscall.Conn {
+	if s, ok := m.Link(p).(Socketer); ok {
+		return s.Sockets()
 	}
 	return nil
 }

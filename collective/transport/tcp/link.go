@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ringo-ml/ringo/collective/transport"
@@ -101,7 +102,16 @@ func newLink(cfg Config, addr string, conns []net.Conn, k, stripeMin int, pollin
 	return l, nil
 }
 
-func (l *link) Addr() string               { return l.addr }
+func (l *link) Addr() string { return l.addr }
+
+// Sockets returns the data streams' connections (transport.Socketer).
+func (l *link) Sockets() []syscall.Conn {
+	out := make([]syscall.Conn, len(l.data))
+	for i, s := range l.data {
+		out[i] = s.c
+	}
+	return out
+}
 func (l *link) Control() transport.Control { return l.ctrl }
 func (l *link) PeerLeft()                  {}
 

@@ -1,0 +1,182 @@
+package topology
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// LiveConfig says how Live turns what a running job measures of its
+// links into a decision to move its ring.
+type LiveConfig struct {
+	// Margin is the predicted gain (best ring's bottleneck over the
+	// current ring's, minus 1) a re-plan needs: 0.2 moves only for a ring
+	// predicted at least 20% faster.
+	Margin float64
+	// Confirm is how many windows in a row must predict that gain before
+	// the ring moves, so that one noisy window does not move it.
+	Confirm int
+	// MinBytes and MinBusy are what a link must carry in a window, and for
+	// how long its sockets must have had data in flight, for the window's
+	// rate to count; below, the link keeps its earlier estimate.
+	MinBytes uint64
+	MinBusy  time.Duration
+}
+
+// DefaultLiveConfig moves the ring for a predicted 20% gain seen in two
+// windows in a row, counting links that moved at least 1 MiB for 20 ms.
+func DefaultLiveConfig() LiveConfig {
+	return LiveConfig{Margin: 0.2, Confirm: 2, MinBytes: 1 << 20, MinBusy: 20 * time.Millisecond}
+}
+
+// LinkWindow is what the sockets from one host to another carried in one
+// window: bytes acknowledged, and the time they had data in flight
+// (TCP_INFO's busy time; for several sockets at once, the longest). Their
+// ratio is the rate the link gave while it was sending, whatever the gaps
+// between messages.
+type LinkWindow struct {
+	Bytes uint64
+	Busy  time.Duration
+}
+
+// Live keeps a running job's link estimates: the probe's matrix at the
+// start, each link replaced by its measured rate once the job's own
+// traffic has crossed it. Links the ring does not use are never measured
+// again; so that they stay comparable with the measured ones (the probe
+// and the job's traffic see different rates on the same link), they are
+// the probe's figure scaled by the median ratio of measured to probed
+// rate over the links measured in the latest window. Live is a plain
+// value: fed the same windows, every rank reaches the same decisions.
+type Live struct {
+	cfg     LiveConfig
+	probe   *Matrix
+	rate    [][]float64 // the latest measured rate per link; 0: never measured
+	scale   float64
+	ring    []int
+	pending int // windows in a row that predicted the margin
+	// used holds each link's totals where its last window ended: a
+	// window is what a link carried since, and it ends only once it
+	// carried enough to count, so a slow trickle is not lost.
+	used [][]LinkWindow
+}
+
+// Decision is Live's answer to one window.
+type Decision struct {
+	// Move says to change to Ring; Current and Best are the bottlenecks
+	// (bytes/s) predicted for the ring in use and for Ring, Gain is
+	// Best/Current-1.
+	Move          bool
+	Ring          []int
+	Current, Best float64
+	Gain          float64
+	// Measured counts the links whose rate this window measured.
+	Measured int
+}
+
+// NewLive starts from probe (hosts × hosts, bytes/s) and the ring in use.
+func NewLive(probe *Matrix, ring []int, cfg LiveConfig) (*Live, error) {
+	if err := probe.Validate(); err != nil {
+		return nil, err
+	}
+	n := probe.Size()
+	if len(ring) != n {
+		return nil, fmt.Errorf("live topology: ring %v has %d hosts, the matrix %d", ring, len(ring), n)
+	}
+	if cfg.Confirm < 1 {
+		cfg.Confirm = 1
+	}
+	l := &Live{cfg: cfg, probe: probe, rate: make([][]float64, n), scale: 1, ring: slices.Clone(ring), used: make([][]LinkWindow, n)}
+	for i := range l.rate {
+		l.rate[i] = make([]float64, n)
+		l.used[i] = make([]LinkWindow, n)
+	}
+	return l, nil
+}
+
+// Ring returns the ring in use.
+func (l *Live) Ring() []int { return slices.Clone(l.ring) }
+
+// Adopt records that the job now runs ring.
+func (l *Live) Adopt(ring []int) {
+	l.ring = slices.Clone(ring)
+	l.pending = 0
+}
+
+// Matrix returns the current estimate of every link.
+func (l *Live) Matrix() *Matrix {
+	n := l.probe.Size()
+	m := NewMatrix(n)
+	copy(m.Hosts, l.probe.Hosts)
+	for i := range n {
+		copy(m.LatencyUS[i], l.probe.LatencyUS[i])
+		for j := range n {
+			if i == j {
+				continue
+			}
+			if r := l.rate[i][j]; r > 0 {
+				m.Bandwidth[i][j] = r
+			} else {
+				m.Bandwidth[i][j] = l.probe.Bandwidth[i][j] * l.scale
+			}
+		}
+	}
+	return m
+}
+
+// Observe folds what every link carried since the job started (total[i][j]:
+// host i to host j, counters that only grow) into the estimates and says
+// whether to move the ring. A link's window is what it carried since its
+// last window that counted.
+func (l *Live) Observe(total [][]LinkWindow) Decision {
+	n := l.probe.Size()
+	var ratios []float64
+	d := Decision{}
+	for i := range n {
+		for j := range n {
+			if i == j || i >= len(total) || j >= len(total[i]) {
+				continue
+			}
+			t, u := total[i][j], l.used[i][j]
+			if t.Bytes < u.Bytes || t.Busy < u.Busy {
+				l.used[i][j] = t // counters restarted (a new connection)
+				continue
+			}
+			x := LinkWindow{Bytes: t.Bytes - u.Bytes, Busy: t.Busy - u.Busy}
+			if x.Bytes < l.cfg.MinBytes || x.Busy < l.cfg.MinBusy || x.Busy <= 0 {
+				continue
+			}
+			l.used[i][j] = t
+			r := float64(x.Bytes) / x.Busy.Seconds()
+			l.rate[i][j] = r
+			d.Measured++
+			if p := l.probe.Bandwidth[i][j]; p > 0 {
+				ratios = append(ratios, r/p)
+			}
+		}
+	}
+	if len(ratios) > 0 {
+		slices.Sort(ratios)
+		k := len(ratios) / 2
+		l.scale = ratios[k]
+		if len(ratios)%2 == 0 {
+			l.scale = (ratios[k-1] + ratios[k]) / 2
+		}
+	}
+	m := l.Matrix()
+	best, bb := SolveRing(m)
+	d.Current, d.Best, d.Ring = Bottleneck(m, l.ring), bb, best
+	if d.Current > 0 {
+		d.Gain = d.Best/d.Current - 1
+	} else if d.Best > 0 {
+		d.Gain = 1e9 // the ring in use has a dead link
+	}
+	if d.Measured == 0 || d.Gain < l.cfg.Margin {
+		l.pending = 0
+		return d
+	}
+	l.pending++
+	if l.pending >= l.cfg.Confirm {
+		d.Move = true
+	}
+	return d
+}
