@@ -44,6 +44,8 @@ type Group struct {
 	tcfg tcp.Config
 	ccfg collective.Config
 	tr   transport.Transport
+	// replan moves the ring while the job runs (replan.go); nil: off.
+	replan *replanner
 	// p2p is the libp2p configuration when the group runs over libp2p, so
 	// that the groups NewSites forms do too.
 	p2p *p2p.Config
@@ -128,6 +130,13 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 		return nil, fmt.Errorf("rank %d of %d: joining the collective group (%s) at %s: %w", e.rank, e.size, name, e.collAddr, err)
 	}
 	g.Transport, g.tr = name, tr
+	if _, ok := g.Comm.(collective.Reorderer); ok {
+		if g.replan, err = newReplanner(e, ccfg); err != nil {
+			g.Comm.Close()
+			g.beat.close()
+			return nil, err
+		}
+	}
 	if e.size > 1 {
 		g.p2p = p2pc // nil unless libp2p
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/dataloader"
+	"github.com/ringo-ml/ringo/topology"
 )
 
 // Report is what a Go worker tells its launcher every reportEvery, for
@@ -18,6 +19,8 @@ type Report struct {
 	Collective []collective.OpStats `json:"collective,omitempty"`
 	Data       *dataloader.Stats    `json:"data,omitempty"`
 	Checkpoint CheckpointStats      `json:"checkpoint"`
+	// Topology is the live view of the job's links, where it re-plans.
+	Topology *topology.LiveView `json:"topology,omitempty"`
 }
 
 // CheckpointStats counts the checkpoints a worker's Trainer saved and
@@ -83,6 +86,7 @@ func (g *Group) report() []byte {
 		st := data()
 		rep.Data = &st
 	}
+	rep.Topology = g.topologyReport()
 	b, _ := json.Marshal(rep)
 	return b
 }

@@ -31,6 +31,11 @@ type TrainerConfig struct {
 	// replica holds bit-identical tracked tensors (0: never). It costs one
 	// hash of the parameters and an all-gather of 8 bytes per rank.
 	VerifyEvery int64
+	// ReplanEvery calls Replan after every ReplanEvery-th step, so that
+	// the ring moves off a link that slowed down (0: RINGO_REPLAN_EVERY,
+	// else DefaultReplanEvery; negative: never). It does nothing outside
+	// a multi-node job launched with --topology probe.
+	ReplanEvery int64
 }
 
 // Trainer is the step helper of a data-parallel training loop: it keeps
@@ -68,6 +73,11 @@ func (g *Group) NewTrainer(ctx context.Context, cfg TrainerConfig) (*Trainer, er
 	if cfg.SaveEvery < 0 || cfg.VerifyEvery < 0 || cfg.KeepLast < 0 {
 		return nil, fmt.Errorf("trainer: SaveEvery %d, VerifyEvery %d and KeepLast %d must not be negative", cfg.SaveEvery, cfg.VerifyEvery, cfg.KeepLast)
 	}
+	every, err := replanEvery(cfg.ReplanEvery)
+	if err != nil {
+		return nil, fmt.Errorf("trainer: %w", err)
+	}
+	cfg.ReplanEvery = every
 	t := &Trainer{g: g, cfg: cfg, saved: -1}
 	if cfg.Dir != "" {
 		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -199,6 +209,11 @@ func (t *Trainer) Start(ctx context.Context, meta any) (step int64, restored boo
 // failed background save is returned by the next save or by Close.
 func (t *Trainer) Step(ctx context.Context, step int64, meta any) error {
 	t.g.Heartbeat(step)
+	if t.cfg.ReplanEvery > 0 && step%t.cfg.ReplanEvery == 0 {
+		if _, err := t.g.Replan(ctx, step); err != nil {
+			return fmt.Errorf("trainer: %w", err)
+		}
+	}
 	if t.cfg.VerifyEvery > 0 && step%t.cfg.VerifyEvery == 0 {
 		if err := t.Verify(ctx, step); err != nil {
 			return err

@@ -180,3 +180,32 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 	}
 	return d
 }
+
+// Replan is one move of a running job's ring.
+type Replan struct {
+	Step int64     `json:"step"`
+	Time time.Time `json:"time"`
+	// From and To are the rings of hosts (matrix indices: node ranks).
+	From []int `json:"from"`
+	To   []int `json:"to"`
+	// Before is the slowest link of the old ring when it moved, Predicted
+	// that of the new one as the matrix stood (bytes/s), PredictedGain
+	// their ratio minus 1.
+	Before        float64 `json:"before"`
+	Predicted     float64 `json:"predicted"`
+	PredictedGain float64 `json:"predicted_gain"`
+	// Measured is the new ring's slowest link once every one of its links
+	// was measured again, MeasuredGain its gain over Before; 0 until then.
+	Measured     float64 `json:"measured,omitempty"`
+	MeasuredGain float64 `json:"measured_gain,omitempty"`
+}
+
+// LiveView is a running job's view of its links, as its workers report
+// it and the launcher serves it (GET /topology.json): the ring of hosts
+// in use, the live matrix, how many windows were observed and the moves.
+type LiveView struct {
+	Ring    []int    `json:"ring"`
+	Matrix  *Matrix  `json:"matrix"`
+	Windows int      `json:"windows"`
+	Replans []Replan `json:"replans,omitempty"`
+}

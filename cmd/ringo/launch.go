@@ -41,7 +41,7 @@ type launchFlags struct {
 	nproc, nnodes, backend, endpoint, runID, logDir, tee                      string
 	masterAddr, tokenFile, localAddr, auditLog                                string
 	metricsAddr, logFormat, tlsCert, tlsKey, tlsCA, topology, transport, site string
-	nodeRank, maxRestarts, masterPort                                         int
+	nodeRank, maxRestarts, masterPort, replanEvery                            int
 	standalone                                                                bool
 	monitor, hang, lastCall, joinTimeout, nodeTimeout                         secondsFlag
 	stopGrace                                                                 secondsFlag
@@ -96,7 +96,8 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "alerts and launcher warnings as text or json lines")
 	fs.StringVar(&f.transport, "transport", "", "collectives over tcp, shm (one host), mix (shm to same-host peers, tcp to the rest) or libp2p (alias p2p; peer IDs, encrypted); default: shm on one node, else mix")
 	fs.StringVar(&f.site, "site", "", "label of this node's site (data centre) for training across sites: workers see it as RINGO_SITE, and runtime.NewOuter averages inside a site every step and across sites every H steps; default: each node its own site")
-	fs.StringVar(&f.topology, "topology", "", "probe: measure the links between nodes at every (re)formation and order ranks along the ring that avoids the slowest")
+	fs.StringVar(&f.topology, "topology", "", "probe: measure the links between nodes at every (re)formation and order ranks along the ring that avoids the slowest; Go workers then re-plan from what their TCP sockets measure (see --replan-every)")
+	fs.IntVar(&f.replanEvery, "replan-every", 0, "with --topology probe: a Go worker's Trainer checks the ring against its measured links every N steps and moves it, without a restart, off links that slowed (0: the default, 20; -1: never)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "this node's certificate (PEM) for mutual TLS on the rendezvous store")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "its private key (PEM)")
 	fs.StringVar(&f.tlsCA, "tls-ca", "", "the CA (PEM) that signed every node's certificate")
@@ -201,7 +202,7 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.NodeRank, cfg.MaxRestarts = f.nodeRank, f.maxRestarts
 	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
 	cfg.LogDir, cfg.Host, cfg.AuditLog, cfg.MetricsAddr = f.logDir, f.localAddr, f.auditLog, f.metricsAddr
-	cfg.Topology, cfg.Transport, cfg.Site = f.topology, f.transport, f.site
+	cfg.Topology, cfg.Transport, cfg.Site, cfg.ReplanEvery = f.topology, f.transport, f.site, f.replanEvery
 	if cfg.Transport == "p2p" {
 		cfg.Transport = "libp2p"
 	}

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	worker "github.com/ringo-ml/ringo/runtime"
 	"github.com/ringo-ml/ringo/topology"
@@ -27,6 +30,9 @@ Commands:
   show MATRIX.json [--png FILE]
                    print a measured matrix (MB/s and µs) and its best ring;
                    --png draws a heat map with the ring
+  show --metrics-addr HOST:PORT [--png FILE]
+                   the same for a running job: the live matrix its workers
+                   measure, the ring in use and its re-plans
 
 The hosts file is JSON: [{"name": "h0", "addr": "10.0.0.1", "slots": 4}, ...],
 with an optional "intra_bandwidth" (bytes/s between two slots of the host,
@@ -140,36 +146,73 @@ func mbps(v float64) string { return fmt.Sprintf("%.0f MB/s", v/1e6) }
 const heatMapWidth, heatMapHeight = 960, 768
 
 const topoShowUsage = `Usage: ringo topo show MATRIX.json [--png FILE]
+       ringo topo show --metrics-addr HOST:PORT [--png FILE]
 
 Prints a measured matrix as tables (bandwidth in MB/s, latency in µs, rows
 sending to columns), the best ring through its ranks and its bottleneck
 beside rank order's; --png draws the bandwidth as a heat map with the ring.
 
+With --metrics-addr (a launcher's, of a job started with --topology probe)
+it prints the running job's live matrix instead: the probe's figures with
+every link the job's own traffic crossed replaced by the rate TCP measured,
+the ring of hosts in use and each time the job moved it.
+
 Flags:
 `
 
-func topoShow(_ context.Context, args []string) error {
+func topoShow(ctx context.Context, args []string) error {
 	fs := newFlagSet("topo show", topoShowUsage)
 	pngPath := fs.String("png", "", "also draw the bandwidth as a heat map with the ring, to this PNG file")
+	live := fs.String("metrics-addr", "", "show the live matrix of the job whose launcher serves metrics here (HOST:PORT)")
 	path, err := parseWithTarget(fs, args)
 	if err != nil {
 		return err
 	}
-	if path == "" {
-		return usageErr(fs, "show needs a MATRIX.json file")
+	var m *topology.Matrix
+	var ring []int
+	switch {
+	case path != "" && *live != "":
+		return usageErr(fs, "show takes a MATRIX.json file or --metrics-addr, not both")
+	case *live != "":
+		v, err := fetchLiveView(ctx, *live)
+		if err != nil {
+			return err
+		}
+		m, ring = v.Matrix, v.Ring
+		fmt.Printf("live matrix of the job at %s: %d hosts, %d windows observed, probed %s\n\n", *live, m.Size(), v.Windows, m.Time.Format("2006-01-02 15:04:05 MST"))
+		if err := topology.WriteTable(os.Stdout, m); err != nil {
+			return err
+		}
+		fmt.Printf("\nring in use: %s, slowest link %s\n", hostNames(m, ring), mbps(topology.Bottleneck(m, ring)))
+		for _, p := range v.Replans {
+			fmt.Printf("re-planned at step %d (%s): %s -> %s; slowest link %s before, %s predicted", p.Step, p.Time.Format("15:04:05"),
+				hostNames(m, p.From), hostNames(m, p.To), mbps(p.Before), mbps(p.Predicted))
+			if p.Measured > 0 {
+				fmt.Printf(", %s measured (%+.0f%%)", mbps(p.Measured), 100*p.MeasuredGain)
+			}
+			fmt.Println()
+		}
+		if len(v.Replans) == 0 {
+			fmt.Println("no re-plans yet")
+		}
+	case path == "":
+		return usageErr(fs, "show needs a MATRIX.json file or --metrics-addr HOST:PORT")
+	default:
+		if m, err = topology.ReadMatrix(path); err != nil {
+			return err
+		}
+		fmt.Printf("%s: %d ranks, measured %s\n\n", path, m.Size(), m.Time.Format("2006-01-02 15:04:05 MST"))
+		if err := topology.WriteTable(os.Stdout, m); err != nil {
+			return err
+		}
 	}
-	m, err := topology.ReadMatrix(path)
-	if err != nil {
-		return err
+	best, b := topology.SolveRing(m)
+	if ring == nil {
+		ring = best
 	}
-	fmt.Printf("%s: %d ranks, measured %s\n\n", path, m.Size(), m.Time.Format("2006-01-02 15:04:05 MST"))
-	if err := topology.WriteTable(os.Stdout, m); err != nil {
-		return err
-	}
-	ring, b := topology.SolveRing(m)
-	if len(ring) > 1 {
-		s := make([]string, len(ring))
-		for i, r := range ring {
+	if len(best) > 1 {
+		s := make([]string, len(best))
+		for i, r := range best {
 			s[i] = fmt.Sprint(r)
 		}
 		how := "exact"
@@ -242,4 +285,54 @@ func topoProbe(ctx context.Context, args []string) error {
 		fmt.Printf("matrix of %d ranks written to %s\n", m.Size(), *out)
 	}
 	return perr
+}
+
+// fetchLiveView asks a launcher's metrics server for its job's live view
+// of the links.
+func fetchLiveView(ctx context.Context, addr string) (*topology.LiveView, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	url := "http://" + addr + "/topology.json"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %q: %w", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking the launcher at %s for the live topology (is the job running with --metrics-addr %s?): %w", addr, addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var v topology.LiveView
+	if err := json.Unmarshal(body, &v); err != nil {
+		return nil, fmt.Errorf("%s: not a live topology: %w", url, err)
+	}
+	if v.Matrix == nil {
+		return nil, fmt.Errorf("%s: the answer holds no matrix", url)
+	}
+	if err := v.Matrix.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", url, err)
+	}
+	if len(v.Ring) != v.Matrix.Size() {
+		return nil, fmt.Errorf("%s: a ring of %d hosts for a matrix of %d", url, len(v.Ring), v.Matrix.Size())
+	}
+	return &v, nil
+}
+
+// hostNames names a ring of matrix indices by the matrix's hosts.
+func hostNames(m *topology.Matrix, ring []int) string {
+	s := make([]string, len(ring))
+	for i, h := range ring {
+		s[i] = fmt.Sprint(h)
+		if h >= 0 && h < len(m.Hosts) && m.Hosts[h] != "" {
+			s[i] = m.Hosts[h]
+		}
+	}
+	return strings.Join(s, " -> ")
 }

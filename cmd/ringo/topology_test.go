@@ -45,8 +45,8 @@ func (h *hosts) unshape() {
 var allreduceTime = regexp.MustCompile(`all-reduce of \d+ bytes: median (\S+) s`)
 
 // runJob launches one worker on each host, with or without the topology
-// probe, and returns the median 16 MiB all-reduce time and the output.
-func (h *hosts) runJob(t *testing.T, tok, logDir, id string, probe bool) (float64, string) {
+// probe, and returns the median all-reduce time of bytes and the output.
+func (h *hosts) runJob(t testing.TB, tok, logDir, id string, probe bool, bytes int) (float64, string) {
 	t.Helper()
 	var ls []*launcher
 	for i := range h.Names {
@@ -55,7 +55,7 @@ func (h *hosts) runJob(t *testing.T, tok, logDir, id string, probe bool) (float6
 		if probe {
 			args = append(args, "--topology", "probe")
 		}
-		args = append(args, "--", workerBin, "--steps", "1", "--bench-bytes", strconv.Itoa(16<<20), "--bench-iters", "3")
+		args = append(args, "--", workerBin, "--steps", "1", "--bench-bytes", strconv.Itoa(bytes), "--bench-iters", "5")
 		ls = append(ls, h.Launch(i, args...))
 	}
 	all := ""
@@ -87,8 +87,8 @@ func TestTopologyProbeAvoidsSlowLinks(t *testing.T) {
 	h.slow(2, 3, "200mbit")
 	logDir := t.TempDir()
 
-	naive, _ := h.runJob(t, tok, logDir, "naive", false)
-	solved, out := h.runJob(t, tok, logDir, "solved", true)
+	naive, _ := h.runJob(t, tok, logDir, "naive", false, 16<<20)
+	solved, out := h.runJob(t, tok, logDir, "solved", true, 16<<20)
 	t.Logf("16 MiB all-reduce: %.3f s in rank order, %.3f s in the solved order (%.1fx)", naive, solved, naive/solved)
 	if !strings.Contains(out, "topology: probed 4 nodes") {
 		t.Fatalf("no topology line:\n%s", out)
@@ -140,7 +140,7 @@ func TestTopologyProbeAvoidsSlowLinks(t *testing.T) {
 	h.unshape()
 	h.slow(0, 2, "200mbit")
 	h.slow(1, 3, "200mbit")
-	_, out2 := h.runJob(t, tok, logDir, "moved", true)
+	_, out2 := h.runJob(t, tok, logDir, "moved", true, 16<<20)
 	ring2 := ringOf(out2)
 	for _, bad := range [][2]string{{h.Addrs[0], h.Addrs[2]}, {h.Addrs[1], h.Addrs[3]}} {
 		if adjacent(ring2, bad[0], bad[1]) {

@@ -138,7 +138,7 @@ func (h *Hosts) Launch(i int, args ...string) *Launcher {
 	return l
 }
 
-func (l *Launcher) Wait(t *testing.T, within time.Duration) error {
+func (l *Launcher) Wait(t testing.TB, within time.Duration) error {
 	t.Helper()
 	select {
 	case err := <-l.Done:
@@ -150,7 +150,7 @@ func (l *Launcher) Wait(t *testing.T, within time.Duration) error {
 	}
 }
 
-func (l *Launcher) WaitFor(t *testing.T, re *regexp.Regexp, within time.Duration) {
+func (l *Launcher) WaitFor(t testing.TB, re *regexp.Regexp, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {

@@ -53,6 +53,11 @@ type agent struct {
 	audit   *audit.Log // nil when --audit-log is not set
 	board   *board
 	p2p     *p2pFiles // this round's libp2p identities, with --transport libp2p
+	// topoFile holds this round's probed matrix in node-rank order, for
+	// the workers to re-plan from (RINGO_TOPOLOGY_FILE); "" without one.
+	topoFile string
+	// replansSeen counts the ring moves of generation gen already logged.
+	replansSeen struct{ gen, n int }
 }
 
 // Run launches the job on this node and supervises it until it succeeds,
@@ -289,6 +294,7 @@ func (a *agent) loop(ctx context.Context) error {
 			return fmt.Errorf("rendezvous %q at %s: %w", a.cfg.RunID, a.cfg.Endpoint, err)
 		}
 		lastGen, lastNodes = round.Gen, len(round.Nodes)
+		a.topoFile = ""
 		if a.cfg.Topology == "probe" && len(round.Nodes) > 1 {
 			if err := a.solveTopology(ctx, round); err != nil {
 				// The job can still run in rendezvous order.
@@ -375,6 +381,12 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 	}
 	if a.cfg.Site != "" {
 		set[ringo.EnvSite] = a.cfg.Site
+	}
+	if a.topoFile != "" {
+		set[ringo.EnvTopologyFile] = a.topoFile
+	}
+	if a.cfg.ReplanEvery != 0 {
+		set[ringo.EnvReplanEvery] = strconv.Itoa(a.cfg.ReplanEvery)
 	}
 	if a.p2p != nil {
 		set[ringo.EnvP2PIdentity] = a.p2p.identity[local]

@@ -79,6 +79,10 @@ type Config struct {
 	// (re)formation and orders the nodes along the ring that avoids the
 	// slowest; "" keeps the rendezvous order.
 	Topology string
+	// ReplanEvery, with Topology "probe", is how many steps apart a Go
+	// worker's Trainer re-plans its ring from what it measured
+	// (RINGO_REPLAN_EVERY; 0: the runtime's default, negative: never).
+	ReplanEvery int
 	// TLS, when its files are named, puts the store's connections (and
 	// etcd's) under mutual TLS; the token challenge still runs inside.
 	TLS rendezvous.TLSFiles

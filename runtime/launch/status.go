@@ -3,6 +3,7 @@ package launch
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -97,9 +98,11 @@ func (b *board) restarted(cause string) {
 	b.causes[cause]++
 }
 
-// update hands the server a snapshot of round r's local workers.
+// update hands the server a snapshot of round r's local workers, and
+// logs the re-plans they reported since the last update.
 func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 	b := a.board
+	a.noteReplans(r, ws)
 	if b.srv == nil {
 		return
 	}
@@ -114,6 +117,9 @@ func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 	b.mu.Unlock()
 	for _, w := range ws {
 		snap.Ranks = append(snap.Ranks, w.status())
+		if t := w.liveTopology(); t != nil && (snap.Topology == nil || t.Windows > snap.Topology.Windows) {
+			snap.Topology = t
+		}
 		if c := w.lastCheckpoint(); c != nil && (snap.LastCheckpoint == nil || c.Step > snap.LastCheckpoint.Step) {
 			snap.LastCheckpoint = c
 		}
@@ -169,4 +175,48 @@ func (w *worker) lastCheckpoint() *observe.Checkpoint {
 	}
 	c := w.report.Checkpoint
 	return &observe.Checkpoint{Step: c.LastStep, Dir: c.LastDir, Time: c.LastTime}
+}
+
+// liveTopology is the live view of the links the worker last reported,
+// or nil.
+func (w *worker) liveTopology() *topology.LiveView {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.report == nil {
+		return nil
+	}
+	return w.report.Topology
+}
+
+// noteReplans logs, audits and puts on the status page each ring move
+// that node 0's first worker reported since the last call: every rank
+// reports the same moves, so one worker per job tells them.
+func (a *agent) noteReplans(r *rendezvous.Round, ws []*worker) {
+	if r.NodeRank != 0 || len(ws) == 0 {
+		return
+	}
+	t := ws[0].liveTopology()
+	if t == nil || t.Matrix == nil {
+		return
+	}
+	if a.replansSeen.gen != r.Gen {
+		a.replansSeen.gen, a.replansSeen.n = r.Gen, 0
+	}
+	name := func(ring []int) string {
+		s := make([]string, len(ring))
+		for i, h := range ring {
+			if h >= 0 && h < len(t.Matrix.Hosts) {
+				s[i] = t.Matrix.Hosts[h]
+			}
+		}
+		return strings.Join(s, " -> ")
+	}
+	for _, p := range t.Replans[min(a.replansSeen.n, len(t.Replans)):] {
+		a.logf("topology: re-planned at step %d without a restart: ring %s (was %s); slowest link predicted %.1f MB/s, was %.1f MB/s (%+.0f%%)",
+			p.Step, name(p.To), name(p.From), p.Predicted/1e6, p.Before/1e6, 100*p.PredictedGain)
+		a.board.note("replan", "step %d: ring %s, slowest link predicted %.0f MB/s (was %.0f MB/s)", p.Step, name(p.To), p.Predicted/1e6, p.Before/1e6)
+		a.audit.Record("topology.replan", map[string]any{"run_id": a.cfg.RunID, "generation": r.Gen, "step": p.Step,
+			"from": name(p.From), "to": name(p.To), "before_bytes_per_second": p.Before, "predicted_bytes_per_second": p.Predicted})
+	}
+	a.replansSeen.n = len(t.Replans)
 }

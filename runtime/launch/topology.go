@@ -76,8 +76,34 @@ func (a *agent) solveTopology(ctx context.Context, r *rendezvous.Round) error {
 		}
 	}
 	r.Nodes = nodes
+	if err := a.writeWorkerMatrix(m, order, r.Gen); err != nil {
+		a.logf("topology: %v (the workers will not re-plan)", err)
+	}
 	a.logf("topology: probed %d nodes in %v; ring %s, slowest link %.0f MB/s (in node-rank order it would be %.0f MB/s)",
 		n, time.Since(t0).Round(time.Millisecond), strings.Join(names, " -> "), bottleneck/1e6, topology.Bottleneck(m, naive)/1e6)
 	a.board.note("topology", "ring %s, slowest link %.0f MB/s", strings.Join(names, " -> "), bottleneck/1e6)
+	return nil
+}
+
+// writeWorkerMatrix saves m with its rows and columns in the node ranks
+// of the solved order, for the workers to re-plan from while they run.
+func (a *agent) writeWorkerMatrix(m *topology.Matrix, order []int, gen int) error {
+	if err := a.ensurePrivDir(); err != nil {
+		return err
+	}
+	n := len(order)
+	w := topology.NewMatrix(n)
+	w.Time = m.Time
+	for i, oi := range order {
+		w.Hosts[i] = m.Hosts[oi]
+		for j, oj := range order {
+			w.Bandwidth[i][j], w.LatencyUS[i][j] = m.Bandwidth[oi][oj], m.LatencyUS[oi][oj]
+		}
+	}
+	path := filepath.Join(a.privDir, fmt.Sprintf("topology-gen%d.json", gen))
+	if err := topology.WriteMatrix(path, w); err != nil {
+		return err
+	}
+	a.topoFile = path
 	return nil
 }

@@ -1,6 +1,7 @@
 package observe
 
 import (
+	"github.com/ringo-ml/ringo/topology"
 	"maps"
 	"slices"
 	"strconv"
@@ -61,13 +62,18 @@ var (
 	dTCPSegs    = desc("tcp_segments_received_total", "TCP segments this machine received since the launcher started (eBPF tracepoint tcp_probe).")
 	dTCPRTT     = desc("tcp_srtt_seconds", "Smoothed TCP round-trip time averaged over the segments received (eBPF tcp_probe).")
 
+	dReplans   = desc("topology_replans_total", "Times the job moved its ring off links it measured slower, without a restart.")
+	dRingBW    = desc("topology_ring_bottleneck_bytes_per_second", "The slowest link of the ring in use, as the job last measured it.")
+	dLinkBW    = desc("topology_link_bandwidth_bytes_per_second", "Each link's bandwidth as the job last measured it (unused links: the probe's figure scaled like the measured ones).", "src", "dst")
+	dReplanGot = desc("topology_last_replan_gain_ratio", "Predicted and measured gain of the last re-plan: the new ring's slowest link over the old one's, minus 1.", "kind")
+
 	dAlert  = desc("alert", "1 for each alert instance that is firing (rank or gpu empty when it has no such subject).", "alert", "rank", "gpu")
 	dAlerts = desc("alerts_firing", "Instances of each alert that are firing.", "alert")
 
 	allDescs = []*prometheus.Desc{dInfo, dWorkersUp, dWorkers, dGeneration, dWorld, dNodes, dRestarts, dStart,
 		dStep, dBeat, dStepDur, dStepTime, dCollCalls, dCollBytes, dCollBus, dCollSec, dCollBusbw,
 		dSamples, dDataBytes, dStall, dLoader, dStallR, dSaves, dSaveSec, dSaveBytes, dLoads, dLoadSec, dCkptStep, dCkptTime,
-		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dAlert, dAlerts}
+		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dReplans, dRingBW, dLinkBW, dReplanGot, dAlert, dAlerts}
 )
 
 // restartCauses are the causes the launcher names (Snapshot.RestartCauses);
@@ -206,6 +212,28 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ctr(dTCPSegs, float64(t.Segments))
 		if t.Segments > 0 {
 			g(dTCPRTT, t.MeanRTTSeconds)
+		}
+	}
+
+	if t := snap.Topology; t != nil && t.Matrix != nil {
+		m := t.Matrix
+		ctr(dReplans, float64(len(t.Replans)))
+		if len(t.Ring) == m.Size() {
+			g(dRingBW, topology.Bottleneck(m, t.Ring))
+		}
+		for i := range m.Size() {
+			for j := range m.Size() {
+				if i != j {
+					g(dLinkBW, m.Bandwidth[i][j], m.Hosts[i], m.Hosts[j])
+				}
+			}
+		}
+		if n := len(t.Replans); n > 0 {
+			last := t.Replans[n-1]
+			g(dReplanGot, last.PredictedGain, "predicted")
+			if last.Measured > 0 {
+				g(dReplanGot, last.MeasuredGain, "measured")
+			}
 		}
 	}
 

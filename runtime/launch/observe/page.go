@@ -38,3 +38,24 @@ func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(b)
 }
+
+// serveTopology serves the job's live link matrix, ring and re-plans
+// (what `ringo topo show --metrics-addr` prints), or 404 where the job
+// has none.
+func (s *Server) serveTopology(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	t := s.latest.Topology
+	s.mu.Unlock()
+	if t == nil {
+		http.Error(w, "this job has no live topology: it needs more than one node, --topology probe and Go workers (runtime.Init)", http.StatusNotFound)
+		return
+	}
+	b, err := json.Marshal(t)
+	if err != nil {
+		http.Error(w, "encoding the topology: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(b)
+}

@@ -70,6 +70,7 @@ func NewServer(cfg Config) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /status.json", s.serveJSON)
+	mux.HandleFunc("GET /topology.json", s.serveTopology)
 	mux.HandleFunc("GET /{$}", s.servePage)
 
 	ln, err := net.Listen("tcp", cfg.Addr)

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/device"
+	"github.com/ringo-ml/ringo/topology"
 )
 
 // Snapshot is the launcher's view of its node's part of the job at one
@@ -31,6 +32,10 @@ type Snapshot struct {
 	// TCP holds this machine's TCP counters from eBPF tracepoints, when
 	// the launcher may load them (root); nil otherwise.
 	TCP *TCPCounters `json:"tcp,omitempty"`
+	// Topology is the job's live view of its links (hosts by node rank),
+	// where its workers re-plan (--topology probe, Go workers); nil
+	// otherwise.
+	Topology *topology.LiveView `json:"topology,omitempty"`
 }
 
 // TCPCounters are system-wide TCP counters since the launcher started.

@@ -181,7 +181,7 @@ func runSweep(ctx context.Context, g *ringo.Group, spec string, iters int) {
 
 // workerTimeout bounds the whole run: a minute, ten with --bench-sweep.
 func workerTimeout() time.Duration {
-	if *benchSweep != "" {
+	if *benchSweep != "" || *replanBytes > 0 {
 		return 10 * time.Minute
 	}
 	return time.Minute

@@ -73,6 +73,10 @@ func main() {
 	if *benchSweep != "" {
 		runSweep(ctx, g, *benchSweep, *benchIters)
 	}
+	if *replanBytes > 0 {
+		runReplanLoop(ctx, g)
+		return
+	}
 	first := g.Restarts == 0 || *always
 	n := g.Size()
 	buf := make([]float32, 1024)

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// replanRun is what one run of the mid-job slowdown scenario measured:
+// median all-reduce times (seconds) before the slowdown, while the job
+// still ran the old ring over the slowed link, after it moved, and in a
+// fresh job that probed and solved with the link already slow.
+type replanRun struct {
+	before, slowed, after, fresh float64
+	detect                       time.Duration // from slowing the link to the move
+	stepsToMove                  int           // steps from the slowdown to the move
+	replans, replansAfterUndo    int
+	oldRing, newRing             []string
+	slowA, slowB                 string
+	topoShow, metrics            string
+}
+
+var (
+	replanStep = regexp.MustCompile(`replan-loop step (\d+): all-reduce (\S+) s, replans (\d+)`)
+	replanLine = regexp.MustCompile(`topology: re-planned at step (\d+) without a restart: ring (.*) \(was (.*)\); slowest`)
+)
+
+// loopSteps parses rank 0's step lines: the all-reduce time and the
+// re-plans so far, by step.
+func loopSteps(out string) (times map[int]float64, replans map[int]int, last int) {
+	times, replans = map[int]float64{}, map[int]int{}
+	for _, m := range replanStep.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.Atoi(m[1])
+		times[n], _ = strconv.ParseFloat(m[2], 64)
+		replans[n], _ = strconv.Atoi(m[3])
+		last = max(last, n)
+	}
+	return times, replans, last
+}
+
+func medianOf(times map[int]float64, from, to int) float64 {
+	var v []float64
+	for s := from; s <= to; s++ {
+		if x, ok := times[s]; ok {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// replanScenario runs four hosts, every link shaped to 400 Mbit/s, and a
+// job that all-reduces 8 MiB per step with --topology probe. Mid-job it
+// slows one link of the ring in use to 100 Mbit/s and waits for the job
+// to move its ring, then undoes the slowdown and checks that the ring
+// stays; last, a fresh job probes and solves with the link slow.
+func replanScenario(t testing.TB) replanRun {
+	if _, err := exec.LookPath("tc"); err != nil {
+		t.Skip("skipped: tc (iproute2) is not installed")
+	}
+	const bytes = 8 << 20
+	h := newHosts(t, 4)
+	for a := range 4 {
+		for b := a + 1; b < 4; b++ {
+			h.slow(a, b, "400mbit")
+		}
+	}
+	tok := tokenFile(t)
+	logDir := t.TempDir()
+	stop := filepath.Join(t.TempDir(), "stop")
+	var ls []*launcher
+	for i := range h.Names {
+		ls = append(ls, h.Launch(i, "--nnodes", "4", "--nproc-per-node", "1", "--rdzv-endpoint", h.Addrs[0]+":29420",
+			"--rdzv-id", "replan", "--node-rank", strconv.Itoa(i), "--token-file", tok, "--rdzv-timeout", "60s",
+			"--log-dir", logDir, "--tee", "all", "--topology", "probe", "--replan-every", "2", "--max-restarts", "0",
+			"--metrics-addr", h.Addrs[i]+":29421",
+			"--", workerBin, "--replan-bytes", strconv.Itoa(bytes), "--stop-file", stop))
+	}
+	all := func() string {
+		var b strings.Builder
+		for _, l := range ls {
+			b.WriteString(l.Out.String())
+		}
+		return b.String()
+	}
+	waitUntil := func(what string, within time.Duration, ok func(out string) bool) string {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for time.Now().Before(deadline) {
+			if out := all(); ok(out) {
+				return out
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%s: not within %v:\n%s", what, within, all())
+		return ""
+	}
+	lastStep := func(out string) int { _, _, n := loopSteps(out); return n }
+
+	out := waitUntil("8 steps on the probed ring", 90*time.Second, func(out string) bool { return ringOf(out) != nil && lastStep(out) >= 8 })
+	var r replanRun
+	r.oldRing = ringOf(out)
+	idx := map[string]int{}
+	for i, a := range h.Addrs {
+		idx[a] = i
+	}
+	r.slowA, r.slowB = r.oldRing[0], r.oldRing[1]
+	slowedAt := lastStep(out)
+	h.slow(idx[r.slowA], idx[r.slowB], "100mbit")
+	t0 := time.Now()
+	out = waitUntil("a re-plan after slowing "+r.slowA+"-"+r.slowB, 60*time.Second, replanLine.MatchString)
+	r.detect = time.Since(t0)
+	m := replanLine.FindStringSubmatch(out)
+	movedAt, _ := strconv.Atoi(m[1])
+	r.newRing = strings.Split(m[2], " -> ")
+	r.stepsToMove = movedAt - slowedAt
+	waitUntil("10 steps on the new ring", 60*time.Second, func(out string) bool { return lastStep(out) >= movedAt+10 })
+
+	// The launcher of node rank 0 logs the re-plan and serves the view.
+	for i, l := range ls {
+		if replanLine.MatchString(l.Out.String()) {
+			addr := h.Addrs[i] + ":29421"
+			show, err := exec.Command(ringoBin, "topo", "show", "--metrics-addr", addr).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ringo topo show --metrics-addr %s: %v\n%s", addr, err, show)
+			}
+			r.topoShow = string(show)
+			resp, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			r.metrics = string(b)
+		}
+	}
+
+	h.slow(idx[r.slowA], idx[r.slowB], "400mbit")
+	undoneAt := lastStep(all())
+	out = waitUntil("12 steps after undoing the slowdown", 60*time.Second, func(out string) bool { return lastStep(out) >= undoneAt+12 })
+	times, replans, last := loopSteps(out)
+	r.replans, r.replansAfterUndo = replans[movedAt], replans[last]
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range ls {
+		if err := l.Wait(t, 60*time.Second); err != nil {
+			t.Fatalf("host %d: %v\n%s", i, err, l.Out.String())
+		}
+	}
+	r.before = medianOf(times, 3, slowedAt)
+	r.slowed = medianOf(times, slowedAt+2, movedAt)
+	r.after = medianOf(times, movedAt+2, movedAt+10)
+
+	h.slow(idx[r.slowA], idx[r.slowB], "100mbit")
+	r.fresh, _ = h.runJob(t, tok, logDir, "fresh", true, bytes)
+	return r
+}
+
+func (r replanRun) String() string {
+	return fmt.Sprintf("8 MiB all-reduce, 4 hosts × 1 rank at 400 Mbit/s: %.3f s; link %s-%s slowed to 100 Mbit/s: %.3f s; "+
+		"moved %d steps (%.1f s) later from %v to %v: %.3f s; fresh probe-and-solve: %.3f s (re-planned/fresh %.2f)",
+		r.before, r.slowA, r.slowB, r.slowed, r.stepsToMove, r.detect.Seconds(), r.oldRing, r.newRing, r.after, r.fresh, r.after/r.fresh)
+}
+
+// A link of the ring slows mid-job: the job moves its ring off it
+// without a restart, the launcher logs and exports the move and serves
+// the live matrix, and once the link recovers the ring does not move back
+// and forth.
+func TestReplanOffALinkSlowedMidJob(t *testing.T) {
+	r := replanScenario(t)
+	t.Log(r)
+	if r.replans != 1 {
+		t.Errorf("%d re-plans by the move, want 1", r.replans)
+	}
+	if r.replansAfterUndo != r.replans {
+		t.Errorf("the ring moved again after the link recovered: %d re-plans, then %d", r.replans, r.replansAfterUndo)
+	}
+	if adjacent(r.newRing, r.slowA, r.slowB) {
+		t.Errorf("the new ring %v still uses the slowed link %s-%s", r.newRing, r.slowA, r.slowB)
+	}
+	for _, want := range []string{"ring in use: " + strings.Join(r.newRing, " -> "), "re-planned at step", "bandwidth"} {
+		if !strings.Contains(r.topoShow, want) {
+			t.Errorf("ringo topo show --metrics-addr does not show %q:\n%s", want, r.topoShow)
+		}
+	}
+	for _, want := range []string{"ringo_topology_replans_total 1", "ringo_topology_ring_bottleneck_bytes_per_second", `ringo_topology_last_replan_gain_ratio{kind="predicted"}`} {
+		if !strings.Contains(r.metrics, want) {
+			t.Errorf("the metrics lack %q", want)
+		}
+	}
+}
+
+// BenchmarkReplan reports the scenario's figures: the all-reduce time
+// after the move over a fresh probe-and-solve's (target: within 10%),
+// and how long the move took (target: 30 s).
+func BenchmarkReplan(b *testing.B) {
+	for range b.N {
+		r := replanScenario(b)
+		b.Log(r)
+		b.ReportMetric(r.after/r.fresh, "replanned/fresh")
+		b.ReportMetric(r.slowed/r.after, "slowed/replanned")
+		b.ReportMetric(r.detect.Seconds(), "s-to-replan")
+	}
+}

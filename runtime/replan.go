@@ -1,0 +1,243 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/topology"
+)
+
+// Re-planning: the launcher probes the links between nodes when the job
+// forms (--topology probe) and orders ranks along the best ring; it hands
+// that matrix to the workers. While training runs, Replan reads what the
+// kernel measured of the job's own TCP sockets, folds it into the matrix
+// (topology.Live) and, where another order of the hosts is predicted
+// faster by the margin in windows in a row, moves the ring at that step
+// boundary (collective.Reorderer): no restart, no new connections.
+//
+// Every rank all-gathers the same counters and feeds the same Live, so
+// every rank reaches the same decision at the same call; Reorder checks
+// that they did.
+
+const (
+	// EnvTopologyFile names the matrix the launcher probed when the job
+	// formed, one row per node in node-rank (GROUP_RANK) order; with it,
+	// Replan can move the ring while the job runs.
+	EnvTopologyFile = "RINGO_TOPOLOGY_FILE"
+	// EnvReplanEvery is how many steps apart the Trainer calls Replan (0
+	// or unset: DefaultReplanEvery; negative: never).
+	EnvReplanEvery = "RINGO_REPLAN_EVERY"
+	// DefaultReplanEvery is the Trainer's cadence of Replan.
+	DefaultReplanEvery = 20
+)
+
+// replanner is a Group's re-planning state; nil where there is nothing
+// to re-plan (one node, no matrix, a fixed RingOrder).
+type replanner struct {
+	hosts  int
+	live   *topology.Live
+	hostOf []int // each rank's node, learnt at the first Replan
+
+	mu      sync.Mutex // guards what report reads, below
+	ring    []int
+	windows int
+	replans []topology.Replan
+	matrix  *topology.Matrix
+}
+
+// newReplanner reads the launcher's matrix, if any. The ring in use is
+// the node-rank order: the launcher assigned ranks along the solved ring.
+func newReplanner(e workerEnv, ccfg collective.Config) (*replanner, error) {
+	path := os.Getenv(EnvTopologyFile)
+	if path == "" || e.nodes < 2 || ccfg.RingOrder != nil {
+		return nil, nil
+	}
+	m, err := topology.ReadMatrix(path)
+	if err != nil {
+		return nil, fmt.Errorf("rank %d: %s: %w", e.rank, EnvTopologyFile, err)
+	}
+	if m.Size() != e.nodes {
+		return nil, fmt.Errorf("rank %d: %s=%s has %d hosts, the job %d nodes", e.rank, EnvTopologyFile, path, m.Size(), e.nodes)
+	}
+	ring := make([]int, e.nodes)
+	for i := range ring {
+		ring[i] = i
+	}
+	live, err := topology.NewLive(m, ring, topology.DefaultLiveConfig())
+	if err != nil {
+		return nil, fmt.Errorf("rank %d: %s=%s: %w", e.rank, EnvTopologyFile, path, err)
+	}
+	return &replanner{hosts: e.nodes, live: live, ring: ring, matrix: live.Matrix()}, nil
+}
+
+// replanEvery is the Trainer's cadence: cfg's, else the environment's,
+// else DefaultReplanEvery.
+func replanEvery(cfg int64) (int64, error) {
+	if cfg != 0 {
+		return cfg, nil
+	}
+	if v := os.Getenv(EnvReplanEvery); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s=%q is not a number of steps", EnvReplanEvery, v)
+		}
+		if n != 0 {
+			return n, nil
+		}
+	}
+	return DefaultReplanEvery, nil
+}
+
+// socketer is what Replan needs of a transport: the data sockets to a
+// peer (transport.Mesh has it; tcp and mix transports embed one).
+type socketer interface {
+	Sockets(peer int) []syscall.Conn
+}
+
+// Replan is a step-boundary check of the ring against what the job's
+// links carry: every rank calls it at the same step, and it returns true
+// where the ring moved. It costs an all-gather of a few numbers per rank;
+// outside a multi-node job launched with --topology probe it does
+// nothing. The Trainer calls it every ReplanEvery steps.
+func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
+	p := g.replan
+	if p == nil {
+		return false, nil
+	}
+	if p.hostOf == nil {
+		// Nodes may run different numbers of ranks: ask each its node.
+		var err error
+		if p.hostOf, err = g.gatherNodes(ctx, p.hosts); err != nil {
+			return false, fmt.Errorf("replan at step %d: %w", step, err)
+		}
+	}
+	// Mine: per host, bytes acknowledged and busy time of my sockets to
+	// ranks there.
+	mine := make([]float64, 2*p.hosts)
+	if s, ok := g.tr.(socketer); ok {
+		for peer := range g.Size() {
+			for _, c := range s.Sockets(peer) {
+				info, err := topology.ReadTCPInfo(c)
+				if err != nil {
+					continue // closing; the next collective reports why
+				}
+				h := p.hostOf[peer]
+				mine[2*h] += float64(info.BytesAcked)
+				mine[2*h+1] = max(mine[2*h+1], float64(info.BusyTime))
+			}
+		}
+	}
+	all := make([]float64, len(mine)*g.Size())
+	if err := g.AllGather(ctx, collective.Float64s(mine), collective.Float64s(all)); err != nil {
+		return false, fmt.Errorf("replan at step %d: %w", step, err)
+	}
+	total := make([][]topology.LinkWindow, p.hosts)
+	for i := range total {
+		total[i] = make([]topology.LinkWindow, p.hosts)
+	}
+	for r := range g.Size() {
+		v, a := all[r*len(mine):(r+1)*len(mine)], p.hostOf[r]
+		for b := range p.hosts {
+			w := &total[a][b]
+			w.Bytes += uint64(v[2*b])
+			w.Busy = max(w.Busy, time.Duration(v[2*b+1]))
+		}
+	}
+	d := p.live.Observe(total)
+	p.mu.Lock()
+	p.windows++
+	p.matrix = p.live.Matrix()
+	if n := len(p.replans); n > 0 && p.replans[n-1].Measured == 0 && d.Measured >= p.hosts {
+		last := &p.replans[n-1]
+		last.Measured = d.Current
+		last.MeasuredGain = d.Current/last.Before - 1
+		g.logReplan("ring %s measured: slowest link %.1f MB/s (was %.1f MB/s before step %d): %+.0f%% (predicted %+.0f%%)",
+			hostRing(last.To), d.Current/1e6, last.Before/1e6, last.Step, 100*last.MeasuredGain, 100*last.PredictedGain)
+	}
+	p.mu.Unlock()
+	if !d.Move {
+		return false, nil
+	}
+	from := p.live.Ring()
+	ranks := make([]int, 0, g.Size())
+	for _, h := range d.Ring {
+		for r := range g.Size() {
+			if p.hostOf[r] == h {
+				ranks = append(ranks, r)
+			}
+		}
+	}
+	if err := g.Comm.(collective.Reorderer).Reorder(ctx, ranks); err != nil {
+		return false, fmt.Errorf("replan at step %d: %w", step, err)
+	}
+	p.live.Adopt(d.Ring)
+	ev := topology.Replan{Step: step, Time: time.Now().UTC(), From: from, To: slices.Clone(d.Ring), Before: d.Current, Predicted: d.Best, PredictedGain: d.Gain}
+	p.mu.Lock()
+	p.replans = append(p.replans, ev)
+	p.ring = slices.Clone(d.Ring)
+	p.mu.Unlock()
+	g.logReplan("re-planned at step %d: ring %s (was %s), slowest link predicted %.1f MB/s (was %.1f MB/s): %+.0f%%",
+		step, hostRing(ev.To), hostRing(ev.From), ev.Predicted/1e6, ev.Before/1e6, 100*ev.PredictedGain)
+	return true, nil
+}
+
+// gatherNodes returns every rank's node rank, checked against nodes.
+func (g *Group) gatherNodes(ctx context.Context, nodes int) ([]int, error) {
+	all := make([]int32, g.Size())
+	if err := g.AllGather(ctx, collective.Int32s([]int32{int32(g.NodeRank)}), collective.Int32s(all)); err != nil {
+		return nil, err
+	}
+	out := make([]int, len(all))
+	for r, a := range all {
+		if a < 0 || int(a) >= nodes {
+			return nil, fmt.Errorf("rank %d says it is on node %d, the job has %d", r, a, nodes)
+		}
+		out[r] = int(a)
+	}
+	return out, nil
+}
+
+// logReplan prints a re-planning line on rank 0's stderr, which the
+// launcher tees into its log.
+func (g *Group) logReplan(format string, args ...any) {
+	if g.Rank() == 0 {
+		fmt.Fprintf(os.Stderr, "ringo: topology: "+format+"\n", args...)
+	}
+}
+
+func hostRing(ring []int) string {
+	s := make([]string, len(ring))
+	for i, h := range ring {
+		s[i] = "node" + strconv.Itoa(h)
+	}
+	return strings.Join(s, " -> ")
+}
+
+// Replans returns the moves of the ring so far, oldest first.
+func (g *Group) Replans() []topology.Replan {
+	if g.replan == nil {
+		return nil
+	}
+	g.replan.mu.Lock()
+	defer g.replan.mu.Unlock()
+	return slices.Clone(g.replan.replans)
+}
+
+// topologyReport is the live view for the worker's Report, or nil.
+func (g *Group) topologyReport() *topology.LiveView {
+	p := g.replan
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return &topology.LiveView{Ring: slices.Clone(p.ring), Matrix: p.matrix, Windows: p.windows, Replans: slices.Clone(p.replans)}
+}
