@@ -66,7 +66,7 @@ func medianOf(times map[int]float64, from, to int) float64 {
 // slows one link of the ring in use to 100 Mbit/s and waits for the job
 // to move its ring, then undoes the slowdown and checks that the ring
 // stays; last, a fresh job probes and solves with the link slow.
-func replanScenario(t testing.TB) replanRun {
+func replanScenario(t testing.TB, nproc int) replanRun {
 	if _, err := exec.LookPath("tc"); err != nil {
 		t.Skip("skipped: tc (iproute2) is not installed")
 	}
@@ -82,7 +82,7 @@ func replanScenario(t testing.TB) replanRun {
 	stop := filepath.Join(t.TempDir(), "stop")
 	var ls []*launcher
 	for i := range h.Names {
-		ls = append(ls, h.Launch(i, "--nnodes", "4", "--nproc-per-node", "1", "--rdzv-endpoint", h.Addrs[0]+":29420",
+		ls = append(ls, h.Launch(i, "--nnodes", "4", "--nproc-per-node", strconv.Itoa(nproc), "--rdzv-endpoint", h.Addrs[0]+":29420",
 			"--rdzv-id", "replan", "--node-rank", strconv.Itoa(i), "--token-file", tok, "--rdzv-timeout", "60s",
 			"--log-dir", logDir, "--tee", "all", "--topology", "probe", "--replan-every", "2", "--max-restarts", "0",
 			"--metrics-addr", h.Addrs[i]+":29421",
@@ -180,7 +180,7 @@ func (r replanRun) String() string {
 // the live matrix, and once the link recovers the ring does not move back
 // and forth.
 func TestReplanOffALinkSlowedMidJob(t *testing.T) {
-	r := replanScenario(t)
+	r := replanScenario(t, 1)
 	t.Log(r)
 	if r.replans != 1 {
 		t.Errorf("%d re-plans by the move, want 1", r.replans)
@@ -208,10 +208,24 @@ func TestReplanOffALinkSlowedMidJob(t *testing.T) {
 // and how long the move took (target: 30 s).
 func BenchmarkReplan(b *testing.B) {
 	for range b.N {
-		r := replanScenario(b)
+		r := replanScenario(b, 1)
 		b.Log(r)
 		b.ReportMetric(r.after/r.fresh, "replanned/fresh")
 		b.ReportMetric(r.slowed/r.after, "slowed/replanned")
 		b.ReportMetric(r.detect.Seconds(), "s-to-replan")
+	}
+}
+
+// The same with two ranks per host: the hierarchical all-reduce (shared
+// memory inside a host, rings between hosts) moves its rings between
+// hosts too.
+func TestReplanHierarchical(t *testing.T) {
+	r := replanScenario(t, 2)
+	t.Log(r)
+	if r.replans != 1 || r.replansAfterUndo != 1 {
+		t.Errorf("%d re-plans by the move and %d after the link recovered, want 1 and 1", r.replans, r.replansAfterUndo)
+	}
+	if adjacent(r.newRing, r.slowA, r.slowB) {
+		t.Errorf("the new ring %v still uses the slowed link %s-%s", r.newRing, r.slowA, r.slowB)
 	}
 }
