@@ -51,6 +51,8 @@ type replanner struct {
 	windows int
 	replans []topology.Replan
 	matrix  *topology.Matrix
+	rtt     [][]float64 // µs, host to host, at the last window
+	retrans [][]uint64
 }
 
 // newReplanner reads the launcher's matrix, if any. The ring in use is
@@ -119,9 +121,11 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 			return false, fmt.Errorf("replan at step %d: %w", step, err)
 		}
 	}
-	// Mine: per host, bytes acknowledged and busy time of my sockets to
-	// ranks there.
-	mine := make([]float64, 2*p.hosts)
+	// Mine: per host, of my sockets to ranks there: bytes acknowledged,
+	// busy time (the longest), smoothed RTT (the longest) and segments
+	// retransmitted.
+	const per = 4
+	mine := make([]float64, per*p.hosts)
 	if s, ok := g.tr.(socketer); ok {
 		for peer := range g.Size() {
 			for _, c := range s.Sockets(peer) {
@@ -130,8 +134,11 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 					continue // closing; the next collective reports why
 				}
 				h := p.hostOf[peer]
-				mine[2*h] += float64(info.BytesAcked)
-				mine[2*h+1] = max(mine[2*h+1], float64(info.BusyTime))
+				v := mine[per*h : per*h+per]
+				v[0] += float64(info.BytesAcked)
+				v[1] = max(v[1], float64(info.BusyTime))
+				v[2] = max(v[2], float64(info.RTT))
+				v[3] += float64(info.Retransmits)
 			}
 		}
 	}
@@ -140,21 +147,25 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 		return false, fmt.Errorf("replan at step %d: %w", step, err)
 	}
 	total := make([][]topology.LinkWindow, p.hosts)
+	rtt, retrans := make([][]float64, p.hosts), make([][]uint64, p.hosts)
 	for i := range total {
 		total[i] = make([]topology.LinkWindow, p.hosts)
+		rtt[i], retrans[i] = make([]float64, p.hosts), make([]uint64, p.hosts)
 	}
 	for r := range g.Size() {
 		v, a := all[r*len(mine):(r+1)*len(mine)], p.hostOf[r]
 		for b := range p.hosts {
-			w := &total[a][b]
-			w.Bytes += uint64(v[2*b])
-			w.Busy = max(w.Busy, time.Duration(v[2*b+1]))
+			x, w := v[per*b:per*b+per], &total[a][b]
+			w.Bytes += uint64(x[0])
+			w.Busy = max(w.Busy, time.Duration(x[1]))
+			rtt[a][b] = max(rtt[a][b], time.Duration(x[2]).Seconds()*1e6)
+			retrans[a][b] += uint64(x[3])
 		}
 	}
 	d := p.live.Observe(total)
 	p.mu.Lock()
 	p.windows++
-	p.matrix = p.live.Matrix()
+	p.matrix, p.rtt, p.retrans = p.live.Matrix(), rtt, retrans
 	if n := len(p.replans); n > 0 && p.replans[n-1].Measured == 0 && d.Measured >= p.hosts {
 		last := &p.replans[n-1]
 		last.Measured = d.Current
@@ -239,5 +250,6 @@ func (g *Group) topologyReport() *topology.LiveView {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return &topology.LiveView{Ring: slices.Clone(p.ring), Matrix: p.matrix, Windows: p.windows, Replans: slices.Clone(p.replans)}
+	return &topology.LiveView{Ring: slices.Clone(p.ring), Matrix: p.matrix, RTTUS: p.rtt, Retransmits: p.retrans,
+		Windows: p.windows, Replans: slices.Clone(p.replans)}
 }

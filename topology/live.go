@@ -204,8 +204,13 @@ type Replan struct {
 // it and the launcher serves it (GET /topology.json): the ring of hosts
 // in use, the live matrix, how many windows were observed and the moves.
 type LiveView struct {
-	Ring    []int    `json:"ring"`
-	Matrix  *Matrix  `json:"matrix"`
-	Windows int      `json:"windows"`
-	Replans []Replan `json:"replans,omitempty"`
+	Ring   []int   `json:"ring"`
+	Matrix *Matrix `json:"matrix"`
+	// RTTUS and Retransmits are what TCP_INFO says of the job's sockets
+	// from each host to each other (the longest smoothed RTT, in µs, and
+	// the segments retransmitted, summed); nil before the first window.
+	RTTUS       [][]float64 `json:"rtt_us,omitempty"`
+	Retransmits [][]uint64  `json:"retransmits,omitempty"`
+	Windows     int         `json:"windows"`
+	Replans     []Replan    `json:"replans,omitempty"`
 }

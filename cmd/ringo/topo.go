@@ -185,8 +185,8 @@ func topoShow(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("\nring in use: %s, slowest link %s\n", hostNames(m, ring), mbps(topology.Bottleneck(m, ring)))
 		for _, p := range v.Replans {
-			fmt.Printf("re-planned at step %d (%s): %s -> %s; slowest link %s before, %s predicted", p.Step, p.Time.Format("15:04:05"),
-				hostNames(m, p.From), hostNames(m, p.To), mbps(p.Before), mbps(p.Predicted))
+			fmt.Printf("re-planned at step %d (%s): ring %s (was %s); slowest link %s before, %s predicted", p.Step, p.Time.Format("15:04:05"),
+				hostNames(m, p.To), hostNames(m, p.From), mbps(p.Before), mbps(p.Predicted))
 			if p.Measured > 0 {
 				fmt.Printf(", %s measured (%+.0f%%)", mbps(p.Measured), 100*p.MeasuredGain)
 			}
@@ -319,8 +319,15 @@ func fetchLiveView(ctx context.Context, addr string) (*topology.LiveView, error)
 	if err := v.Matrix.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", url, err)
 	}
-	if len(v.Ring) != v.Matrix.Size() {
-		return nil, fmt.Errorf("%s: a ring of %d hosts for a matrix of %d", url, len(v.Ring), v.Matrix.Size())
+	seen := make([]bool, v.Matrix.Size())
+	for _, h := range v.Ring {
+		if h < 0 || h >= len(seen) || seen[h] {
+			return nil, fmt.Errorf("%s: the ring %v is not an order of the matrix's %d hosts", url, v.Ring, len(seen))
+		}
+		seen[h] = true
+	}
+	if len(v.Ring) != len(seen) {
+		return nil, fmt.Errorf("%s: a ring of %d hosts for a matrix of %d", url, len(v.Ring), len(seen))
 	}
 	return &v, nil
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"image/png"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,4 +232,58 @@ func TestTopoProbeJob(t *testing.T) {
 	if !strings.Contains(string(b), "matrix of 3 ranks written") {
 		t.Errorf("output:\n%s", b)
 	}
+}
+
+// topo show --metrics-addr prints a running job's live view from its
+// launcher's metrics server (a real HTTP server on loopback here), and
+// names the address and what is wrong when there is none or it is bad.
+func TestTopoShowLive(t *testing.T) {
+	m := topology.NewMatrix(3)
+	m.Hosts = []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+	for i := range 3 {
+		for j := range 3 {
+			if i != j {
+				m.Bandwidth[i][j] = 50e6
+			}
+		}
+	}
+	m.Bandwidth[1][0] = 12e6
+	view := topology.LiveView{Ring: []int{0, 2, 1}, Matrix: m, Windows: 9,
+		Replans: []topology.Replan{{Step: 30, From: []int{0, 1, 2}, To: []int{0, 2, 1}, Before: 12e6, Predicted: 50e6, PredictedGain: 3.2, Measured: 48e6, MeasuredGain: 3}}}
+	body, _ := json.Marshal(view)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/topology.json", func(w http.ResponseWriter, r *http.Request) { w.Write(body) })
+	mux.HandleFunc("/bad/topology.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"ring":[0,0,1],"matrix":` + string(mustJSON(t, m)) + `}`))
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	out, err := topo(t, "show", "--metrics-addr", addr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"9 windows observed", "ring in use: 10.0.0.1 -> 10.0.0.3 -> 10.0.0.2", "re-planned at step 30", "ring 10.0.0.1 -> 10.0.0.3 -> 10.0.0.2 (was 10.0.0.1 -> 10.0.0.2 -> 10.0.0.3)", "48 MB/s measured (+300%)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, c := range []struct{ addr, want string }{
+		{"127.0.0.1:1", "is the job running with --metrics-addr 127.0.0.1:1"},
+		{addr + "/bad", "is not an order of the matrix's 3 hosts"},
+	} {
+		out, err := topo(t, "show", "--metrics-addr", c.addr)
+		if err == nil || !strings.Contains(out+err.Error(), c.want) {
+			t.Errorf("--metrics-addr %s: %v, want an error saying %q\n%s", c.addr, err, c.want, out)
+		}
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -65,6 +65,8 @@ var (
 	dReplans   = desc("topology_replans_total", "Times the job moved its ring off links it measured slower, without a restart.")
 	dRingBW    = desc("topology_ring_bottleneck_bytes_per_second", "The slowest link of the ring in use, as the job last measured it.")
 	dLinkBW    = desc("topology_link_bandwidth_bytes_per_second", "Each link's bandwidth as the job last measured it (unused links: the probe's figure scaled like the measured ones).", "src", "dst")
+	dLinkRTT   = desc("topology_link_rtt_seconds", "The longest smoothed TCP round-trip time of the job's sockets on each link (TCP_INFO).", "src", "dst")
+	dLinkRetr  = desc("topology_link_retransmits_total", "TCP segments the job's sockets retransmitted on each link (TCP_INFO).", "src", "dst")
 	dReplanGot = desc("topology_last_replan_gain_ratio", "Predicted and measured gain of the last re-plan: the new ring's slowest link over the old one's, minus 1.", "kind")
 
 	dAlert  = desc("alert", "1 for each alert instance that is firing (rank or gpu empty when it has no such subject).", "alert", "rank", "gpu")
@@ -73,7 +75,7 @@ var (
 	allDescs = []*prometheus.Desc{dInfo, dWorkersUp, dWorkers, dGeneration, dWorld, dNodes, dRestarts, dStart,
 		dStep, dBeat, dStepDur, dStepTime, dCollCalls, dCollBytes, dCollBus, dCollSec, dCollBusbw,
 		dSamples, dDataBytes, dStall, dLoader, dStallR, dSaves, dSaveSec, dSaveBytes, dLoads, dLoadSec, dCkptStep, dCkptTime,
-		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dReplans, dRingBW, dLinkBW, dReplanGot, dAlert, dAlerts}
+		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dReplans, dRingBW, dLinkBW, dLinkRTT, dLinkRetr, dReplanGot, dAlert, dAlerts}
 )
 
 // restartCauses are the causes the launcher names (Snapshot.RestartCauses);
@@ -223,8 +225,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for i := range m.Size() {
 			for j := range m.Size() {
-				if i != j {
-					g(dLinkBW, m.Bandwidth[i][j], m.Hosts[i], m.Hosts[j])
+				if i == j {
+					continue
+				}
+				g(dLinkBW, m.Bandwidth[i][j], m.Hosts[i], m.Hosts[j])
+				if i < len(t.RTTUS) && j < len(t.RTTUS[i]) && t.RTTUS[i][j] > 0 {
+					g(dLinkRTT, t.RTTUS[i][j]/1e6, m.Hosts[i], m.Hosts[j])
+				}
+				if i < len(t.Retransmits) && j < len(t.Retransmits[i]) {
+					ctr(dLinkRetr, float64(t.Retransmits[i][j]), m.Hosts[i], m.Hosts[j])
 				}
 			}
 		}
