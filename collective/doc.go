@@ -39,6 +39,10 @@
 //     Config.Hosts or the transport's (package mix reports it); auto uses
 //     it from Config.HierBytes up (RINGO_HIER_THRESHOLD).
 //
+// A group's ring order (Config.RingOrder, the topology solver's) can change
+// between calls: Reorderer.Reorder is a collective call that every rank
+// makes with the same order, checked by an all-reduce of its hash.
+//
 // "Small" is below Config.SmallBytes (512 KiB by default; RINGO_ALGO_THRESHOLD).
 // RINGO_ALGO=ring|rd|hd|hier forces a family. Every algorithm handles any count (0,
 // 1, fewer elements than ranks, primes) and any group size.

@@ -19,4 +19,14 @@
 // collective.Stager (GradConfig.Staging), which pipelines copies through
 // host memory with the wire; BF16 and FP16 narrow on the host as Average
 // does. Close frees the staging buffers.
+//
+// Replan (replan.go; the Trainer calls it every ReplanEvery steps) moves
+// the ring while the job runs. The launcher's probe at formation
+// (--topology probe) reaches the workers as RINGO_TOPOLOGY_FILE; at each
+// call every rank reads TCP_INFO of its sockets to the other hosts, the
+// ranks all-gather those counters, and each feeds the same
+// topology.Live, so all reach the same decision; a move is a
+// collective.Reorderer call at that step boundary, checked for agreement.
+// The worker's Report carries the live view (topology.LiveView) to the
+// launcher, which logs and exports it.
 package runtime

@@ -19,6 +19,18 @@
 // job's ranks on hosts' slots and orders its ring; Allocate shares a
 // cluster's slots among jobs (a linear programme with rounding).
 //
+// # While the job runs
+//
+// Live keeps a running job's estimate of its links: the probe's matrix,
+// each link replaced by the rate the job's own traffic got on it (bytes
+// acknowledged over the time the sockets had data in flight, from
+// TCP_INFO), and the links the ring no longer crosses scaled by the median
+// measured-to-probed ratio, so that the two kinds of figures compare. Its
+// Observe says to move the ring when the best ring's bottleneck beats the
+// current one's by Margin (20%) in Confirm (2) observations in a row; a
+// link the ring left keeps its last measured rate, so a recovered link
+// does not pull the ring back and forth.
+//
 // # Hosts file (version 1)
 //
 // The hosts that Place (and ringo topo place --hosts) may use, as a JSON

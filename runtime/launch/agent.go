@@ -55,9 +55,8 @@ type agent struct {
 	p2p     *p2pFiles // this round's libp2p identities, with --transport libp2p
 	// topoFile holds this round's probed matrix in node-rank order, for
 	// the workers to re-plan from (RINGO_TOPOLOGY_FILE); "" without one.
-	topoFile string
-	// replansSeen counts the ring moves of generation gen already logged.
-	replansSeen struct{ gen, n int }
+	topoFile    string
+	replansSeen replansSeen // what noteReplans already logged
 }
 
 // Run launches the job on this node and supervises it until it succeeds,

@@ -199,8 +199,9 @@ func (a *agent) noteReplans(r *rendezvous.Round, ws []*worker) {
 	if t == nil || t.Matrix == nil {
 		return
 	}
-	if a.replansSeen.gen != r.Gen {
-		a.replansSeen.gen, a.replansSeen.n = r.Gen, 0
+	seen := &a.replansSeen
+	if seen.gen != r.Gen {
+		*seen = replansSeen{gen: r.Gen}
 	}
 	name := func(ring []int) string {
 		s := make([]string, len(ring))
@@ -211,12 +212,25 @@ func (a *agent) noteReplans(r *rendezvous.Round, ws []*worker) {
 		}
 		return strings.Join(s, " -> ")
 	}
-	for _, p := range t.Replans[min(a.replansSeen.n, len(t.Replans)):] {
+	for _, p := range t.Replans[min(seen.moves, len(t.Replans)):] {
 		a.logf("topology: re-planned at step %d without a restart: ring %s (was %s); slowest link predicted %.1f MB/s, was %.1f MB/s (%+.0f%%)",
 			p.Step, name(p.To), name(p.From), p.Predicted/1e6, p.Before/1e6, 100*p.PredictedGain)
 		a.board.note("replan", "step %d: ring %s, slowest link predicted %.0f MB/s (was %.0f MB/s)", p.Step, name(p.To), p.Predicted/1e6, p.Before/1e6)
 		a.audit.Record("topology.replan", map[string]any{"run_id": a.cfg.RunID, "generation": r.Gen, "step": p.Step,
 			"from": name(p.From), "to": name(p.To), "before_bytes_per_second": p.Before, "predicted_bytes_per_second": p.Predicted})
 	}
-	a.replansSeen.n = len(t.Replans)
+	seen.moves = len(t.Replans)
+	for _, p := range t.Replans[min(seen.measured, len(t.Replans)):] {
+		if p.Measured == 0 {
+			break
+		}
+		a.logf("topology: the ring of step %d measured: slowest link %.1f MB/s, was %.1f MB/s (%+.0f%%, predicted %+.0f%%)",
+			p.Step, p.Measured/1e6, p.Before/1e6, 100*p.MeasuredGain, 100*p.PredictedGain)
+		a.board.note("replan", "step %d measured: slowest link %.0f MB/s (%+.0f%%)", p.Step, p.Measured/1e6, 100*p.MeasuredGain)
+		seen.measured++
+	}
 }
+
+// replansSeen counts what noteReplans logged of generation gen: the
+// moves, and those whose measured gain it logged.
+type replansSeen struct{ gen, moves, measured int }
