@@ -166,7 +166,7 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 	p.mu.Lock()
 	p.windows++
 	p.matrix, p.rtt, p.retrans = p.live.Matrix(), rtt, retrans
-	if n := len(p.replans); n > 0 && p.replans[n-1].Measured == 0 && d.Measured >= p.hosts {
+	if n := len(p.replans); n > 0 && p.replans[n-1].Measured == 0 && d.RingMeasured {
 		last := &p.replans[n-1]
 		last.Measured = d.Current
 		last.MeasuredGain = d.Current/last.Before - 1

@@ -58,6 +58,8 @@ type Live struct {
 	// window is what a link carried since, and it ends only once it
 	// carried enough to count, so a slow trickle is not lost.
 	used [][]LinkWindow
+	// fresh marks the links measured since the ring last moved.
+	fresh [][]bool
 }
 
 // Decision is Live's answer to one window.
@@ -69,8 +71,11 @@ type Decision struct {
 	Ring          []int
 	Current, Best float64
 	Gain          float64
-	// Measured counts the links whose rate this window measured.
-	Measured int
+	// Measured counts the links whose rate this window measured;
+	// RingMeasured says every link of the ring in use was measured since
+	// it was adopted, so that Current is the job's own figure.
+	Measured     int
+	RingMeasured bool
 }
 
 // NewLive starts from probe (hosts × hosts, bytes/s) and the ring in use.
@@ -85,10 +90,11 @@ func NewLive(probe *Matrix, ring []int, cfg LiveConfig) (*Live, error) {
 	if cfg.Confirm < 1 {
 		cfg.Confirm = 1
 	}
-	l := &Live{cfg: cfg, probe: probe, rate: make([][]float64, n), scale: 1, ring: slices.Clone(ring), used: make([][]LinkWindow, n)}
+	l := &Live{cfg: cfg, probe: probe, rate: make([][]float64, n), scale: 1, ring: slices.Clone(ring), used: make([][]LinkWindow, n), fresh: make([][]bool, n)}
 	for i := range l.rate {
 		l.rate[i] = make([]float64, n)
 		l.used[i] = make([]LinkWindow, n)
+		l.fresh[i] = make([]bool, n)
 	}
 	return l, nil
 }
@@ -100,6 +106,9 @@ func (l *Live) Ring() []int { return slices.Clone(l.ring) }
 func (l *Live) Adopt(ring []int) {
 	l.ring = slices.Clone(ring)
 	l.pending = 0
+	for _, row := range l.fresh {
+		clear(row)
+	}
 }
 
 // Matrix returns the current estimate of every link.
@@ -147,7 +156,7 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 			}
 			l.used[i][j] = t
 			r := float64(x.Bytes) / x.Busy.Seconds()
-			l.rate[i][j] = r
+			l.rate[i][j], l.fresh[i][j] = r, true
 			d.Measured++
 			if p := l.probe.Bandwidth[i][j]; p > 0 {
 				ratios = append(ratios, r/p)
@@ -160,6 +169,13 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 		l.scale = ratios[k]
 		if len(ratios)%2 == 0 {
 			l.scale = (ratios[k-1] + ratios[k]) / 2
+		}
+	}
+	d.RingMeasured = true
+	for p, a := range l.ring {
+		b := l.ring[(p+1)%len(l.ring)]
+		if !l.fresh[a][b] && !l.fresh[b][a] {
+			d.RingMeasured = false
 		}
 	}
 	m := l.Matrix()

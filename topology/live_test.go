@@ -86,11 +86,17 @@ func TestLiveMovesOffASlowedLink(t *testing.T) {
 	if d.Current != 20e6 || d.Best != 100e6 || d.Gain < 3.99 || d.Gain > 4.01 {
 		t.Fatalf("predicted %+v, want current 20 MB/s, best 100 MB/s, gain 4", d)
 	}
-	if d = s.window(); !d.Move {
-		t.Fatalf("did not move after two windows: %+v", d)
+	if d = s.window(); !d.Move || !d.RingMeasured {
+		t.Fatalf("did not move after two windows, or the ring was not all measured: %+v", d)
 	}
 	if adjacentIn(d.Ring, 1, 2) {
 		t.Fatalf("the new ring %v still uses the slow link 1-2", d.Ring)
+	}
+	if d := s.live.Observe(s.total); d.RingMeasured {
+		t.Fatalf("the new ring counts as measured before it carried anything: %+v", d)
+	}
+	if d := s.window(); !d.RingMeasured || d.Current != 100e6 {
+		t.Fatalf("after a window on the new ring: %+v, want it measured at 100 MB/s", d)
 	}
 	s.setPair(1, 2, 100e6)
 	for i := range 10 {

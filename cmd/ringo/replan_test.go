@@ -27,11 +27,15 @@ type replanRun struct {
 	oldRing, newRing             []string
 	slowA, slowB                 string
 	topoShow, metrics            string
+	// predictedGain and measuredGain are the move's, as the launcher
+	// logged them (new ring's slowest link over the old one's, minus 1).
+	predictedGain, measuredGain float64
 }
 
 var (
 	replanStep = regexp.MustCompile(`replan-loop step (\d+): all-reduce (\S+) s, replans (\d+)`)
-	replanLine = regexp.MustCompile(`topology: re-planned at step (\d+) without a restart: ring (.*) \(was (.*)\); slowest`)
+	replanLine = regexp.MustCompile(`topology: re-planned at step (\d+) without a restart: ring (.*) \(was (.*)\); slowest.*\(([-+]\d+)%\)`)
+	measuredLn = regexp.MustCompile(`topology: the ring of step \d+ measured: .*\(([-+]\d+)%, predicted`)
 )
 
 // loopSteps parses rank 0's step lines: the all-reduce time and the
@@ -151,6 +155,12 @@ func replanScenario(t testing.TB, nproc int) replanRun {
 	undoneAt := lastStep(all())
 	out = waitUntil("12 steps after undoing the slowdown", 60*time.Second, func(out string) bool { return lastStep(out) >= undoneAt+12 })
 	times, replans, last := loopSteps(out)
+	gain, _ := strconv.ParseFloat(m[4], 64)
+	r.predictedGain = gain / 100
+	if mm := measuredLn.FindStringSubmatch(out); mm != nil {
+		gain, _ = strconv.ParseFloat(mm[1], 64)
+		r.measuredGain = gain / 100
+	}
 	r.replans, r.replansAfterUndo = replans[movedAt], replans[last]
 	if err := os.WriteFile(stop, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -213,6 +223,10 @@ func BenchmarkReplan(b *testing.B) {
 		b.ReportMetric(r.after/r.fresh, "replanned/fresh")
 		b.ReportMetric(r.slowed/r.after, "slowed/replanned")
 		b.ReportMetric(r.detect.Seconds(), "s-to-replan")
+		b.ReportMetric(float64(r.stepsToMove), "steps-to-replan")
+		b.ReportMetric(float64(r.replansAfterUndo-r.replans), "moves-after-undo")
+		b.ReportMetric(r.predictedGain, "predicted-gain")
+		b.ReportMetric(r.measuredGain, "measured-gain")
 	}
 }
 
