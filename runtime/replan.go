@@ -242,10 +242,12 @@ func (g *Group) Replans() []topology.Replan {
 	return slices.Clone(g.replan.replans)
 }
 
-// topologyReport is the live view for the worker's Report, or nil.
+// topologyReport is the live view for the worker's Report, or nil. Every
+// rank holds the same view; only a node's first worker sends it, since
+// its size grows with the square of the hosts.
 func (g *Group) topologyReport() *topology.LiveView {
 	p := g.replan
-	if p == nil {
+	if p == nil || g.LocalRank != 0 {
 		return nil
 	}
 	p.mu.Lock()
