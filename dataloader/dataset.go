@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -16,6 +18,77 @@ import (
 type Dataset struct {
 	Src   source.Source
 	Index *Index
+	// reads is the reads in flight the last loader over the dataset
+	// climbed to (see prefetch): the next one starts there, so that only
+	// the first epoch pays the climb.
+	reads atomic.Int32
+	// open holds the shards loaders opened, kept for the next loader:
+	// opening a remote shard costs several round trips (size, header,
+	// trailer, footer), which every epoch would pay again.
+	open shardCache
+}
+
+type shardCache struct {
+	mu      sync.Mutex
+	locks   []sync.Mutex // one per shard, so that shards open in parallel
+	readers []*shard.Reader
+	objs    []source.Object
+	closed  bool
+}
+
+// loaderShard returns shard i opened (OpenShard's checks), opening it
+// the first time; the Dataset keeps it until Close. Failures are not
+// kept, so a later loader tries again.
+func (d *Dataset) loaderShard(ctx context.Context, i int) (*shard.Reader, error) {
+	c := &d.open
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("dataloader: %s: the dataset is closed", d.Src)
+	}
+	if c.locks == nil {
+		n := len(d.Index.Shards)
+		c.locks, c.readers, c.objs = make([]sync.Mutex, n), make([]*shard.Reader, n), make([]source.Object, n)
+	}
+	lk := &c.locks[i]
+	c.mu.Unlock()
+	lk.Lock()
+	defer lk.Unlock()
+	c.mu.Lock()
+	r := c.readers[i]
+	c.mu.Unlock()
+	if r != nil {
+		return r, nil
+	}
+	r, obj, err := d.OpenShard(ctx, i)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		obj.Close()
+		return nil, fmt.Errorf("dataloader: %s: the dataset is closed", d.Src)
+	}
+	c.readers[i], c.objs[i] = r, obj
+	return r, nil
+}
+
+// Close releases the shards the dataset's loaders opened. Close the
+// loaders first; a loader made after Close fails.
+func (d *Dataset) Close() error {
+	c := &d.open
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	var errs []error
+	for i, o := range c.objs {
+		if o != nil {
+			errs = append(errs, o.Close())
+			c.objs[i], c.readers[i] = nil, nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Open reads index.json from src.

@@ -14,7 +14,6 @@ import (
 
 	"github.com/ringo-ml/ringo/dataloader/order"
 	"github.com/ringo-ml/ringo/dataloader/shard"
-	"github.com/ringo-ml/ringo/dataloader/source"
 )
 
 // LoaderConfig says which part of which epoch one rank reads, and how.
@@ -25,7 +24,9 @@ type LoaderConfig struct {
 	// or the state a checkpoint saved.
 	State order.State
 	// Workers read, verify and decode blocks in parallel (default 4):
-	// the reads in flight at the start. While the rate the workers read
+	// the reads in flight at the start, or more where an earlier loader
+	// over the same Dataset settled on more (a later epoch starts where
+	// the last one's climb ended). While the rate the workers read
 	// at keeps growing by a tenth each time the workers double, more are
 	// started, up to MaxReads (see prefetch); this is what hides a
 	// remote source's latency per request.
@@ -130,7 +131,6 @@ type Loader[T any] struct {
 	b      int64 // per-rank batch size
 
 	readers []*shard.Reader
-	objs    []source.Object
 
 	jobs    []readJob
 	states  []order.State // after each batch
@@ -180,7 +180,6 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	l := &Loader[T]{ds: ds, cfg: cfg, decode: decode, b: int64(cfg.Order.BatchSize), dead: make(chan struct{}), started: time.Now()}
 	l.cond = sync.NewCond(&l.mu)
 	if err := l.openShards(ctx); err != nil {
-		l.closeShards()
 		return nil, err
 	}
 	layout := make([][]int64, len(l.readers))
@@ -194,52 +193,46 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 		err = l.plan(ord)
 	}
 	if err != nil {
-		l.closeShards()
 		return nil, fmt.Errorf("dataloader: %w", err)
 	}
 	l.batches = make([]*pendingBatch[T], len(l.states))
 	ctx, l.cancel = context.WithCancel(ctx)
 	l.ctx = ctx
-	l.work = make(chan *readJob, cfg.Workers)
-	l.wg.Add(1 + cfg.Workers)
-	l.workers.Store(int32(cfg.Workers))
-	go l.dispatch(ctx)
-	for range cfg.Workers {
+	start := min(max(cfg.Workers, int(ds.reads.Load())), cfg.MaxReads)
+	l.work = make(chan *readJob, start)
+	l.wg.Add(1 + start)
+	l.workers.Store(int32(start))
+	go l.dispatch(ctx, start)
+	for range start {
 		go l.worker(ctx)
 	}
 	return l, nil
 }
 
-// openShards opens every shard, Workers at a time: the order needs the
+// openShards opens every shard, MaxReads at a time (each open is a few
+// small reads, round trips on remote storage): the order needs the
 // block layout of all of them, and the rank reads from nearly all of them.
+// The Dataset keeps them open for the next loader (a later epoch, another
+// rank in the same process).
 func (l *Loader[T]) openShards(ctx context.Context) error {
 	n := len(l.ds.Index.Shards)
 	l.readers = make([]*shard.Reader, n)
-	l.objs = make([]source.Object, n)
 	errs := make([]error, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(l.cfg.Workers, n) {
+	for range min(l.cfg.MaxReads, n) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= n {
 					return
 				}
-				l.readers[i], l.objs[i], errs[i] = l.ds.OpenShard(ctx, i)
+				l.readers[i], errs[i] = l.ds.loaderShard(ctx, i)
 			}
 		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-func (l *Loader[T]) closeShards() {
-	for _, o := range l.objs {
-		if o != nil {
-			o.Close()
-		}
-	}
 }
 
 // plan walks the rank's rest of the epoch and turns it into read jobs in
@@ -343,10 +336,13 @@ func (l *Loader[T]) batch(i int) *pendingBatch[T] {
 //
 // It also runs the prefetch climb: every window of jobs it compares the
 // rate the workers read at, and starts more workers while that grows.
-func (l *Loader[T]) dispatch(ctx context.Context) {
+func (l *Loader[T]) dispatch(ctx context.Context, start int) {
 	defer l.wg.Done()
 	defer close(l.work)
-	pf := newPrefetch(l.cfg.Workers, l.cfg.MaxReads)
+	pf := newPrefetch(start, l.cfg.MaxReads)
+	// Whether it settled or the epoch ended first, where the climb got
+	// to is where the next loader over this dataset starts.
+	defer func() { l.ds.reads.Store(int32(pf.n)) }()
 	winStart, winJobs, winBytes := time.Now(), int64(0), int64(0)
 	winCPU, cpuOK := cpuTime()
 	for i := range l.jobs {
@@ -558,6 +554,5 @@ func (l *Loader[T]) Close() error {
 	l.mu.Unlock()
 	l.cancel()
 	l.wg.Wait()
-	l.closeShards()
 	return nil
 }

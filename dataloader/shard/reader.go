@@ -54,6 +54,10 @@ func (r *Reader) readAt(p []byte, off int64, block int, what string) error {
 	return fmt.Errorf("shard %s: block %d: reading %s: %w", r.name, block, what, err)
 }
 
+// tailRead is how much of a shard's end Open reads in one go, hoping to
+// get the footer with the trailer.
+const tailRead = 64 << 10
+
 // Open reads and checks the header, trailer and footer of the shard of the
 // given size read through r. name (a file path or URL) appears in errors.
 func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
@@ -61,8 +65,16 @@ func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
 	if size < headerSize+footerFixedSize+trailerSize {
 		return nil, sr.corrupt(-1, "truncated: %d bytes is smaller than an empty shard", size)
 	}
+	// The header and the end of the shard (trailer, and in one read the
+	// footer too, unless it is over tailRead) are read at once: against
+	// remote storage each read is a round trip.
 	var hdr [headerSize]byte
-	if err := sr.readAt(hdr[:], 0, -1, "header"); err != nil {
+	hdrErr := make(chan error, 1)
+	go func() { hdrErr <- sr.readAt(hdr[:], 0, -1, "header") }()
+	tail := make([]byte, min(size-headerSize, tailRead))
+	tailOff := size - int64(len(tail))
+	tailErr := sr.readAt(tail, tailOff, -1, "trailer")
+	if err := <-hdrErr; err != nil {
 		return nil, err
 	}
 	if string(hdr[:8]) != Magic {
@@ -74,10 +86,10 @@ func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
 	if f := binary.LittleEndian.Uint32(hdr[12:]); f != 0 {
 		return nil, sr.corrupt(-1, "header: unknown flags %#x", f)
 	}
-	var tr [trailerSize]byte
-	if err := sr.readAt(tr[:], size-trailerSize, -1, "trailer"); err != nil {
-		return nil, err
+	if tailErr != nil {
+		return nil, tailErr
 	}
+	tr := tail[len(tail)-trailerSize:]
 	if string(tr[24:]) != Magic {
 		return nil, sr.corrupt(-1, "trailer: magic missing at the end (truncated or not a shard)")
 	}
@@ -89,9 +101,14 @@ func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
 		footerOff != footerEnd-footerLen {
 		return nil, sr.corrupt(-1, "trailer: footer at offset %d length %d does not end at the trailer (offset %d)", footerOff, footerLen, footerEnd)
 	}
-	footer := make([]byte, footerLen)
-	if err := sr.readAt(footer, int64(footerOff), -1, "footer"); err != nil {
-		return nil, err
+	var footer []byte
+	if int64(footerOff) >= tailOff {
+		footer = tail[int64(footerOff)-tailOff : len(tail)-trailerSize]
+	} else {
+		footer = make([]byte, footerLen)
+		if err := sr.readAt(footer, int64(footerOff), -1, "footer"); err != nil {
+			return nil, err
+		}
 	}
 	if got := xxhash.Sum64(footer); got != footerSum {
 		return nil, sr.corrupt(-1, "footer: checksum %016x, trailer says %016x", got, footerSum)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -788,5 +789,59 @@ func TestConcurrentReads(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// countingReader counts ReadAt calls: each is a round trip to remote
+// storage.
+type countingReader struct {
+	r     *bytes.Reader
+	calls int
+	mu    sync.Mutex
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	c.mu.Lock()
+	c.calls++
+	c.mu.Unlock()
+	return c.r.ReadAt(p, off)
+}
+
+// Open reads the header and the shard's end in two reads when the footer
+// fits in the tail it reads, and fetches a longer footer with a third;
+// both shards read back whole.
+func TestOpenReads(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		records   int
+		wantReads int
+	}{
+		{"small footer", 50, 2},
+		{"footer over the tail read", 2000, 3}, // 2000 blocks × 48 bytes > 64 KiB
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			recs := make([][]byte, tc.records)
+			for i := range recs {
+				recs[i] = bytes.Repeat([]byte{byte(i)}, 40)
+			}
+			data := build(t, Options{BlockSize: 48}, recs)
+			cr := &countingReader{r: bytes.NewReader(data)}
+			r, err := Open(cr, int64(len(data)), "test.shard")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cr.calls != tc.wantReads {
+				t.Errorf("Open made %d reads, want %d", cr.calls, tc.wantReads)
+			}
+			if r.Blocks() < tc.records/2 || r.Records() != int64(tc.records) {
+				t.Fatalf("%d blocks, %d records", r.Blocks(), r.Records())
+			}
+			for i := range tc.records {
+				got, err := r.Record(int64(i))
+				if err != nil || !bytes.Equal(got, recs[i]) {
+					t.Fatalf("record %d: %v", i, err)
+				}
+			}
+		})
 	}
 }
