@@ -102,7 +102,12 @@ func newLink(cfg Config, addr string, conns []net.Conn, k, stripeMin int, pollin
 	return l, nil
 }
 
-func (l *link) Addr() string { return l.addr }
+func (l *link) Addr() string               { return l.addr }
+func (l *link) Control() transport.Control { return l.ctrl }
+func (l *link) PeerLeft()                  {}
+
+// CloseWrite does nothing: TCP delivers what was written before a close.
+func (l *link) CloseWrite() {}
 
 // Sockets returns the data streams' connections (transport.Socketer).
 func (l *link) Sockets() []syscall.Conn {
@@ -112,11 +117,6 @@ func (l *link) Sockets() []syscall.Conn {
 	}
 	return out
 }
-func (l *link) Control() transport.Control { return l.ctrl }
-func (l *link) PeerLeft()                  {}
-
-// CloseWrite does nothing: TCP delivers what was written before a close.
-func (l *link) CloseWrite() {}
 
 // Interrupt moves every data deadline into the past; setRead and setWrite
 // look at the flag after they set one, so no call outlives it.
