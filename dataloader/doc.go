@@ -48,4 +48,10 @@
 // climb stops at once; a source with a round trip per request (HTTP, S3)
 // climbs until the link, the server or the CPUs are the limit. The climb
 // changes only when blocks arrive, never which samples a batch holds.
+//
+// A Dataset remembers for its next loader (the next epoch, or another
+// rank in the same process) where the last climb ended, and keeps the
+// shards its loaders opened (opening a remote shard is two round trips:
+// its header and its end, read at once): only the first epoch pays for
+// either. Dataset.Close releases the shards.
 package dataloader
