@@ -29,9 +29,15 @@ func (s *Server) servePage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request) {
-	b, err := json.Marshal(s.Status())
+	writeJSON(w, s.Status(), "the status")
+}
+
+// writeJSON answers with v as JSON, never cached; what names v in the
+// error when it cannot be encoded.
+func writeJSON(w http.ResponseWriter, v any, what string) {
+	b, err := json.Marshal(v)
 	if err != nil {
-		http.Error(w, "encoding the status: "+err.Error(), http.StatusInternalServerError)
+		http.Error(w, "encoding "+what+": "+err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -50,12 +56,5 @@ func (s *Server) serveTopology(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this job has no live topology: it needs more than one node, --topology probe and Go workers (runtime.Init)", http.StatusNotFound)
 		return
 	}
-	b, err := json.Marshal(t)
-	if err != nil {
-		http.Error(w, "encoding the topology: "+err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Write(b)
+	writeJSON(w, t, "the topology")
 }
