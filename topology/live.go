@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/ringo-ml/ringo/internal/stats"
 )
 
 // LiveConfig says how Live turns what a running job measures of its
@@ -164,12 +166,7 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 		}
 	}
 	if len(ratios) > 0 {
-		slices.Sort(ratios)
-		k := len(ratios) / 2
-		l.scale = ratios[k]
-		if len(ratios)%2 == 0 {
-			l.scale = (ratios[k-1] + ratios[k]) / 2
-		}
+		l.scale = stats.Median(ratios)
 	}
 	d.RingMeasured = true
 	for p, a := range l.ring {

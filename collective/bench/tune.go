@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/internal/stats"
 )
 
 // tuneAlgos are the all-reduce algorithms `ringo bench tune` compares.
@@ -81,7 +82,7 @@ func runTune(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  %10d", b)
 		bestT := 0.0
 		for _, a := range algos {
-			m := median(times[a][b])
+			m := stats.Median(times[a][b])
 			fmt.Fprintf(stdout, " %10.1f", m)
 			if bestT == 0 || m < bestT {
 				best[i], bestT = a, m
@@ -147,18 +148,6 @@ func writeTuning(path string, t *collective.Tuning) error {
 		return fmt.Errorf("tune: writing %s: %w", path, werr)
 	}
 	return nil
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // dropComments passes on what the workers say except the sweeps' own

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/ringo-ml/ringo/dataloader"
 	"github.com/ringo-ml/ringo/dataloader/order"
 	"github.com/ringo-ml/ringo/dataloader/source"
+	"github.com/ringo-ml/ringo/internal/stats"
 )
 
 // Config is one run.
@@ -78,18 +78,6 @@ type Result struct {
 	ConsumerMS        float64 `json:"consumer_ms"`
 }
 
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 // Run measures.
 func Run(ctx context.Context, c Config) (Result, error) {
 	var res Result
@@ -138,8 +126,8 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		samples = append(samples, float64(res.Records)/st.elapsed.Seconds())
 		res.StreamReadBytes = st.read
 	}
-	res.RawGBps, res.StreamFileGBps, res.Ratio = median(res.RawRounds), median(res.StreamRounds), median(ratios)
-	res.StreamGBps, res.SamplesPerSec = median(recGBps), median(samples)
+	res.RawGBps, res.StreamFileGBps, res.Ratio = stats.Median(res.RawRounds), stats.Median(res.StreamRounds), stats.Median(ratios)
+	res.StreamGBps, res.SamplesPerSec = stats.Median(recGBps), stats.Median(samples)
 	res.ReadAmplification = float64(res.StreamReadBytes) / float64(res.FileBytes)
 	if c.Consumer > 0 {
 		st, err := stream(ctx, ds, c, c.Consumer)

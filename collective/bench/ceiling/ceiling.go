@@ -9,12 +9,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ringo-ml/ringo/internal/stats"
 )
 
 // The environment of a child: its rank, its successor's address and the
@@ -165,7 +166,7 @@ func Measure(ctx context.Context, c Config) (Result, error) {
 	for i, r := range res.Ranks {
 		gb[i] = r.GBps
 	}
-	res.GBps = median(gb)
+	res.GBps = stats.Median(gb)
 	return res, nil // the deferred stop closes stdin, which tells the children to stop
 }
 
@@ -388,17 +389,4 @@ func connect(ln net.Listener, next string, k, buf int) (out, in []*net.TCPConn, 
 		}
 	}
 	return out, in, err
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/ringo-ml/ringo/internal/stats"
 )
 
 // Alert names, as in the alert label of ringo_alert and the alert
@@ -271,7 +273,7 @@ func (t AlertThresholds) conditions(snap *Snapshot, tr *tracker) []condition {
 			}
 		}
 		if len(times) >= 2 {
-			med := median(times)
+			med := stats.Median(times)
 			for _, r := range snap.Ranks {
 				st := tr.ranks[r.Rank]
 				if st == nil || !alive(r.State) || st.stepTime <= 0 || st.stepTime <= t.StragglerRatio*med {
@@ -329,16 +331,6 @@ func (t AlertThresholds) conditions(snap *Snapshot, tr *tracker) []condition {
 
 // alive says whether a rank's process is there to be watched.
 func alive(state string) bool { return state != "exited" && state != "failed" }
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
 
 func fmtSeconds(s float64) string {
 	return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
