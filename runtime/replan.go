@@ -6,7 +6,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -64,10 +63,10 @@ func newReplanner(e workerEnv, ccfg collective.Config) (*replanner, error) {
 	}
 	m, err := topology.ReadMatrix(path)
 	if err != nil {
-		return nil, fmt.Errorf("rank %d: %s: %w", e.rank, EnvTopologyFile, err)
+		return nil, fmt.Errorf("rank %d: %s: %w (ringo launch --topology probe writes this file; unset %s to run without re-planning)", e.rank, EnvTopologyFile, err, EnvTopologyFile)
 	}
 	if m.Size() != e.nodes {
-		return nil, fmt.Errorf("rank %d: %s=%s has %d hosts, the job %d nodes", e.rank, EnvTopologyFile, path, m.Size(), e.nodes)
+		return nil, fmt.Errorf("rank %d: %s=%s has %d hosts, the job %d nodes: it belongs to another job or generation (unset it, or let ringo launch --topology probe set it)", e.rank, EnvTopologyFile, path, m.Size(), e.nodes)
 	}
 	ring := make([]int, e.nodes)
 	for i := range ring {
@@ -165,13 +164,11 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 	d := p.live.Observe(total)
 	p.mu.Lock()
 	p.windows++
-	p.matrix, p.rtt, p.retrans = p.live.Matrix(), rtt, retrans
+	p.matrix, p.rtt, p.retrans = d.Matrix, rtt, retrans
 	if n := len(p.replans); n > 0 && p.replans[n-1].Measured == 0 && d.RingMeasured {
 		last := &p.replans[n-1]
 		last.Measured = d.Current
 		last.MeasuredGain = d.Current/last.Before - 1
-		g.logReplan("ring %s measured: slowest link %.1f MB/s (was %.1f MB/s before step %d): %+.0f%% (predicted %+.0f%%)",
-			hostRing(last.To), d.Current/1e6, last.Before/1e6, last.Step, 100*last.MeasuredGain, 100*last.PredictedGain)
 	}
 	p.mu.Unlock()
 	if !d.Move {
@@ -195,8 +192,6 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 	p.replans = append(p.replans, ev)
 	p.ring = slices.Clone(d.Ring)
 	p.mu.Unlock()
-	g.logReplan("re-planned at step %d: ring %s (was %s), slowest link predicted %.1f MB/s (was %.1f MB/s): %+.0f%%",
-		step, hostRing(ev.To), hostRing(ev.From), ev.Predicted/1e6, ev.Before/1e6, 100*ev.PredictedGain)
 	return true, nil
 }
 
@@ -214,22 +209,6 @@ func (g *Group) gatherNodes(ctx context.Context, nodes int) ([]int, error) {
 		out[r] = int(a)
 	}
 	return out, nil
-}
-
-// logReplan prints a re-planning line on rank 0's stderr, which the
-// launcher tees into its log.
-func (g *Group) logReplan(format string, args ...any) {
-	if g.Rank() == 0 {
-		fmt.Fprintf(os.Stderr, "ringo: topology: "+format+"\n", args...)
-	}
-}
-
-func hostRing(ring []int) string {
-	s := make([]string, len(ring))
-	for i, h := range ring {
-		s[i] = "node" + strconv.Itoa(h)
-	}
-	return strings.Join(s, " -> ")
 }
 
 // Replans returns the moves of the ring so far, oldest first.

@@ -78,6 +78,8 @@ type Decision struct {
 	// it was adopted, so that Current is the job's own figure.
 	Measured     int
 	RingMeasured bool
+	// Matrix is every link's estimate after this window (Live.Matrix).
+	Matrix *Matrix
 }
 
 // NewLive starts from probe (hosts × hosts, bytes/s) and the ring in use.
@@ -177,11 +179,11 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 	}
 	m := l.Matrix()
 	best, bb := SolveRing(m)
-	d.Current, d.Best, d.Ring = Bottleneck(m, l.ring), bb, best
+	d.Current, d.Best, d.Ring, d.Matrix = Bottleneck(m, l.ring), bb, best, m
 	if d.Current > 0 {
 		d.Gain = d.Best/d.Current - 1
 	} else if d.Best > 0 {
-		d.Gain = 1e9 // the ring in use has a dead link
+		d.Gain = 1e9 // the ring in use has a dead link (finite: it goes into JSON)
 	}
 	if d.Measured == 0 || d.Gain < l.cfg.Margin {
 		l.pending = 0
