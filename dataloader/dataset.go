@@ -44,7 +44,7 @@ func (d *Dataset) loaderShard(ctx context.Context, i int) (*shard.Reader, error)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("dataloader: %s: the dataset is closed", d.Src)
+		return nil, fmt.Errorf("dataloader: %s: the dataset is closed (open it again with dataloader.Open for a new loader)", d.Src)
 	}
 	if c.locks == nil {
 		n := len(d.Index.Shards)
@@ -68,7 +68,7 @@ func (d *Dataset) loaderShard(ctx context.Context, i int) (*shard.Reader, error)
 	defer c.mu.Unlock()
 	if c.closed {
 		obj.Close()
-		return nil, fmt.Errorf("dataloader: %s: the dataset is closed", d.Src)
+		return nil, fmt.Errorf("dataloader: %s: the dataset is closed (open it again with dataloader.Open for a new loader)", d.Src)
 	}
 	c.readers[i], c.objs[i] = r, obj
 	return r, nil

@@ -88,7 +88,7 @@ func replanEvery(cfg int64) (int64, error) {
 	if v := os.Getenv(EnvReplanEvery); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("%s=%q is not a number of steps", EnvReplanEvery, v)
+			return 0, fmt.Errorf("%s=%q is not a number of steps (want an integer: 0 for the default %d, negative for never)", EnvReplanEvery, v, DefaultReplanEvery)
 		}
 		if n != 0 {
 			return n, nil
