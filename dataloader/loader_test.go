@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -386,5 +387,43 @@ func TestLoaderDecodeError(t *testing.T) {
 	}
 	if failed != 1 {
 		t.Errorf("%d batches failed, want 1", failed)
+	}
+}
+
+// A second loader over the same Dataset reuses the shards the first
+// opened and starts at the reads in flight the first climbed to; after
+// Dataset.Close a new loader fails, saying what to do.
+func TestDatasetKeepsShardsForTheNextLoader(t *testing.T) {
+	ds := idDataset(t, 500)
+	cfg := order.Config{Seed: 1, Shuffle: true, Window: 10, BatchSize: 8}
+	o, _ := order.New(ds.Index.Counts(), cfg)
+	newLoader := func() (*Loader[int], error) {
+		return NewLoader(context.Background(), ds, LoaderConfig{Order: cfg, World: 1, State: o.Start(0), Workers: 2}, decodeID)
+	}
+	l, err := newLoader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := slices.Clone(l.readers)
+	l.Close()
+	ds.reads.Store(5) // as if the first loader had climbed to 5
+	l, err = newLoader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range l.readers {
+		if r != first[i] {
+			t.Errorf("shard %d was opened again", i)
+		}
+	}
+	if got := l.Stats().Reads; got < 5 { // 2 (Workers) without the hint; the climb may add more
+		t.Errorf("the second loader started with %d reads in flight, want the 5 the dataset remembered", got)
+	}
+	l.Close()
+	if err := ds.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newLoader(); err == nil || !strings.Contains(err.Error(), "open it again") {
+		t.Errorf("a loader over a closed dataset: %v", err)
 	}
 }
