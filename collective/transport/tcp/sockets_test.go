@@ -43,13 +43,21 @@ func TestSocketsCountWhatWasSent(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	// The receiver has the bytes; the sender's count follows once their
+	// acknowledgements arrive.
 	var acked uint64
-	for _, c := range socks {
-		info, err := topology.ReadTCPInfo(c)
-		if err != nil {
-			t.Fatal(err)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		acked = 0
+		for _, c := range socks {
+			info, err := topology.ReadTCPInfo(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			acked += info.BytesAcked
 		}
-		acked += info.BytesAcked
+		if acked >= uint64(len(payload)) || time.Now().After(deadline) {
+			break
+		}
 	}
 	if acked < uint64(len(payload)) {
 		t.Errorf("TCP_INFO counts %d bytes acknowledged, %d were sent", acked, len(payload))
