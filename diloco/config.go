@@ -3,6 +3,7 @@ package diloco
 import (
 	"fmt"
 	"math"
+	"time"
 )
 
 // Precision is how a delta's values travel.
@@ -44,6 +45,10 @@ type Config struct {
 	TopK float64
 	// Zstd compresses each message with zstd.
 	Zstd bool
+	// Deadline, for a Federation, is how long a sync waits for the sites
+	// missing after this rank posted its delta before it goes ahead with
+	// those present. 0 waits for every site.
+	Deadline time.Duration
 }
 
 // DefaultConfig is DiLoCo's outer optimizer (SGD, lr 0.7, Nesterov
@@ -71,6 +76,9 @@ func (c Config) Validate() error {
 	case F32, BF16, FP16:
 	default:
 		return fmt.Errorf("outer sync precision %q: want f32, bf16 or fp16", c.Precision)
+	}
+	if c.Deadline < 0 {
+		return fmt.Errorf("outer sync deadline %v: want 0 (wait for every site) or more", c.Deadline)
 	}
 	if !(c.TopK >= 0 && c.TopK < 1) {
 		return fmt.Errorf("outer sync top-k fraction %v: want 0 (dense) or a fraction below 1", c.TopK)

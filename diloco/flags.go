@@ -21,4 +21,5 @@ func AddFlags(fs *flag.FlagSet, c *Config) {
 	})
 	fs.Float64Var(&c.TopK, "outer-topk", c.TopK, "send only this fraction of each delta, its largest values; error feedback keeps the rest for later syncs (0: all)")
 	fs.BoolVar(&c.Zstd, "outer-zstd", c.Zstd, "zstd-compress outer deltas")
+	fs.DurationVar(&c.Deadline, "outer-deadline", c.Deadline, "with sites federated through a store (ringo launch --federation): how long a sync waits for missing sites before it goes ahead without them (0: wait for all)")
 }

@@ -28,11 +28,13 @@ type Outer struct {
 	gathered    []float32 // the site's shards of the averaged delta
 	agreed      int64     // the step after which every site holds the same parameters (-1: none yet)
 
-	enc     *encoder
-	dec     *decoder // used by one exchange at a time
-	pending *exchange
-	stats   Stats
-	closed  bool
+	enc      *encoder
+	dec      *decoder       // used by one exchange at a time
+	fed      *boardExchange // nil: the sites exchange over cross
+	pending  *exchange
+	stats    Stats
+	absences []Absence
+	closed   bool
 }
 
 // Stats counts what the outer syncs moved.
@@ -47,6 +49,10 @@ type Stats struct {
 	// Waited is how long Step blocked for exchanges that had not
 	// finished when their results were due.
 	Waited time.Duration
+	// Partial counts the syncs that went ahead without some site (a
+	// Federation's deadline passed), Missed those this rank's site was
+	// left out of.
+	Partial, Missed int64
 }
 
 // Ratio is the compression ratio of the messages: plain float32 bytes per
@@ -67,6 +73,10 @@ type exchange struct {
 	avg     []float32 // this rank's shard of the averaged delta
 	sent    int64
 	err     error
+	// Over a board: the sites averaged (nil over cross: all), and, when
+	// this site was not among them, the message it posted.
+	members []int
+	own     []byte
 }
 
 // New returns the outer synchronisation of params on this rank.
@@ -88,6 +98,41 @@ func New(site, cross collective.Comm, cfg Config, params ...[]float32) (*Outer, 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Deadline > 0 {
+		return nil, fmt.Errorf("outer sync deadline %v: only a federation of sites (NewFederated) can sync without a site", cfg.Deadline)
+	}
+	return newOuter(site, cross, cfg, params)
+}
+
+// NewFederated is New for a site that runs as a job of its own: the sites
+// meet on fed's board instead of a cross-site group, and a sync waits at
+// most cfg.Deadline (0: forever) for the sites missing. site is the
+// group of this site's ranks, as in New. Every site must have as many
+// ranks; the first to join fixes the number, and the list of sites.
+func NewFederated(ctx context.Context, site collective.Comm, fed Federation, cfg Config, params ...[]float32) (*Outer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	places, place := 1, 0
+	if site != nil {
+		places, place = site.Size(), site.Rank()
+	}
+	if err := fed.validate(places); err != nil {
+		return nil, err
+	}
+	b := &boardExchange{Federation: fed, place: place, places: places, every: int64(cfg.Every), deadline: cfg.Deadline}
+	if err := b.join(ctx); err != nil {
+		return nil, err
+	}
+	o, err := newOuter(site, nil, cfg, params)
+	if err != nil {
+		return nil, err
+	}
+	o.fed = b
+	return o, nil
+}
+
+func newOuter(site, cross collective.Comm, cfg Config, params [][]float32) (*Outer, error) {
 	o := &Outer{cfg: cfg, site: site, cross: cross, params: params, agreed: -1}
 	for _, p := range params {
 		o.n += len(p)
@@ -198,17 +243,21 @@ func (o *Outer) start(ctx context.Context, step int64) {
 	x := &exchange{step: step, applyAt: step + int64(o.cfg.Delay), done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
 	o.pending = x
 	if o.cfg.Delay == 0 {
-		x.run(ctx, o.cross, o.dec, msg)
+		x.run(ctx, o.cross, o.fed, o.dec, msg)
 		return
 	}
-	go x.run(ctx, o.cross, o.dec, msg)
+	go x.run(ctx, o.cross, o.fed, o.dec, msg)
 }
 
-// run exchanges msg with the other sites and averages what they sent.
-// The result is the same on every site: every message, this site's too,
-// is decoded and summed in site order.
-func (x *exchange) run(ctx context.Context, cross collective.Comm, d *decoder, msg []byte) {
+// run exchanges msg with the other sites, over cross or fed's board, and
+// averages what they sent. The result is the same on every site: every
+// message, this site's too, is decoded and summed in site order.
+func (x *exchange) run(ctx context.Context, cross collective.Comm, fed *boardExchange, d *decoder, msg []byte) {
 	defer close(x.done)
+	if fed != nil {
+		x.err = fed.exchange(ctx, x, d, msg)
+		return
+	}
 	if cross == nil || cross.Size() == 1 {
 		x.err = d.addTo(x.avg, msg)
 		return
@@ -255,6 +304,11 @@ func (o *Outer) apply(ctx context.Context) error {
 	}
 	o.stats.Syncs++
 	o.stats.WireBytes += x.sent
+	if x.members != nil {
+		if err := o.noteMembers(x); err != nil {
+			return fmt.Errorf("diloco: outer sync of step %d: %w", x.step, err)
+		}
+	}
 	avg := o.gathered[:o.n]
 	if o.site != nil && o.site.Size() > 1 {
 		copy(o.mine, x.avg) // the tail past this shard stays zero
@@ -292,6 +346,95 @@ func (o *Outer) apply(ctx context.Context) error {
 		o.agreed = x.step
 	}
 	return nil
+}
+
+// noteMembers records a sync some site missed and, when it was this one,
+// puts the delta it posted back into its error feedback.
+func (o *Outer) noteMembers(x *exchange) error {
+	sites := o.fed.Sites
+	if len(x.members) == len(sites) {
+		return nil
+	}
+	a := Absence{Step: x.step}
+	for i, s := range sites {
+		if slices.Contains(x.members, i) {
+			a.Members = append(a.Members, s)
+		} else {
+			a.Missing = append(a.Missing, s)
+		}
+	}
+	o.stats.Partial++
+	if len(o.absences) == maxAbsences {
+		o.absences = slices.Delete(o.absences, 0, 1)
+	}
+	o.absences = append(o.absences, a)
+	if x.own == nil {
+		return nil
+	}
+	o.stats.Missed++
+	if err := o.dec.addTo(o.resid[:o.hi-o.lo], x.own); err != nil {
+		return fmt.Errorf("putting this site's unused delta back into its error feedback: %w", err)
+	}
+	return nil
+}
+
+// Absences lists the recent syncs (up to 64) that went ahead without some
+// site, oldest first; only a Federation has them.
+func (o *Outer) Absences() []Absence { return slices.Clone(o.absences) }
+
+// CatchUp brings a site restarted from a checkpoint taken right after the
+// sync of step up to date: it replays the syncs the federation decided
+// since, from the board, and returns the step of the last one, the step
+// the site resumes after (its parameters are then that sync's global
+// ones). Every rank of the site calls it after restoring the checkpoint;
+// they agree on how far to replay. Without a Federation it returns step.
+func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
+	if o.fed == nil || o.closed || o.pending != nil {
+		if o.pending != nil {
+			return step, fmt.Errorf("diloco: CatchUp with the sync of step %d pending", o.pending.step)
+		}
+		return step, nil
+	}
+	// How far every rank of the site can replay: decisions are final, so
+	// the smallest last decided step any rank saw is decided for all.
+	last := step
+	for s := step + int64(o.cfg.Every); ; s += int64(o.cfg.Every) {
+		_, ok, err := o.fed.members(ctx, s)
+		if err != nil {
+			return step, fmt.Errorf("diloco: catching up from step %d: %w", step, err)
+		}
+		if !ok {
+			break
+		}
+		last = s
+	}
+	if o.site != nil && o.site.Size() > 1 {
+		v := []int64{last}
+		if err := o.site.AllReduce(ctx, collective.Int64s(v), collective.Int64s(v), collective.Min); err != nil {
+			return step, fmt.Errorf("diloco: catching up from step %d: agreeing within the site how far: %w", step, err)
+		}
+		last = v[0]
+	}
+	for s := step + int64(o.cfg.Every); s <= last; s += int64(o.cfg.Every) {
+		members, _, err := o.fed.members(ctx, s)
+		if err != nil {
+			return step, fmt.Errorf("diloco: catching up: %w", err)
+		}
+		x := &exchange{step: s, applyAt: s, done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
+		close(x.done)
+		if err := o.fed.average(ctx, x, o.dec, members); err != nil {
+			return step, fmt.Errorf("diloco: catching up, the sync of step %d: %w", s, err)
+		}
+		// Replayed, the sync moves the parameters to its global ones (no
+		// local progress to keep, as after a sync without delay).
+		o.flatten(o.snap)
+		o.pending = x
+		if err := o.apply(ctx); err != nil {
+			return step, err
+		}
+	}
+	o.agreed = last
+	return last, nil
 }
 
 // Close waits for an exchange in flight and releases the compressor. It

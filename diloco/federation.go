@@ -1,0 +1,353 @@
+package diloco
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Board is the part of a key-value store the federated exchange uses. The
+// launchers' rendezvous store (ringo's own server, or etcd) is one; any
+// store whose CompareAndSwap is atomic and whose writes, once answered,
+// are seen by every later read will do.
+type Board interface {
+	Set(ctx context.Context, key string, value []byte) error
+	// Get returns key's value, or an error for which errors.Is(err,
+	// Federation.NotFound) holds when the key is missing.
+	Get(ctx context.Context, key string) ([]byte, error)
+	// WaitChange blocks until key's value differs from old (nil: missing).
+	WaitChange(ctx context.Context, key string, old []byte) ([]byte, error)
+	// Add adds delta to the decimal counter in key (missing: 0).
+	Add(ctx context.Context, key string, delta int64) (int64, error)
+	// CompareAndSwap sets key to new if it holds old (nil: if missing),
+	// and returns the value after the call.
+	CompareAndSwap(ctx context.Context, key string, old, new []byte) (cur []byte, swapped bool, err error)
+	Delete(ctx context.Context, key string) error
+}
+
+// Federation joins sites that run as separate jobs, each its own failure
+// domain, through a Board that every site reaches. A sync goes ahead with
+// the sites that posted their deltas within Config.Deadline, so a site
+// that falls behind or is down does not stop the others.
+//
+// # A sync on the board
+//
+// For the sync after step s each rank writes its encoded delta under
+// <prefix>/sync/<s>/msg/<site>/<place> (in parts of at most 1 MiB, then
+// the number of parts) and adds one to its site's ready counter. A site
+// is complete when every place has. The first rank to see every site
+// complete, or its deadline pass with at least one site complete, writes
+// the members (the complete sites, in site order) with a compare-and-
+// swap from missing; whichever proposal lands first is the sync's, for
+// every rank of every site, forever. Every rank then reads the members'
+// messages for its place, in site order, so every site computes the same
+// average and the same outer step, members or not.
+//
+// A site left out of a sync applies it all the same, so that its
+// parameters agree with everyone's, and puts the delta it posted back in
+// its error feedback: its work goes with the next sync it makes. A site
+// restarted from a checkpoint replays the syncs decided since from the
+// board (Outer.CatchUp) and rejoins at the next one.
+//
+// The board keeps each rank's messages for Keep syncs, the window in
+// which a restarted site can catch up; decisions stay.
+type Federation struct {
+	Board Board
+	// NotFound is what Board.Get wraps for a missing key.
+	NotFound error
+	// Prefix namespaces the federation's keys, e.g. "/federation/run-7".
+	Prefix string
+	// Sites names every site, in the order their deltas are summed; the
+	// same list at every site. Site is this rank's index in it.
+	Sites []string
+	Site  int
+	// Keep is how many syncs each rank's messages stay on the board (0:
+	// 64).
+	Keep int
+}
+
+// partBytes caps one value on the board: etcd's default request limit is
+// 1.5 MiB.
+const partBytes = 1 << 20
+
+// pollEvery bounds how long a rank waiting for a sync's members sleeps
+// between looks, should a wake-up be lost with a store connection.
+const pollEvery = 5 * time.Second
+
+func (f *Federation) validate(places int) error {
+	switch {
+	case f.Board == nil || f.NotFound == nil:
+		return errors.New("federation: no board, or no NotFound error to recognise a missing key by")
+	case len(f.Sites) < 1 || f.Site < 0 || f.Site >= len(f.Sites):
+		return fmt.Errorf("federation: site index %d among %d sites %v", f.Site, len(f.Sites), f.Sites)
+	case f.Prefix == "" || strings.ContainsAny(f.Prefix, "\x00\n"):
+		return fmt.Errorf("federation: key prefix %q: want a non-empty line", f.Prefix)
+	case f.Keep < 0:
+		return fmt.Errorf("federation: keep %d syncs: want 0 (the default) or more", f.Keep)
+	}
+	seen := map[string]bool{}
+	for _, s := range f.Sites {
+		if s == "" || strings.ContainsAny(s, ",\x00\n") || seen[s] {
+			return fmt.Errorf("federation: sites %q: want distinct non-empty names without commas", f.Sites)
+		}
+		seen[s] = true
+	}
+	return nil
+}
+
+// boardExchange is one rank's side of the federation.
+type boardExchange struct {
+	Federation
+	place, places int
+	every         int64
+	deadline      time.Duration
+}
+
+func (b *boardExchange) key(step int64, rest ...string) string {
+	return b.Prefix + "/sync/" + strconv.FormatInt(step, 10) + "/" + strings.Join(rest, "/")
+}
+
+func (b *boardExchange) msgKey(step int64, site, place int) string {
+	return b.key(step, "msg", strconv.Itoa(site), strconv.Itoa(place))
+}
+
+func (b *boardExchange) missing(err error) bool { return errors.Is(err, b.NotFound) }
+
+// join checks, once per rank, that every site agrees on the site list and
+// the number of places: the first rank's values are the federation's.
+func (b *boardExchange) join(ctx context.Context) error {
+	for _, c := range []struct{ what, key, val string }{
+		{"sites", b.Prefix + "/sites", strings.Join(b.Sites, ",")},
+		{"ranks per site", b.Prefix + "/places", strconv.Itoa(b.places)},
+	} {
+		cur, _, err := b.Board.CompareAndSwap(ctx, c.key, nil, []byte(c.val))
+		if err != nil {
+			return fmt.Errorf("federation: site %q: registering its %s: %w", b.Sites[b.Site], c.what, err)
+		}
+		if string(cur) != c.val {
+			return fmt.Errorf("federation: site %q has %s %s, the federation %s: every site must list the same sites and have the same number of ranks", b.Sites[b.Site], c.what, c.val, cur)
+		}
+	}
+	return nil
+}
+
+// post puts this rank's message for the sync of step on the board and
+// counts it in its site's ready counter.
+func (b *boardExchange) post(ctx context.Context, step int64, msg []byte) error {
+	k := b.msgKey(step, b.Site, b.place)
+	parts := 0
+	for off := 0; off < len(msg) || parts == 0; off += partBytes {
+		if err := b.Board.Set(ctx, k+"/"+strconv.Itoa(parts), msg[off:min(len(msg), off+partBytes)]); err != nil {
+			return err
+		}
+		parts++
+	}
+	if err := b.Board.Set(ctx, k, []byte(strconv.Itoa(parts))); err != nil {
+		return err
+	}
+	if _, err := b.Board.Add(ctx, b.key(step, "ready", strconv.Itoa(b.Site)), 1); err != nil {
+		return err
+	}
+	_, err := b.Board.Add(ctx, b.key(step, "bell"), 1)
+	return err
+}
+
+// fetch reads the message of (site, this place) for the sync of step.
+func (b *boardExchange) fetch(ctx context.Context, step int64, site int) ([]byte, error) {
+	k := b.msgKey(step, site, b.place)
+	v, err := b.Board.Get(ctx, k)
+	if b.missing(err) {
+		return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d is no longer on the board: it keeps %d syncs", b.Sites[site], b.place, step, b.keep())
+	}
+	if err != nil {
+		return nil, err
+	}
+	parts, err := strconv.Atoi(string(v))
+	if err != nil || parts < 1 {
+		return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d: part count %q is not a positive number", b.Sites[site], b.place, step, v)
+	}
+	var msg []byte
+	for i := range parts {
+		p, err := b.Board.Get(ctx, k+"/"+strconv.Itoa(i))
+		if err != nil {
+			return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d, part %d of %d: %w", b.Sites[site], b.place, step, i, parts, err)
+		}
+		msg = append(msg, p...)
+	}
+	return msg, nil
+}
+
+func (b *boardExchange) keep() int {
+	if b.Keep == 0 {
+		return 64
+	}
+	return b.Keep
+}
+
+// prune deletes this rank's messages of the sync Keep syncs before step.
+func (b *boardExchange) prune(ctx context.Context, step int64) error {
+	old := step - int64(b.keep())*b.every
+	if old <= 0 {
+		return nil
+	}
+	k := b.msgKey(old, b.Site, b.place)
+	v, err := b.Board.Get(ctx, k)
+	if b.missing(err) {
+		return nil // this site was not there for it
+	} else if err != nil {
+		return err
+	}
+	parts, _ := strconv.Atoi(string(v))
+	if err := b.Board.Delete(ctx, k); err != nil {
+		return err
+	}
+	for i := range parts {
+		if err := b.Board.Delete(ctx, k+"/"+strconv.Itoa(i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// members returns the members of the sync of step, if decided.
+func (b *boardExchange) members(ctx context.Context, step int64) ([]int, bool, error) {
+	v, err := b.Board.Get(ctx, b.key(step, "members"))
+	if b.missing(err) {
+		return nil, false, nil
+	} else if err != nil {
+		return nil, false, err
+	}
+	m, err := parseMembers(v, len(b.Sites))
+	if err != nil {
+		return nil, false, fmt.Errorf("the members of the sync of step %d: %w", step, err)
+	}
+	return m, true, nil
+}
+
+func parseMembers(v []byte, sites int) ([]int, error) {
+	var m []int
+	for f := range strings.SplitSeq(string(v), ",") {
+		i, err := strconv.Atoi(f)
+		if err != nil || i < 0 || i >= sites || (len(m) > 0 && i <= m[len(m)-1]) {
+			return nil, fmt.Errorf("%q is not an increasing list of site indexes below %d", v, sites)
+		}
+		m = append(m, i)
+	}
+	return m, nil
+}
+
+// decide waits for the members of the sync of step: every site, or those
+// complete when the deadline after posted passed (at least one).
+func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time) ([]int, error) {
+	bell := b.key(step, "bell")
+	for {
+		ring, err := b.Board.Get(ctx, bell)
+		if err != nil && !b.missing(err) {
+			return nil, err
+		}
+		if m, ok, err := b.members(ctx, step); err != nil || ok {
+			return m, err
+		}
+		var complete []int
+		for s := range b.Sites {
+			v, err := b.Board.Get(ctx, b.key(step, "ready", strconv.Itoa(s)))
+			if b.missing(err) {
+				continue
+			} else if err != nil {
+				return nil, err
+			}
+			if n, _ := strconv.Atoi(string(v)); n >= b.places {
+				complete = append(complete, s)
+			}
+		}
+		late := b.deadline > 0 && time.Since(posted) >= b.deadline
+		if len(complete) == len(b.Sites) || (late && len(complete) > 0) {
+			v := make([]string, len(complete))
+			for i, s := range complete {
+				v[i] = strconv.Itoa(s)
+			}
+			_, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, []byte(strings.Join(v, ",")))
+			if err != nil {
+				return nil, err
+			}
+			if swapped {
+				// Wake the ranks waiting on the bell.
+				if _, err := b.Board.Add(ctx, bell, 1); err != nil {
+					return nil, err
+				}
+			}
+			continue // read back whichever proposal won
+		}
+		wait := pollEvery
+		if b.deadline > 0 && !late {
+			wait = min(wait, b.deadline-time.Since(posted))
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		_, err = b.Board.WaitChange(wctx, bell, ring)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil && wctx.Err() == nil {
+			return nil, err
+		}
+	}
+}
+
+// exchange posts msg, waits for the sync's members and sums their
+// messages for this place, in site order, into x.avg (averaged).
+func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, msg []byte) error {
+	if err := b.post(ctx, x.step, msg); err != nil {
+		return fmt.Errorf("posting this site's delta: %w", err)
+	}
+	x.sent = int64(len(msg))
+	members, err := b.decide(ctx, x.step, time.Now())
+	if err != nil {
+		return fmt.Errorf("waiting for the sync's members: %w", err)
+	}
+	if err := b.average(ctx, x, d, members); err != nil {
+		return err
+	}
+	if !slices.Contains(members, b.Site) {
+		x.own = msg // to be put back into error feedback
+	}
+	if err := b.prune(ctx, x.step); err != nil {
+		return fmt.Errorf("pruning old deltas: %w", err)
+	}
+	return nil
+}
+
+// average sets x.avg to the mean of the members' messages for this place.
+func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, members []int) error {
+	x.members = members
+	clear(x.avg)
+	for _, s := range members {
+		m, err := b.fetch(ctx, x.step, s)
+		if err != nil {
+			return err
+		}
+		if err := d.addTo(x.avg, m); err != nil {
+			return fmt.Errorf("the delta of site %q (place %d): %w", b.Sites[s], b.place, err)
+		}
+	}
+	inv := float32(len(members))
+	for i := range x.avg {
+		x.avg[i] /= inv
+	}
+	return nil
+}
+
+// Absence records a sync that went ahead without some sites.
+type Absence struct {
+	Step    int64    `json:"step"`
+	Missing []string `json:"missing"`
+	// Members are the sites whose deltas the sync averaged.
+	Members []string `json:"members"`
+}
+
+// maxAbsences bounds the absences an Outer remembers.
+const maxAbsences = 64

@@ -1,0 +1,301 @@
+package diloco
+
+import (
+	"context"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/inproc"
+	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
+)
+
+// board serves a real rendezvous store on loopback; each caller of dial
+// gets its own connection to it, as each rank of a real site would.
+type board struct {
+	t     *testing.T
+	addr  string
+	token auth.Token
+}
+
+func newBoard(t *testing.T) *board {
+	t.Helper()
+	tok := auth.NewToken()
+	srv, err := rendezvous.NewServer("127.0.0.1:0", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return &board{t: t, addr: srv.Addr(), token: tok}
+}
+
+func (b *board) dial() Board {
+	c, err := rendezvous.Dial(context.Background(), b.addr, b.token)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (b *board) federation(sites []string, site int) Federation {
+	return Federation{Board: b.dial(), NotFound: rendezvous.ErrNotFound, Prefix: "/fed/test", Sites: sites, Site: site}
+}
+
+// fedRun is run over a board: each site its own groups and no cross-site
+// group. stall makes a site sleep before the given step (a site that falls
+// behind); stop makes it quit after one (a site that dies), keeping its
+// state in saved.
+type fedRun struct {
+	run
+	stall     map[int]stallAt
+	stopAfter map[int]int
+}
+
+type stallAt struct {
+	step int
+	d    time.Duration
+}
+
+// siteState is what a checkpoint of one rank holds.
+type siteState struct {
+	params, anchor, mom, resid []float32
+}
+
+type fedResult struct {
+	result
+	absences [][]Absence
+	saved    []siteState // per rank of a stopped site
+}
+
+func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
+	t.Helper()
+	n := r.sites * r.local
+	sites := []string{"a", "b", "c", "d"}[:r.sites]
+	siteComms := make([]collective.Comm, n)
+	for s := range r.sites {
+		w := inproc.NewWorld(r.local)
+		for j := range r.local {
+			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			siteComms[s*r.local+j] = c
+		}
+	}
+	res := fedResult{result: result{params: make([][]float32, n), stats: make([]Stats, n), errs: make([]error, n)},
+		absences: make([][]Absence, n), saved: make([]siteState, n)}
+	var wg sync.WaitGroup
+	for rank := range n {
+		s := rank / r.local
+		fed := b.federation(sites, s)
+		wg.Go(func() {
+			ctx := context.Background()
+			inner := siteComms[rank]
+			w, g := make([]float32, features+1), make([]float32, features+1)
+			o, err := NewFederated(ctx, inner, fed, *r.outer, w)
+			if err != nil {
+				res.errs[rank] = err
+				return
+			}
+			defer o.Close()
+			for step := 1; step <= r.steps; step++ {
+				if st, ok := r.stall[s]; ok && st.step == step {
+					time.Sleep(st.d)
+				}
+				gradient(rank, step, r.batch, w, g)
+				if err := inner.AllReduce(ctx, collective.Float32s(g), collective.Float32s(g), collective.Sum); err != nil {
+					res.errs[rank] = err
+					return
+				}
+				for i := range w {
+					w[i] -= r.lr * g[i] / float32(inner.Size())
+				}
+				if err := o.Step(ctx, int64(step)); err != nil {
+					res.errs[rank] = err
+					return
+				}
+				if stop, ok := r.stopAfter[s]; ok && stop == step {
+					res.saved[rank] = siteState{slices.Clone(w), slices.Clone(o.Anchor()), slices.Clone(o.Momentum()), slices.Clone(o.Residual())}
+					return
+				}
+			}
+			if err := o.Sync(ctx, int64(r.steps)); err != nil {
+				res.errs[rank] = err
+				return
+			}
+			res.stats[rank], res.absences[rank], res.params[rank] = o.Stats(), o.Absences(), w
+		})
+	}
+	wg.Wait()
+	return res
+}
+
+// With every site in time, the board computes what the cross-site group
+// computes, bit for bit: the same messages summed in the same order.
+func TestFederationMatchesCrossSiteGroup(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every, cfg.TopK = 5, 0.25
+	base := run{sites: 3, local: 2, steps: 30, batch: 16, lr: 0.5, outer: &cfg}
+	cross := train(t, base)
+	cross.check(t)
+	got := trainFederated(t, newBoard(t), fedRun{run: base})
+	got.check(t)
+	for i, v := range got.params[0] {
+		if math.Float32bits(v) != math.Float32bits(cross.params[0][i]) {
+			t.Fatalf("parameter %d: %v over the board, %v over the cross-site group", i, v, cross.params[0][i])
+		}
+	}
+	if st := got.stats[0]; st.Syncs != 6 || st.Partial != 0 || st.WireBytes == 0 {
+		t.Errorf("stats %+v: want 6 syncs, none partial, bytes sent", st)
+	}
+}
+
+// A site that falls behind is left out of the syncs it misses by more than
+// the deadline; the others go on, it applies those syncs all the same, and
+// it is back in by the end, with every replica identical.
+func TestFederationGoesOnWithoutALateSite(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every, cfg.Deadline = 5, 200*time.Millisecond
+	r := fedRun{run: run{sites: 3, local: 2, steps: 100, batch: 8, lr: 0.5, outer: &cfg},
+		stall: map[int]stallAt{2: {step: 10, d: 800 * time.Millisecond}}}
+	res := trainFederated(t, newBoard(t), r)
+	res.check(t)
+	a := res.absences[0]
+	if len(a) == 0 || a[0].Step != 10 || !slices.Equal(a[0].Missing, []string{"c"}) || !slices.Equal(a[0].Members, []string{"a", "b"}) {
+		t.Fatalf("absences seen by site a: %+v; want the sync of step 10 first, without site c", a)
+	}
+	if last := a[len(a)-1].Step; last >= int64(r.steps) {
+		t.Errorf("site c was still missing from the sync of step %d, the last: it never caught up", last)
+	}
+	if st := res.stats[4]; st.Missed < 1 || st.Missed != st.Partial {
+		t.Errorf("site c: %+v, want it to count the syncs it missed", st)
+	}
+	if st := res.stats[0]; st.Missed != 0 || st.Partial != int64(len(a)) {
+		t.Errorf("site a: %+v with %d absences: want none missed and each partial sync counted", st, len(a))
+	}
+	if !slices.EqualFunc(res.absences[0], res.absences[5], func(x, y Absence) bool {
+		return x.Step == y.Step && slices.Equal(x.Missing, y.Missing) && slices.Equal(x.Members, y.Members)
+	}) {
+		t.Errorf("site a saw absences %+v, site c %+v: every site must see the same history", res.absences[0], res.absences[5])
+	}
+	t.Logf("%d syncs without site c, the first %+v", len(a), a[0])
+}
+
+// A site that dies and comes back from its checkpoint replays the syncs
+// the others took without it and ends with their parameters, bit for bit.
+func TestFederationSiteRestartsAndCatchesUp(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every, cfg.Deadline = 5, 100*time.Millisecond
+	b := newBoard(t)
+	r := fedRun{run: run{sites: 3, local: 2, steps: 40, batch: 8, lr: 0.5, outer: &cfg}, stopAfter: map[int]int{2: 10}}
+	res := trainFederated(t, b, r)
+	for rank, err := range res.errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", rank, err)
+		}
+	}
+	// Site c comes back: two ranks restore their state and catch up.
+	w := inproc.NewWorld(2)
+	got := make([][]float32, 2)
+	errs := make([]error, 2)
+	resumed := make([]int64, 2)
+	var wg sync.WaitGroup
+	for j := range 2 {
+		fed := b.federation([]string{"a", "b", "c"}, 2)
+		wg.Go(func() {
+			ctx := context.Background()
+			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
+			if err != nil {
+				errs[j] = err
+				return
+			}
+			defer c.Close()
+			st := res.saved[4+j]
+			p := slices.Clone(st.params)
+			o, err := NewFederated(ctx, c, fed, cfg, p)
+			if err != nil {
+				errs[j] = err
+				return
+			}
+			defer o.Close()
+			copy(o.Anchor(), st.anchor)
+			copy(o.Momentum(), st.mom)
+			copy(o.Residual(), st.resid)
+			resumed[j], errs[j] = o.CatchUp(ctx, 10)
+			got[j] = p
+		})
+	}
+	wg.Wait()
+	for j, err := range errs {
+		if err != nil {
+			t.Fatalf("site c, rank %d: %v", j, err)
+		}
+		if resumed[j] != 40 {
+			t.Errorf("site c, rank %d caught up to step %d, want 40", j, resumed[j])
+		}
+		for i, v := range got[j] {
+			if math.Float32bits(v) != math.Float32bits(res.params[0][i]) {
+				t.Fatalf("site c, rank %d, parameter %d: %v after catching up, site a has %v", j, i, v, res.params[0][i])
+			}
+		}
+	}
+	if a := res.absences[0]; len(a) != 6 || a[0].Step != 15 {
+		t.Errorf("site a's absences %+v: want the 6 syncs from step 15 without site c", a)
+	}
+}
+
+// Sites that disagree on the site list or on their size are refused, by
+// name.
+func TestFederationRefusesMismatchedSites(t *testing.T) {
+	b := newBoard(t)
+	ctx := context.Background()
+	cfg := DefaultConfig()
+	if _, err := NewFederated(ctx, nil, b.federation([]string{"a", "b"}, 0), cfg, make([]float32, 4)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewFederated(ctx, nil, b.federation([]string{"a", "c"}, 1), cfg, make([]float32, 4))
+	if err == nil || !strings.Contains(err.Error(), `site "c" has sites a,c, the federation a,b`) {
+		t.Errorf("a site with another site list: %v", err)
+	}
+	w := inproc.NewWorld(2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for j := range 2 {
+		fed := b.federation([]string{"a", "b"}, 1)
+		wg.Go(func() {
+			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
+			if err != nil {
+				errs[j] = err
+				return
+			}
+			defer c.Close()
+			_, errs[j] = NewFederated(ctx, c, fed, cfg, make([]float32, 4))
+		})
+	}
+	wg.Wait()
+	for j, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), `site "b" has ranks per site 2, the federation 1`) {
+			t.Errorf("rank %d of a two-rank site among one-rank sites: %v", j, err)
+		}
+	}
+	if _, err := New(nil, nil, Config{Every: 1, LR: 1, Precision: F32, Deadline: time.Second}); err == nil || !strings.Contains(err.Error(), "only a federation") {
+		t.Errorf("a deadline without a federation: %v", err)
+	}
+	for _, f := range []Federation{
+		{Board: b.dial(), NotFound: rendezvous.ErrNotFound, Prefix: "/p", Sites: []string{"a", "a"}},
+		{Board: b.dial(), NotFound: rendezvous.ErrNotFound, Prefix: "/p", Sites: []string{"a"}, Site: 1},
+		{Board: b.dial(), NotFound: rendezvous.ErrNotFound, Sites: []string{"a"}},
+		{NotFound: rendezvous.ErrNotFound, Prefix: "/p", Sites: []string{"a"}},
+	} {
+		if _, err := NewFederated(ctx, nil, f, cfg, make([]float32, 4)); err == nil || !strings.HasPrefix(err.Error(), "federation: ") {
+			t.Errorf("%+v: %v, want a federation error", f, err)
+		}
+	}
+}
