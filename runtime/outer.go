@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/diloco"
+	"github.com/ringo-ml/ringo/internal/audit"
+	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
 )
 
 // Sites is the job split by site: the group of this rank's site, for the
@@ -18,13 +24,16 @@ type Sites struct {
 	// rank's site among them.
 	Names []string
 	Index int
-	// Transport is what the groups run over: "libp2p" when the job's
-	// group does (peer IDs pinned, encrypted), else "tcp".
+	// Transport is what the outer syncs run over: "libp2p" when the
+	// job's group does (peer IDs pinned, encrypted), "store" for a
+	// federation (the sites meet in a store), else "tcp".
 	Transport string
 	// Site is the group of this rank's site (its ranks in rank order).
 	// Cross holds one rank per site, in the order of Names: the ranks
-	// whose place in their site is this rank's.
+	// whose place in their site is this rank's; nil for a federation.
 	Site, Cross collective.Comm
+
+	board rendezvous.Store // a federation's, else nil
 }
 
 // NewSites forms the site groups from every rank's Site label. Every rank
@@ -83,17 +92,96 @@ func (g *Group) NewSites(ctx context.Context) (*Sites, error) {
 	return s, nil
 }
 
-// Close closes both groups.
+// Close closes both groups (and a federation's store connection).
 func (s *Sites) Close() error {
-	return errors.Join(s.Site.Close(), s.Cross.Close())
+	errs := []error{s.Site.Close()}
+	if s.Cross != nil {
+		errs = append(errs, s.Cross.Close())
+	}
+	if s.board != nil {
+		errs = append(errs, s.board.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Environment of a site in a federation: `ringo launch --federation`
+// sets it, with RINGO_SITE for the site's name.
+const (
+	// EnvFederation is the store the sites meet in: HOST:PORT of a ringo
+	// rendezvous store, or etcd://HOST:PORT[,HOST:PORT...]. Its token is
+	// the job's (RINGO_TOKEN_FILE), the same file at every site.
+	EnvFederation = "RINGO_FEDERATION"
+	// EnvFederationSites lists every site, comma-separated, in the
+	// order their deltas are summed: the same list at every site.
+	EnvFederationSites = "RINGO_FEDERATION_SITES"
+	// EnvFederationID namespaces the federation's keys in the store.
+	EnvFederationID = "RINGO_FEDERATION_ID"
+)
+
+// federated reports whether this worker's job is one site of a
+// federation.
+func federated() bool { return os.Getenv(EnvFederation) != "" }
+
+// newFederation forms the group of this job (the site) and connects to
+// the federation's store.
+func (g *Group) newFederation(ctx context.Context) (*Sites, diloco.Federation, error) {
+	var fed diloco.Federation
+	endpoint, id := os.Getenv(EnvFederation), os.Getenv(EnvFederationID)
+	names := strings.Split(os.Getenv(EnvFederationSites), ",")
+	if id == "" {
+		id = "default"
+	}
+	site := slices.Index(names, g.Site)
+	if site < 0 {
+		return nil, fed, fmt.Errorf("federation: rank %d: this site %q (%s) is not among %s=%q", g.Rank(), g.Site, EnvSite, EnvFederationSites, os.Getenv(EnvFederationSites))
+	}
+	tokenFile := os.Getenv(EnvTokenFile)
+	if tokenFile == "" {
+		return nil, fed, fmt.Errorf("federation: rank %d: no %s: the sites' store is reached with the job token, the same file at every site (ringo launch --token-file)", g.Rank(), EnvTokenFile)
+	}
+	token, err := auth.ReadTokenFile(tokenFile)
+	if err != nil {
+		return nil, fed, fmt.Errorf("federation: rank %d: %w", g.Rank(), err)
+	}
+	var board rendezvous.Store
+	if rest, ok := strings.CutPrefix(endpoint, "etcd://"); ok {
+		board, err = rendezvous.NewEtcd(ctx, rendezvous.EtcdConfig{Endpoints: strings.Split(rest, ","), Prefix: "/", Token: token, DialTimeout: 10 * time.Second})
+	} else {
+		board, err = rendezvous.Dial(ctx, endpoint, token)
+	}
+	if err != nil {
+		return nil, fed, fmt.Errorf("federation: rank %d: the sites' store %s (%s): %w", g.Rank(), endpoint, EnvFederation, err)
+	}
+	all := make([]int, g.Size())
+	for i := range all {
+		all[i] = i
+	}
+	s := &Sites{Names: names, Index: site, Transport: "store", board: board}
+	if s.Site, err = g.newSubgroup(ctx, all, fmt.Sprintf("site %q group", g.Site)); err != nil {
+		board.Close()
+		return nil, fed, err
+	}
+	fed = diloco.Federation{Board: board, NotFound: rendezvous.ErrNotFound, Prefix: "/ringo/federation/" + id, Sites: names, Site: site}
+	return s, fed, nil
 }
 
 // Outer trains across sites: gradients are averaged inside the site every
 // step (over Sites.Site), and the sites synchronise every cfg.Every steps
 // (package diloco). Close releases it and its groups.
+//
+// The sites are either ranks of one job (ringo launch --site on each
+// node), which fails and restarts as one, or, in a federation (ringo
+// launch --federation), jobs of their own that meet in a store: there a
+// site that is down or late is left out of the syncs it misses (after
+// cfg.Deadline) while the others go on, and catches up when it is back
+// (CatchUp). The site's first rank logs and audits every sync that went
+// ahead without some site (event outer.site_missing).
 type Outer struct {
 	*diloco.Outer
 	*Sites
+	rank   int // in the job
+	logged int // absences reported so far
+	audit  *audit.Log
 }
 
 // NewOuter forms the site groups and the outer synchronisation of params,
@@ -101,6 +189,18 @@ type Outer struct {
 func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]float32) (*Outer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if federated() {
+		s, fed, err := g.newFederation(ctx)
+		if err != nil {
+			return nil, err
+		}
+		o, err := diloco.NewFederated(ctx, s.Site, fed, cfg, params...)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("rank %d: %w", g.Rank(), err)
+		}
+		return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv()}, nil
 	}
 	s, err := g.NewSites(ctx)
 	if err != nil {
@@ -111,7 +211,56 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 		s.Close()
 		return nil, err
 	}
-	return &Outer{Outer: o, Sites: s}, nil
+	return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv()}, nil
+}
+
+// Step is diloco.Outer's Step, and reports the syncs some site missed.
+func (o *Outer) Step(ctx context.Context, step int64) error {
+	err := o.Outer.Step(ctx, step)
+	o.reportAbsences()
+	return err
+}
+
+// Sync is diloco.Outer's Sync, and reports the syncs some site missed.
+func (o *Outer) Sync(ctx context.Context, step int64) error {
+	err := o.Outer.Sync(ctx, step)
+	o.reportAbsences()
+	return err
+}
+
+// CatchUp is diloco.Outer's CatchUp, and reports the syncs some site
+// missed (this one, while it was down).
+func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
+	to, err := o.Outer.CatchUp(ctx, step)
+	if err == nil && to > step && o.Site.Rank() == 0 {
+		fmt.Fprintf(os.Stderr, "ringo: site %q caught up from step %d to step %d: replayed the outer syncs the other sites took without it\n", o.Names[o.Index], step, to)
+	}
+	o.reportAbsences()
+	return to, err
+}
+
+// reportAbsences logs and audits, on the site's first rank, the syncs
+// that went ahead without some site since the last call.
+func (o *Outer) reportAbsences() {
+	n := o.Stats().Partial
+	if int64(o.logged) == n {
+		return
+	}
+	a := o.Absences()
+	fresh := a[max(0, len(a)-int(n-int64(o.logged))):]
+	o.logged = int(n)
+	if o.Site.Rank() != 0 {
+		return
+	}
+	me := o.Names[o.Index]
+	for _, x := range fresh {
+		if slices.Contains(x.Missing, me) {
+			fmt.Fprintf(os.Stderr, "ringo: site %q missed the outer sync of step %d (sites %v went ahead without it); it applied that sync and keeps its delta for the next\n", me, x.Step, x.Members)
+		} else {
+			fmt.Fprintf(os.Stderr, "ringo: site %q: the outer sync of step %d went ahead without sites %v (late or down), averaging %v\n", me, x.Step, x.Missing, x.Members)
+		}
+		o.audit.Record("outer.site_missing", map[string]any{"site": me, "rank": o.rank, "step": x.Step, "missing": x.Missing, "members": x.Members})
+	}
 }
 
 // Track registers the outer optimizer's state with t, so that its

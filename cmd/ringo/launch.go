@@ -41,6 +41,7 @@ type launchFlags struct {
 	nproc, nnodes, backend, endpoint, runID, logDir, tee                      string
 	masterAddr, tokenFile, localAddr, auditLog                                string
 	metricsAddr, logFormat, tlsCert, tlsKey, tlsCA, topology, transport, site string
+	federation, federationSites, federationID                                 string
 	nodeRank, maxRestarts, masterPort, replanEvery                            int
 	standalone                                                                bool
 	monitor, hang, lastCall, joinTimeout, nodeTimeout                         secondsFlag
@@ -96,6 +97,9 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "alerts and launcher warnings as text or json lines")
 	fs.StringVar(&f.transport, "transport", "", "collectives over tcp, shm (one host), mix (shm to same-host peers, tcp to the rest) or libp2p (alias p2p; peer IDs, encrypted); default: shm on one node, else mix")
 	fs.StringVar(&f.site, "site", "", "label of this node's site (data centre) for training across sites: workers see it as RINGO_SITE, and runtime.NewOuter averages inside a site every step and across sites every H steps; default: each node its own site")
+	fs.StringVar(&f.federation, "federation", "", "make this job one site of a federation of jobs that meet in the store at HOST:PORT (ringo store) or etcd://HOST:PORT[,...]: each site fails and restarts on its own, and the outer syncs go ahead without a site that is late or down (see --outer-deadline of the trainer); needs --site, --federation-sites and --token-file")
+	fs.StringVar(&f.federationSites, "federation-sites", "", "with --federation: every site, comma-separated, in the same order at every site")
+	fs.StringVar(&f.federationID, "federation-id", "default", "with --federation: the federation's name, so that several can share a store")
 	fs.StringVar(&f.topology, "topology", "", "probe: measure the links between nodes at every (re)formation and order ranks along the ring that avoids the slowest; Go workers then re-plan from what their TCP sockets measure (see --replan-every)")
 	fs.IntVar(&f.replanEvery, "replan-every", 0, "with --topology probe: a Go worker's Trainer checks the ring against its measured links every N steps and moves it, without a restart, off links that slowed (0: the default, 20; -1: never)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "this node's certificate (PEM) for mutual TLS on the rendezvous store")
@@ -203,6 +207,10 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.Backend, cfg.Endpoint, cfg.RunID = f.backend, f.endpoint, f.runID
 	cfg.LogDir, cfg.Host, cfg.AuditLog, cfg.MetricsAddr = f.logDir, f.localAddr, f.auditLog, f.metricsAddr
 	cfg.Topology, cfg.Transport, cfg.Site, cfg.ReplanEvery = f.topology, f.transport, f.site, f.replanEvery
+	cfg.Federation, cfg.FederationID = f.federation, f.federationID
+	if f.federationSites != "" {
+		cfg.FederationSites = strings.Split(f.federationSites, ",")
+	}
 	if cfg.Transport == "p2p" {
 		cfg.Transport = "libp2p"
 	}

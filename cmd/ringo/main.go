@@ -36,6 +36,7 @@ func subcommands() []subcommand {
 		{name: "bench", summary: "measure collectives across local worker processes (nccl-tests style)", run: runBench, commands: benchCommands()},
 		{name: "ckpt", summary: "list, inspect, verify, reshard and export checkpoints", run: runCkpt, commands: ckptCommands()},
 		{name: "data", summary: "pack, inspect and verify sharded datasets", run: runData, commands: dataCommands()},
+		{name: "store", summary: "serve a rendezvous store (for a federation of sites)", run: runStore},
 		{name: "version", summary: "print ringo's version", run: runVersion},
 	}
 }

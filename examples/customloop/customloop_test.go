@@ -370,3 +370,85 @@ func TestDeviceGradientsMatchHost(t *testing.T) {
 		t.Fatalf("--device cuda without a driver: %v; want a failure saying no CUDA driver was found:\n%s", err, out)
 	}
 }
+
+// 6b. Sites as jobs of their own, federated through a store (ringo launch
+// --federation): one site is killed outright, launcher and workers, with
+// SIGKILL. The other two go on without it, each sync after the deadline,
+// and say so in their logs and audit logs; the site is started again,
+// resumes from its checkpoint, replays the syncs it missed from the store
+// and rejoins, and every site ends with the same parameters, bit for bit.
+func TestFederatedSiteDiesAndRejoins(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "job.token")
+	if err := os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	storeAddr := proctest.FreeAddr(t)
+	store := exec.Command(ringoBin, "store", "--listen", storeAddr, "--token-file", tok)
+	storeOut := &proctest.Buffer{}
+	store.Stdout, store.Stderr = storeOut, storeOut
+	if err := store.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Process.Kill(); store.Wait() })
+	sites := []string{"a", "b", "c"}
+	args := []string{"--batch", "48", "--epochs", "3", "--save-every", "10", "--step-time", "10ms",
+		"--outer-every", "10", "--outer-topk", "0.25", "--outer-deadline", "1s"}
+	start := func(site string) (*exec.Cmd, *proctest.Buffer) {
+		cmdArgs := []string{"launch", "--nproc-per-node", "2", "--max-restarts", "0", "--token-file", tok,
+			"--site", site, "--federation", storeAddr, "--federation-sites", strings.Join(sites, ","), "--federation-id", "test",
+			"--audit-log", filepath.Join(dir, site+".audit"), "--", loopBin, "--data", dataDir,
+			"--ckpt", filepath.Join(dir, "ck-"+site), "--dump", filepath.Join(dir, site+".params")}
+		cmd := exec.Command(ringoBin, append(cmdArgs, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // to kill the whole site
+		out := &proctest.Buffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+		return cmd, out
+	}
+	cmds := map[string]*exec.Cmd{}
+	outs := map[string]*proctest.Buffer{}
+	for _, s := range sites {
+		cmds[s], outs[s] = start(s)
+	}
+	afterFirstCheckpoint(filepath.Join(dir, "ck-c"), 60*time.Second)
+	syscall.Kill(-cmds["c"].Process.Pid, syscall.SIGKILL)
+	cmds["c"].Wait()
+	// Down long enough for the others to sync without it.
+	missing := regexp.MustCompile(`site "a": the outer sync of step (\d+) went ahead without sites \[c\]`)
+	for deadline := time.Now().Add(60 * time.Second); !missing.MatchString(outs["a"].String()); {
+		if time.Now().After(deadline) {
+			t.Fatalf("site a never synced without site c:\n%s", outs["a"].String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	killedOut := outs["c"].String()
+	cmds["c"], outs["c"] = start("c")
+	for _, s := range sites {
+		if err := cmds[s].Wait(); err != nil {
+			t.Fatalf("site %s: %v\n%s", s, err, outs[s].String())
+		}
+	}
+	all := outs["a"].String() + outs["b"].String() + killedOut + outs["c"].String()
+	if !regexp.MustCompile(`resumed from step \d+`).MatchString(outs["c"].String()) ||
+		!regexp.MustCompile(`site "c" caught up from step \d+ to step \d+`).MatchString(outs["c"].String()) {
+		t.Fatalf("site c did not resume from its checkpoint and catch up:\n%s", outs["c"].String())
+	}
+	steps := missing.FindAllStringSubmatch(outs["a"].String(), -1)
+	last, _ := strconv.Atoi(steps[len(steps)-1][1])
+	if last >= 190 {
+		t.Errorf("site c was still missing from the sync of step %d: it never rejoined\n%s", last, all)
+	}
+	audit, err := os.ReadFile(filepath.Join(dir, "a.audit"))
+	if err != nil || !strings.Contains(string(audit), `"outer.site_missing"`) || !strings.Contains(string(audit), `"missing":["c"]`) {
+		t.Errorf("site a's audit log has no outer.site_missing event naming site c (%v):\n%s", err, audit)
+	}
+	ref := params(t, filepath.Join(dir, "a.params"))
+	for _, s := range sites[1:] {
+		sameBits(t, ref, params(t, filepath.Join(dir, s+".params")), all)
+	}
+	t.Logf("site c missed %d syncs (steps %s … %d) and rejoined", len(steps), steps[0][1], last)
+}

@@ -133,6 +133,18 @@ func main() {
 	if g.Rank() == 0 && restored {
 		fmt.Printf("resumed from step %d (epoch %d, %d samples in)\n", step, meta.Data.Epoch, meta.Data.Consumed)
 	}
+	// A site of a federation (ringo launch --federation) that was down
+	// replays the outer syncs the others took without it and resumes at
+	// the last one: it skips the batches of the steps it missed, so that
+	// every site keeps the same step count and data order.
+	var skip int64
+	if outer != nil {
+		to, err := outer.CatchUp(ctx, step)
+		if err != nil {
+			fail(err)
+		}
+		skip, step = to-step, to
+	}
 	gcfg := runtime.DefaultGradConfig()
 	var gpu *deviceGrads
 	if *onDevice == "cuda" {
@@ -162,6 +174,11 @@ func main() {
 				break
 			} else if err != nil {
 				fail(err)
+			}
+			if skip > 0 {
+				skip--
+				meta.Data = bt.State
+				continue
 			}
 			loss = gradient(bt.Samples, w, b, gw, gb) // of the mean loss over this rank's share
 			if gpu != nil {

@@ -381,6 +381,11 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 	if a.cfg.Site != "" {
 		set[ringo.EnvSite] = a.cfg.Site
 	}
+	if a.cfg.Federation != "" {
+		set[ringo.EnvFederation] = a.cfg.Federation
+		set[ringo.EnvFederationSites] = strings.Join(a.cfg.FederationSites, ",")
+		set[ringo.EnvFederationID] = a.cfg.FederationID
+	}
 	if a.topoFile != "" {
 		set[ringo.EnvTopologyFile] = a.topoFile
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -75,6 +76,15 @@ type Config struct {
 	// sites: workers see it as RINGO_SITE. Empty leaves RINGO_SITE as the
 	// launcher's environment has it (unset: each node is its own site).
 	Site string
+	// Federation, when set, makes this job one site of a federation of
+	// jobs, each its own failure domain, that meet for their outer syncs
+	// in the store at this endpoint (HOST:PORT of `ringo store`, or
+	// etcd://HOST:PORT[,...]), with the job token (the same TokenFile at
+	// every site). FederationSites lists every site, in the same order
+	// everywhere; Site is this one. FederationID namespaces the
+	// federation's keys. Workers see them as RINGO_FEDERATION*.
+	Federation, FederationID string
+	FederationSites          []string
 	// Topology "probe" measures the links between nodes at every
 	// (re)formation and orders the nodes along the ring that avoids the
 	// slowest; "" keeps the rendezvous order.
@@ -149,6 +159,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%d devices for %d workers", len(c.Devices), c.NProc)
 	case len(c.Site) > 128 || strings.ContainsAny(c.Site, "\x00\n"):
 		return fmt.Errorf("--site %q: want a label of at most 128 bytes on one line", c.Site)
+	case c.Federation != "" && !slices.Contains(c.FederationSites, c.Site):
+		return fmt.Errorf("--federation %s: --site %q must be one of --federation-sites %q", c.Federation, c.Site, strings.Join(c.FederationSites, ","))
+	case c.Federation != "" && c.TokenFile == "":
+		return fmt.Errorf("--federation %s needs --token-file: the sites reach their store with the job token, the same file at every site", c.Federation)
 	case c.Transport != "" && c.Transport != "tcp" && c.Transport != "shm" && c.Transport != "mix" && c.Transport != "libp2p":
 		return fmt.Errorf("--transport %q: want tcp, shm, mix or libp2p (or nothing for the default)", c.Transport)
 	case c.Topology != "" && c.Topology != "probe":

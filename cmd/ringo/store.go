@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ringo-ml/ringo/internal/auth"
+	"github.com/ringo-ml/ringo/runtime/rendezvous"
+)
+
+const storeUsage = `Usage: ringo store --listen HOST:PORT --token-file FILE
+
+Serves a rendezvous store until interrupted: the place where the sites of a
+federation (ringo launch --federation HOST:PORT), each a job of its own, meet
+for their outer syncs. Clients must hold the token in FILE. It keeps its
+keys in memory, so a restarted store starts empty: where the federation must
+outlive the store's process, use etcd (--federation etcd://HOST:PORT).
+`
+
+func runStore(ctx context.Context, args []string) error {
+	fs := newFlagSet("store", storeUsage)
+	listen := fs.String("listen", "127.0.0.1:29400", "HOST:PORT to serve on (port 0: any free port, printed)")
+	tokenFile := fs.String("token-file", "", "file (mode 0600) with the secret every client must hold")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	if *tokenFile == "" {
+		return usageErr(fs, "--token-file is required: the store refuses clients without the token")
+	}
+	token, err := auth.ReadTokenFile(*tokenFile)
+	if err != nil {
+		return err
+	}
+	srv, err := rendezvous.NewServer(*listen, token)
+	if err != nil {
+		return fmt.Errorf("serving the store on %s: %w", *listen, err)
+	}
+	defer srv.Close()
+	fmt.Printf("ringo store: serving on %s\n", srv.Addr())
+	<-ctx.Done()
+	return nil
+}
