@@ -2,14 +2,19 @@ package netnstest
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
+
+// pings is how many round trips the tcpclient role times.
+const pings = 20
 
 // The test binary doubles as the programs run inside the hosts.
 func TestMain(m *testing.M) {
@@ -38,6 +43,54 @@ func TestMain(m *testing.M) {
 		}
 		fmt.Println("received", got)
 		os.Exit(0)
+	case "tcpserve":
+		ln, err := net.Listen("tcp", os.Getenv("NETNSTEST_ADDR"))
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println("ready")
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(1)
+		}
+		// Echo the pings, then count the bulk bytes to EOF and say done.
+		b := make([]byte, 1<<16)
+		for range pings {
+			if _, err := io.ReadFull(c, b[:1]); err != nil {
+				os.Exit(1)
+			}
+			c.Write(b[:1])
+		}
+		io.Copy(io.Discard, c)
+		c.Write([]byte{1})
+		os.Exit(0)
+	case "tcpclient":
+		c, err := net.Dial("tcp", os.Getenv("NETNSTEST_ADDR"))
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		var rtts []time.Duration
+		b := make([]byte, 1<<16)
+		for range pings {
+			t0 := time.Now()
+			c.Write(b[:1])
+			if _, err := io.ReadFull(c, b[:1]); err != nil {
+				os.Exit(1)
+			}
+			rtts = append(rtts, time.Since(t0))
+		}
+		slices.Sort(rtts)
+		n, _ := strconv.Atoi(os.Getenv("NETNSTEST_N"))
+		t0 := time.Now()
+		for sent := 0; sent < n; sent += len(b) {
+			c.Write(b)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		io.ReadFull(c, b[:1])
+		fmt.Printf("rtt %d bps %.0f\n", rtts[len(rtts)/2].Microseconds(), float64(n)*8/time.Since(t0).Seconds())
+		os.Exit(0)
 	case "send":
 		c, err := net.Dial("udp", os.Getenv("NETNSTEST_ADDR"))
 		if err != nil {
@@ -58,7 +111,73 @@ func TestMain(m *testing.M) {
 func TestShapeDropsPackets(t *testing.T) {
 	h := New(t, 2, "")
 	h.Shape(1, "1000mbit", 0.2)
-	addr := h.Addrs[1] + ":29600"
+	if got, n := udpThrough(t, h, h.Addrs[1]+":29600"); got < n*70/100 || got > n*90/100 {
+		t.Errorf("%d of %d packets arrived, want about 80%%", got, n)
+	}
+}
+
+// The emulated WAN adds its latency to every round trip, holds a TCP
+// stream to its rate, and loses its share of the packets.
+func TestWANDelaysThrottlesAndDrops(t *testing.T) {
+	h := New(t, 2, "")
+	w := h.WAN(Link{Delay: 25 * time.Millisecond, Rate: 20e6})
+	addr := w.Addrs[1] + ":29601"
+	srv := exec.Command("ip", "netns", "exec", h.Names[1], os.Args[0])
+	srv.Env = append(os.Environ(), "NETNSTEST_ROLE=tcpserve", "NETNSTEST_ADDR="+addr)
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Wait()
+	b := make([]byte, 64)
+	if n, _ := out.Read(b); !strings.Contains(string(b[:n]), "ready") {
+		t.Fatalf("server: %q", b[:n])
+	}
+	const bulk = 2 << 20
+	cli := exec.Command("ip", "netns", "exec", h.Names[0], os.Args[0])
+	cli.Env = append(os.Environ(), "NETNSTEST_ROLE=tcpclient", "NETNSTEST_ADDR="+addr, fmt.Sprintf("NETNSTEST_N=%d", bulk))
+	o, err := cli.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client: %v %s", err, o)
+	}
+	var rttUS int64
+	var bps float64
+	if _, err := fmt.Sscanf(string(o), "rtt %d bps %f", &rttUS, &bps); err != nil {
+		t.Fatalf("client said %q", o)
+	}
+	crossed := w.Bytes()
+	t.Logf("median round trip %d µs, %.1f Mbit/s through a 50 ms, 20 Mbit/s WAN; %d bytes crossed", rttUS, bps/1e6, crossed)
+	if rttUS < 50000 || rttUS > 80000 {
+		t.Errorf("median round trip %d µs, want 50–80 ms", rttUS)
+	}
+	if bps > 20e6*1.05 || bps < 20e6*0.3 {
+		t.Errorf("a TCP stream moved %.1f Mbit/s through a 20 Mbit/s link", bps/1e6)
+	}
+	if crossed < bulk {
+		t.Errorf("the WAN counted %d bytes, fewer than the %d sent", crossed, bulk)
+	}
+
+	if err := w.Set(Link{Loss: 0.2}); err != nil {
+		t.Fatal(err)
+	}
+	d0, s0 := w.Drops()
+	got, n := udpThrough(t, h, w.Addrs[1]+":29602")
+	d1, s1 := w.Drops()
+	if got < n*70/100 || got > n*90/100 {
+		t.Errorf("%d of %d packets arrived through the WAN, want about 80%%", got, n)
+	}
+	if d, s := d1-d0, s1-s0; s < int64(n) || d < s*15/100 || d > s*25/100 {
+		t.Errorf("the WAN dropped %d of %d packets, want about 20%%", d, s)
+	}
+}
+
+// udpThrough sends 2000 small UDP datagrams from host 0 to addr on host 1
+// and returns how many arrived.
+func udpThrough(t *testing.T, h *Hosts, addr string) (got, n int) {
+	t.Helper()
 	recv := exec.Command("ip", "netns", "exec", h.Names[1], os.Args[0])
 	recv.Env = append(os.Environ(), "NETNSTEST_ROLE=recv", "NETNSTEST_ADDR="+addr)
 	out, err := recv.StdoutPipe()
@@ -72,7 +191,7 @@ func TestShapeDropsPackets(t *testing.T) {
 	if n, _ := out.Read(b); !strings.Contains(string(b[:n]), "ready") {
 		t.Fatalf("receiver: %q", b[:n])
 	}
-	const n = 2000
+	n = 2000
 	send := exec.Command("ip", "netns", "exec", h.Names[0], os.Args[0])
 	send.Env = append(os.Environ(), "NETNSTEST_ROLE=send", "NETNSTEST_ADDR="+addr, fmt.Sprintf("NETNSTEST_N=%d", n))
 	if o, err := send.CombinedOutput(); err != nil {
@@ -87,12 +206,9 @@ func TestShapeDropsPackets(t *testing.T) {
 		}
 	}
 	recv.Wait()
-	var got int
 	if _, err := fmt.Sscanf(strings.TrimSpace(rest.String()), "received %d", &got); err != nil {
 		t.Fatalf("receiver said %q", rest.String())
 	}
 	t.Logf("%d of %d packets arrived through 20%% loss", got, n)
-	if got < n*70/100 || got > n*90/100 {
-		t.Errorf("%d of %d packets arrived, want about 80%%", got, n)
-	}
+	return got, n
 }
