@@ -90,17 +90,23 @@ func New(t testing.TB, n int, ringo string) *Hosts {
 }
 
 func (h *Hosts) Close() {
+	h.KillAll()
 	for i, ns := range h.Names {
-		exec.Command("ip", "netns", "pids", ns).Output()
+		exec.Command("ip", "link", "del", h.Veths[i]).Run()
+		exec.Command("ip", "netns", "del", ns).Run()
+	}
+	exec.Command("ip", "link", "del", h.bridge).Run()
+}
+
+// KillAll kills, with SIGKILL, every process running in any of the hosts.
+func (h *Hosts) KillAll() {
+	for _, ns := range h.Names {
 		if out, _ := exec.Command("ip", "netns", "pids", ns).Output(); len(out) > 0 {
 			for _, p := range strings.Fields(string(out)) {
 				exec.Command("kill", "-9", p).Run()
 			}
 		}
-		exec.Command("ip", "link", "del", h.Veths[i]).Run()
-		exec.Command("ip", "netns", "del", ns).Run()
 	}
-	exec.Command("ip", "link", "del", h.bridge).Run()
 }
 
 // Cut takes host i off the network, as a pulled cable would.
