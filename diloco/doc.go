@@ -47,10 +47,14 @@
 // as varint gaps, then the values. codec.go has the table; FuzzDecode
 // fuzzes the decoder from the corpus in testdata.
 //
-// # Not yet
+// # Sites that fail on their own
 //
-// Sites that miss a sync's deadline, rejoining from an outer checkpoint,
-// and an exchange over libp2p are the next steps; today every site must
-// take part in every sync, over whatever transport the cross-site group
-// uses.
+// New joins sites that are ranks of one job, so they fail and restart
+// together, and every site takes part in every sync. NewFederated joins
+// sites that run as jobs of their own through a store (a Board): a sync
+// waits at most Config.Deadline for the sites missing, then goes ahead
+// with those present; a site left out applies the sync all the same and
+// keeps its delta for the next one; and a site restarted from its
+// checkpoint replays from the board the syncs it missed (CatchUp).
+// federation.go describes the keys.
 package diloco
