@@ -18,6 +18,7 @@ import (
 
 	"github.com/ringo-ml/ringo/device/cuda/cudatest"
 	"github.com/ringo-ml/ringo/internal/proctest"
+	"github.com/ringo-ml/ringo/runtime/rendezvous/etcdtest"
 )
 
 // The properties of mirrored training, each checked on real processes
@@ -378,19 +379,33 @@ func TestDeviceGradientsMatchHost(t *testing.T) {
 // resumes from its checkpoint, replays the syncs it missed from the store
 // and rejoins, and every site ends with the same parameters, bit for bit.
 func TestFederatedSiteDiesAndRejoins(t *testing.T) {
-	dir := t.TempDir()
+	// The sites meet in `ringo store`, and in etcd.
+	t.Run("ringo-store", func(t *testing.T) {
+		dir := t.TempDir()
+		tok := writeToken(t, dir)
+		addr := proctest.FreeAddr(t)
+		store := exec.Command(ringoBin, "store", "--listen", addr, "--token-file", tok)
+		if err := store.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Process.Kill(); store.Wait() })
+		federatedSiteDiesAndRejoins(t, dir, tok, addr)
+	})
+	t.Run("etcd", func(t *testing.T) {
+		dir := t.TempDir()
+		federatedSiteDiesAndRejoins(t, dir, writeToken(t, dir), "etcd://"+etcdtest.Start(t, ""))
+	})
+}
+
+func writeToken(t *testing.T, dir string) string {
 	tok := filepath.Join(dir, "job.token")
 	if err := os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	storeAddr := proctest.FreeAddr(t)
-	store := exec.Command(ringoBin, "store", "--listen", storeAddr, "--token-file", tok)
-	storeOut := &proctest.Buffer{}
-	store.Stdout, store.Stderr = storeOut, storeOut
-	if err := store.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Process.Kill(); store.Wait() })
+	return tok
+}
+
+func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string) {
 	sites := []string{"a", "b", "c"}
 	args := []string{"--batch", "48", "--epochs", "3", "--save-every", "10", "--step-time", "10ms",
 		"--outer-every", "10", "--outer-topk", "0.25", "--outer-deadline", "1s"}

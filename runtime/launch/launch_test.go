@@ -250,6 +250,12 @@ func TestBadConfig(t *testing.T) {
 		{func(c *Config) { c.Nodes.Max = 2 }, "needs --rdzv-endpoint"},
 		{func(c *Config) { c.Nodes.Max, c.Endpoint, c.Token = 2, "127.0.0.1:1", nil }, "--token-file"},
 		{func(c *Config) { c.Backend = "zookeeper" }, "--rdzv-backend"},
+		{func(c *Config) {
+			c.Federation, c.FederationSites, c.Site, c.TokenFile = "127.0.0.1:1", []string{"a", "b"}, "c", "job.token"
+		}, `--site "c" must be one of --federation-sites "a,b"`},
+		{func(c *Config) {
+			c.Federation, c.FederationSites, c.Site, c.TokenFile = "127.0.0.1:1", []string{"a", "b"}, "a", ""
+		}, "--federation 127.0.0.1:1 needs --token-file"},
 	} {
 		c := base
 		tc.mod(&c)
