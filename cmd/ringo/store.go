@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
+	"github.com/ringo-ml/ringo/internal/audit"
 	"github.com/ringo-ml/ringo/internal/auth"
 	"github.com/ringo-ml/ringo/runtime/rendezvous"
 )
 
-const storeUsage = `Usage: ringo store --listen HOST:PORT --token-file FILE
+const storeUsage = `Usage: ringo store --listen HOST:PORT --token-file FILE [--audit-log FILE]
 
 Serves a rendezvous store until interrupted: the place where the sites of a
 federation (ringo launch --federation HOST:PORT), each a job of its own, meet
@@ -21,6 +23,7 @@ func runStore(ctx context.Context, args []string) error {
 	fs := newFlagSet("store", storeUsage)
 	listen := fs.String("listen", "127.0.0.1:29400", "HOST:PORT to serve on (port 0: any free port, printed)")
 	tokenFile := fs.String("token-file", "", "file (mode 0600) with the secret every client must hold")
+	auditLog := fs.String("audit-log", "", "append every refused connection to FILE (event store.refused), hash-chained")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
@@ -31,11 +34,21 @@ func runStore(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var log *audit.Log
+	if *auditLog != "" {
+		if log, err = audit.Open(*auditLog); err != nil {
+			return err
+		}
+	}
 	srv, err := rendezvous.NewServer(*listen, token)
 	if err != nil {
 		return fmt.Errorf("serving the store on %s: %w", *listen, err)
 	}
 	defer srv.Close()
+	srv.OnRefuse(func(remote string, why error) {
+		fmt.Fprintf(os.Stderr, "ringo store: refused a connection from %s: %v\n", remote, why)
+		log.Record("store.refused", map[string]any{"remote": remote, "why": why.Error()})
+	})
 	fmt.Printf("ringo store: serving on %s\n", srv.Addr())
 	<-ctx.Done()
 	return nil

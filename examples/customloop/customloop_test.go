@@ -384,12 +384,30 @@ func TestFederatedSiteDiesAndRejoins(t *testing.T) {
 		dir := t.TempDir()
 		tok := writeToken(t, dir)
 		addr := proctest.FreeAddr(t)
-		store := exec.Command(ringoBin, "store", "--listen", addr, "--token-file", tok)
+		storeAudit := filepath.Join(dir, "store.audit")
+		store := exec.Command(ringoBin, "store", "--listen", addr, "--token-file", tok, "--audit-log", storeAudit)
 		if err := store.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Process.Kill(); store.Wait() })
 		federatedSiteDiesAndRejoins(t, dir, tok, addr)
+
+		// A site without the federation's token is refused, and the
+		// store audits it.
+		other := filepath.Join(dir, "other.token")
+		if err := os.WriteFile(other, []byte("fedcba9876543210fedcba9876543210\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(ringoBin, "launch", "--nproc-per-node", "1", "--token-file", other, "--site", "a",
+			"--federation", addr, "--federation-sites", "a,b", "--federation-id", "test2", "--",
+			loopBin, "--data", dataDir, "--outer-every", "10").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "refused this job's token") {
+			t.Errorf("a site with another token: %v\n%s", err, out)
+		}
+		b, _ := os.ReadFile(storeAudit)
+		if !strings.Contains(string(b), `"store.refused"`) {
+			t.Errorf("the store's audit log has no store.refused event:\n%s", b)
+		}
 	})
 	t.Run("etcd", func(t *testing.T) {
 		dir := t.TempDir()
