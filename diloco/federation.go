@@ -53,6 +53,11 @@ type Board interface {
 // restarted from a checkpoint replays the syncs decided since from the
 // board (Outer.CatchUp) and rejoins at the next one.
 //
+// A site that missed GiveUp syncs in a row is presumed down and no longer
+// waited for, so an outage costs the others GiveUp deadlines, not one per
+// sync; a site that finds itself left out (late, or back from a restart)
+// says so under <prefix>/back/<site>, and is waited for again.
+//
 // The board keeps each rank's messages for Keep syncs, the window in
 // which a restarted site can catch up; decisions stay.
 type Federation struct {
@@ -68,6 +73,9 @@ type Federation struct {
 	// Keep is how many syncs each rank's messages stay on the board (0:
 	// 64).
 	Keep int
+	// GiveUp is how many syncs in a row a site may miss before the others
+	// stop waiting for it, until it says it is back (0: 3).
+	GiveUp int
 }
 
 // partBytes caps one value on the board: etcd's default request limit is
@@ -86,8 +94,8 @@ func (f *Federation) validate(places int) error {
 		return fmt.Errorf("federation: site index %d among %d sites %v", f.Site, len(f.Sites), f.Sites)
 	case f.Prefix == "" || strings.ContainsAny(f.Prefix, "\x00\n"):
 		return fmt.Errorf("federation: key prefix %q: want a non-empty line", f.Prefix)
-	case f.Keep < 0:
-		return fmt.Errorf("federation: keep %d syncs: want 0 (the default) or more", f.Keep)
+	case f.Keep < 0 || f.GiveUp < 0:
+		return fmt.Errorf("federation: keep %d syncs, give up after %d: want 0 (the default) or more", f.Keep, f.GiveUp)
 	}
 	seen := map[string]bool{}
 	for _, s := range f.Sites {
@@ -105,6 +113,7 @@ type boardExchange struct {
 	place, places int
 	every         int64
 	deadline      time.Duration
+	missedRun     []int // per site, the syncs it missed in a row, of those applied here
 }
 
 func (b *boardExchange) key(step int64, rest ...string) string {
@@ -240,44 +249,104 @@ func parseMembers(v []byte, sites int) ([]int, error) {
 	return m, nil
 }
 
-// decide waits for the members of the sync of step: every site, or those
-// complete when the deadline after posted passed (at least one).
-func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time) ([]int, error) {
+// expected is the sites a sync waits for: every site but those presumed
+// down, which missed the last GiveUp syncs in a row (as this rank applied
+// them) and have not said since that they are back. A site that is down
+// thus costs the others GiveUp deadlines, not one per sync; a site that
+// is late, not down, says it is back each time it finds itself left out,
+// and is waited for again.
+func (b *boardExchange) expected(ctx context.Context, step int64) ([]bool, error) {
+	exp := make([]bool, len(b.Sites))
+	for s := range exp {
+		if b.missedRun[s] < b.giveUp() {
+			exp[s] = true
+			continue
+		}
+		v, err := b.Board.Get(ctx, b.backKey(s))
+		if b.missing(err) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		at, err := strconv.ParseInt(string(v), 10, 64)
+		exp[s] = err == nil && step <= at+int64(b.giveUp())*b.every
+	}
+	return exp, nil
+}
+
+func (b *boardExchange) giveUp() int {
+	if b.GiveUp == 0 {
+		return 3
+	}
+	return b.GiveUp
+}
+
+func (b *boardExchange) backKey(site int) string {
+	return b.Prefix + "/back/" + strconv.Itoa(site)
+}
+
+// back says that this site, which missed syncs up to the one of step, is
+// back: the others wait for it again (up to the deadline) at the next
+// GiveUp syncs.
+func (b *boardExchange) back(ctx context.Context, step int64) error {
+	if b.place != 0 {
+		return nil // one rank speaks for the site
+	}
+	return b.Board.Set(ctx, b.backKey(b.Site), []byte(strconv.FormatInt(step, 10)))
+}
+
+// decide waits for the members of the sync of step: every expected site,
+// or those complete when the deadline after posted passed (at least one).
+// Sites not expected that are complete by then are members too. It
+// reports whether the sync went ahead without an expected site (after the
+// deadline).
+func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time) ([]int, bool, error) {
 	bell := b.key(step, "bell")
+	exp, err := b.expected(ctx, step)
+	if err != nil {
+		return nil, false, err
+	}
+	var waited bool
 	for {
 		ring, err := b.Board.Get(ctx, bell)
 		if err != nil && !b.missing(err) {
-			return nil, err
+			return nil, false, err
 		}
 		if m, ok, err := b.members(ctx, step); err != nil || ok {
-			return m, err
+			// It went ahead without a site it waited for: the deadline
+			// passed, on this rank or on the one that decided.
+			for s, e := range exp {
+				waited = waited || (e && !slices.Contains(m, s))
+			}
+			return m, waited, err
 		}
 		var complete []int
+		all := true // every expected site is complete
 		for s := range b.Sites {
 			v, err := b.Board.Get(ctx, b.key(step, "ready", strconv.Itoa(s)))
-			if b.missing(err) {
-				continue
-			} else if err != nil {
-				return nil, err
+			if err != nil && !b.missing(err) {
+				return nil, false, err
 			}
-			if n, _ := strconv.Atoi(string(v)); n >= b.places {
+			if n, _ := strconv.Atoi(string(v)); err == nil && n >= b.places {
 				complete = append(complete, s)
+			} else if exp[s] {
+				all = false
 			}
 		}
 		late := b.deadline > 0 && time.Since(posted) >= b.deadline
-		if len(complete) == len(b.Sites) || (late && len(complete) > 0) {
+		if (all && len(complete) > 0) || (late && len(complete) > 0) {
 			v := make([]string, len(complete))
 			for i, s := range complete {
 				v[i] = strconv.Itoa(s)
 			}
 			_, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, []byte(strings.Join(v, ",")))
 			if err != nil {
-				return nil, err
+				return nil, false, err
 			}
 			if swapped {
 				// Wake the ranks waiting on the bell.
 				if _, err := b.Board.Add(ctx, bell, 1); err != nil {
-					return nil, err
+					return nil, false, err
 				}
 			}
 			continue // read back whichever proposal won
@@ -290,10 +359,10 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 		_, err = b.Board.WaitChange(wctx, bell, ring)
 		cancel()
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 		if err != nil && wctx.Err() == nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 }
@@ -305,15 +374,20 @@ func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, m
 		return fmt.Errorf("posting this site's delta: %w", err)
 	}
 	x.sent = int64(len(msg))
-	members, err := b.decide(ctx, x.step, time.Now())
+	members, waited, err := b.decide(ctx, x.step, time.Now())
 	if err != nil {
 		return fmt.Errorf("waiting for the sync's members: %w", err)
 	}
+	x.waited = waited
 	if err := b.average(ctx, x, d, members); err != nil {
 		return err
 	}
 	if !slices.Contains(members, b.Site) {
 		x.own = msg // to be put back into error feedback
+		// Late, not gone: have the others wait for this site again.
+		if err := b.back(ctx, x.step); err != nil {
+			return fmt.Errorf("saying this site is back: %w", err)
+		}
 	}
 	if err := b.prune(ctx, x.step); err != nil {
 		return fmt.Errorf("pruning old deltas: %w", err)
@@ -324,6 +398,13 @@ func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, m
 // average sets x.avg to the mean of the members' messages for this place.
 func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, members []int) error {
 	x.members = members
+	for s := range b.missedRun {
+		if slices.Contains(members, s) {
+			b.missedRun[s] = 0
+		} else {
+			b.missedRun[s]++
+		}
+	}
 	clear(x.avg)
 	for _, s := range members {
 		m, err := b.fetch(ctx, x.step, s)

@@ -164,7 +164,7 @@ func TestFederationGoesOnWithoutALateSite(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Every, cfg.Deadline = 5, 200*time.Millisecond
 	r := fedRun{run: run{sites: 3, local: 2, steps: 100, batch: 8, lr: 0.5, outer: &cfg},
-		stall: map[int]stallAt{2: {step: 10, d: 800 * time.Millisecond}}}
+		stall: map[int]stallAt{2: {step: 10, d: 450 * time.Millisecond}}}
 	res := trainFederated(t, newBoard(t), r)
 	res.check(t)
 	a := res.absences[0]
@@ -192,7 +192,7 @@ func TestFederationGoesOnWithoutALateSite(t *testing.T) {
 // the others took without it and ends with their parameters, bit for bit.
 func TestFederationSiteRestartsAndCatchesUp(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.Every, cfg.Deadline = 5, 100*time.Millisecond
+	cfg.Every, cfg.Deadline = 5, 500*time.Millisecond
 	b := newBoard(t)
 	r := fedRun{run: run{sites: 3, local: 2, steps: 40, batch: 8, lr: 0.5, outer: &cfg}, stopAfter: map[int]int{2: 10}}
 	res := trainFederated(t, b, r)
@@ -248,6 +248,18 @@ func TestFederationSiteRestartsAndCatchesUp(t *testing.T) {
 	}
 	if a := res.absences[0]; len(a) != 6 || a[0].Step != 15 {
 		t.Errorf("site a's absences %+v: want the 6 syncs from step 15 without site c", a)
+	}
+	// Down, site c was waited for at the first 3 syncs it missed (GiveUp),
+	// not at all 6.
+	for rank := range 4 {
+		if w := res.stats[rank].DeadlineWaits; w != 3 {
+			t.Errorf("rank %d waited out the deadline %d times, want 3", rank, w)
+		}
+	}
+	// Back, it said so, after the last sync it replayed.
+	v, err := b.dial().Get(context.Background(), "/fed/test/back/2")
+	if err != nil || string(v) != "40" {
+		t.Errorf("site c's back key: %q, %v; want 40", v, err)
 	}
 }
 

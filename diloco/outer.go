@@ -50,9 +50,10 @@ type Stats struct {
 	// finished when their results were due.
 	Waited time.Duration
 	// Partial counts the syncs that went ahead without some site (a
-	// Federation's deadline passed), Missed those this rank's site was
-	// left out of.
-	Partial, Missed int64
+	// Federation's), Missed those this rank's site was left out of, and
+	// DeadlineWaits those that went ahead, once the deadline passed,
+	// without a site they waited for (one not presumed down).
+	Partial, Missed, DeadlineWaits int64
 }
 
 // Ratio is the compression ratio of the messages: plain float32 bytes per
@@ -77,6 +78,7 @@ type exchange struct {
 	// this site was not among them, the message it posted.
 	members []int
 	own     []byte
+	waited  bool // the deadline passed before the members were decided
 }
 
 // New returns the outer synchronisation of params on this rank.
@@ -120,7 +122,8 @@ func NewFederated(ctx context.Context, site collective.Comm, fed Federation, cfg
 	if err := fed.validate(places); err != nil {
 		return nil, err
 	}
-	b := &boardExchange{Federation: fed, place: place, places: places, every: int64(cfg.Every), deadline: cfg.Deadline}
+	b := &boardExchange{Federation: fed, place: place, places: places, every: int64(cfg.Every), deadline: cfg.Deadline,
+		missedRun: make([]int, len(fed.Sites))}
 	if err := b.join(ctx); err != nil {
 		return nil, err
 	}
@@ -304,6 +307,9 @@ func (o *Outer) apply(ctx context.Context) error {
 	}
 	o.stats.Syncs++
 	o.stats.WireBytes += x.sent
+	if x.waited {
+		o.stats.DeadlineWaits++
+	}
 	if x.members != nil {
 		if err := o.noteMembers(x); err != nil {
 			return fmt.Errorf("diloco: outer sync of step %d: %w", x.step, err)
@@ -434,6 +440,12 @@ func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 		}
 	}
 	o.agreed = last
+	if last > step {
+		// Down while the others synced: have them wait for it again.
+		if err := o.fed.back(ctx, last); err != nil {
+			return last, fmt.Errorf("diloco: catching up: saying this site is back: %w", err)
+		}
+	}
 	return last, nil
 }
 
