@@ -182,6 +182,8 @@ type Outer struct {
 	rank   int // in the job
 	logged int // absences reported so far
 	audit  *audit.Log
+	rep    *reporter
+	syncs  int64 // as last reported
 }
 
 // NewOuter forms the site groups and the outer synchronisation of params,
@@ -200,7 +202,7 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 			s.Close()
 			return nil, fmt.Errorf("rank %d: %w", g.Rank(), err)
 		}
-		return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv()}, nil
+		return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv(), rep: &g.rep, syncs: -1}, nil
 	}
 	s, err := g.NewSites(ctx)
 	if err != nil {
@@ -211,7 +213,7 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 		s.Close()
 		return nil, err
 	}
-	return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv()}, nil
+	return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv(), rep: &g.rep, syncs: -1}, nil
 }
 
 // Step is diloco.Outer's Step, and reports the syncs some site missed.
@@ -240,9 +242,21 @@ func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 }
 
 // reportAbsences logs and audits, on the site's first rank, the syncs
-// that went ahead without some site since the last call.
+// that went ahead without some site since the last call, and hands the
+// counters to the worker's Report.
 func (o *Outer) reportAbsences() {
-	n := o.Stats().Partial
+	st := o.Stats()
+	if st.Syncs != o.syncs {
+		o.syncs = st.Syncs
+		r := &OuterReport{Site: o.Names[o.Index], Sites: o.Names, Transport: o.Transport, Stats: st, Ratio: st.Ratio(), Absences: o.Absences()}
+		if len(r.Absences) > 8 {
+			r.Absences = r.Absences[len(r.Absences)-8:]
+		}
+		o.rep.mu.Lock()
+		o.rep.outer = r
+		o.rep.mu.Unlock()
+	}
+	n := st.Partial
 	if int64(o.logged) == n {
 		return
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/dataloader"
+	"github.com/ringo-ml/ringo/diloco"
 	"github.com/ringo-ml/ringo/topology"
 )
 
@@ -21,6 +22,18 @@ type Report struct {
 	Checkpoint CheckpointStats      `json:"checkpoint"`
 	// Topology is the live view of the job's links, where it re-plans.
 	Topology *topology.LiveView `json:"topology,omitempty"`
+	// Outer is the worker's outer syncs, where it trains across sites.
+	Outer *OuterReport `json:"outer,omitempty"`
+}
+
+// OuterReport is a worker's outer syncs with the other sites (Outer).
+type OuterReport struct {
+	Site      string   `json:"site"`
+	Sites     []string `json:"sites"`
+	Transport string   `json:"transport"`
+	diloco.Stats
+	Ratio    float64          `json:"ratio"`
+	Absences []diloco.Absence `json:"absences,omitempty"`
 }
 
 // CheckpointStats counts the checkpoints a worker's Trainer saved and
@@ -41,10 +54,11 @@ const reportEvery = time.Second
 
 // reporter gathers a worker's counters for its Report.
 type reporter struct {
-	mu   sync.Mutex
-	data func() dataloader.Stats
-	ckpt CheckpointStats
-	last atomic.Int64
+	mu    sync.Mutex
+	data  func() dataloader.Stats
+	ckpt  CheckpointStats
+	outer *OuterReport
+	last  atomic.Int64
 }
 
 // ReportData makes the worker's Reports carry a data loader's counters
@@ -81,6 +95,7 @@ func (g *Group) report() []byte {
 	g.rep.mu.Lock()
 	data := g.rep.data
 	rep.Checkpoint = g.rep.ckpt
+	rep.Outer = g.rep.outer
 	g.rep.mu.Unlock()
 	if data != nil {
 		st := data()

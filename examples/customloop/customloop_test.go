@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -427,11 +429,16 @@ func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string) {
 	sites := []string{"a", "b", "c"}
 	args := []string{"--batch", "48", "--epochs", "3", "--save-every", "10", "--step-time", "10ms",
 		"--outer-every", "10", "--outer-topk", "0.25", "--outer-deadline", "1s"}
+	metricsA := proctest.FreeAddr(t)
 	start := func(site string) (*exec.Cmd, *proctest.Buffer) {
-		cmdArgs := []string{"launch", "--nproc-per-node", "2", "--max-restarts", "0", "--token-file", tok,
+		var metrics []string
+		if site == "a" {
+			metrics = []string{"--metrics-addr", metricsA}
+		}
+		cmdArgs := append(append([]string{"launch"}, metrics...), "--nproc-per-node", "2", "--max-restarts", "0", "--token-file", tok,
 			"--site", site, "--federation", storeAddr, "--federation-sites", strings.Join(sites, ","), "--federation-id", "test",
 			"--audit-log", filepath.Join(dir, site+".audit"), "--", loopBin, "--data", dataDir,
-			"--ckpt", filepath.Join(dir, "ck-"+site), "--dump", filepath.Join(dir, site+".params")}
+			"--ckpt", filepath.Join(dir, "ck-"+site), "--dump", filepath.Join(dir, site+".params"))
 		cmd := exec.Command(ringoBin, append(cmdArgs, args...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // to kill the whole site
 		out := &proctest.Buffer{}
@@ -457,6 +464,21 @@ func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string) {
 			t.Fatalf("site a never synced without site c:\n%s", outs["a"].String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Site a's launcher exports the sync that went ahead without site c
+	// (workers report every second).
+	partial := regexp.MustCompile(`ringo_outer_last_missing_step\{missing="c",site="a"\} (\d+)`)
+	var metrics string
+	for deadline := time.Now().Add(10 * time.Second); !partial.MatchString(metrics) && time.Now().Before(deadline); {
+		if resp, err := http.Get("http://" + metricsA + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			metrics = string(b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !partial.MatchString(metrics) {
+		t.Errorf("site a's metrics do not show a sync without site c:\n%s", metrics)
 	}
 	killedOut := outs["c"].String()
 	cmds["c"], outs["c"] = start("c")

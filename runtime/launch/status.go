@@ -123,6 +123,9 @@ func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 		if c := w.lastCheckpoint(); c != nil && (snap.LastCheckpoint == nil || c.Step > snap.LastCheckpoint.Step) {
 			snap.LastCheckpoint = c
 		}
+		if snap.Outer == nil {
+			snap.Outer = w.outerStats()
+		}
 	}
 	if b.gpus != nil {
 		snap.GPUs = b.gpus.Latest().GPUs
@@ -175,6 +178,22 @@ func (w *worker) lastCheckpoint() *observe.Checkpoint {
 	}
 	c := w.report.Checkpoint
 	return &observe.Checkpoint{Step: c.LastStep, Dir: c.LastDir, Time: c.LastTime}
+}
+
+// outerStats is the worker's outer syncs as it last reported them, or nil.
+func (w *worker) outerStats() *observe.OuterStats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.report == nil || w.report.Outer == nil {
+		return nil
+	}
+	o := w.report.Outer
+	st := &observe.OuterStats{Site: o.Site, Sites: o.Sites, Transport: o.Transport, Syncs: o.Syncs, Partial: o.Partial,
+		Missed: o.Missed, DeadlineWaits: o.DeadlineWaits, WireBytes: o.WireBytes, Ratio: o.Ratio}
+	for _, a := range o.Absences {
+		st.Absences = append(st.Absences, observe.OuterAbsence{Step: a.Step, Missing: a.Missing, Members: a.Members})
+	}
+	return st
 }
 
 // liveTopology is the live view of the links the worker last reported,

@@ -69,13 +69,22 @@ var (
 	dLinkRetr  = desc("topology_link_retransmits_total", "TCP segments the job's sockets retransmitted on each link (TCP_INFO).", "src", "dst")
 	dReplanGot = desc("topology_last_replan_gain_ratio", "Predicted and measured gain of the last re-plan: the new ring's slowest link over the old one's, minus 1.", "kind")
 
+	dOuterSyncs   = desc("outer_syncs_total", "Outer syncs with the other sites this site applied (training across sites).", "site")
+	dOuterPartial = desc("outer_partial_syncs_total", "Outer syncs that went ahead without some site (late or down).", "site")
+	dOuterMissed  = desc("outer_missed_syncs_total", "Outer syncs this site was left out of.", "site")
+	dOuterWaits   = desc("outer_deadline_waits_total", "Outer syncs that waited out the deadline for a site that did not come.", "site")
+	dOuterBytes   = desc("outer_wire_bytes_total", "Bytes the site's first worker sent to the other sites.", "site")
+	dOuterRatio   = desc("outer_compression_ratio", "Plain float32 bytes per byte of the outer sync messages.", "site")
+	dOuterLast    = desc("outer_last_missing_step", "The step of the latest outer sync that went ahead without some site, by missing site.", "site", "missing")
+
 	dAlert  = desc("alert", "1 for each alert instance that is firing (rank or gpu empty when it has no such subject).", "alert", "rank", "gpu")
 	dAlerts = desc("alerts_firing", "Instances of each alert that are firing.", "alert")
 
 	allDescs = []*prometheus.Desc{dInfo, dWorkersUp, dWorkers, dGeneration, dWorld, dNodes, dRestarts, dStart,
 		dStep, dBeat, dStepDur, dStepTime, dCollCalls, dCollBytes, dCollBus, dCollSec, dCollBusbw,
 		dSamples, dDataBytes, dStall, dLoader, dStallR, dSaves, dSaveSec, dSaveBytes, dLoads, dLoadSec, dCkptStep, dCkptTime,
-		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dReplans, dRingBW, dLinkBW, dLinkRTT, dLinkRetr, dReplanGot, dAlert, dAlerts}
+		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dReplans, dRingBW, dLinkBW, dLinkRTT, dLinkRetr, dReplanGot,
+		dOuterSyncs, dOuterPartial, dOuterMissed, dOuterWaits, dOuterBytes, dOuterRatio, dOuterLast, dAlert, dAlerts}
 )
 
 // restartCauses are the causes the launcher names (Snapshot.RestartCauses);
@@ -243,6 +252,24 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			if last.Measured > 0 {
 				g(dReplanGot, last.MeasuredGain, "measured")
 			}
+		}
+	}
+
+	if o := snap.Outer; o != nil {
+		for _, d := range []*prometheus.Desc{dOuterSyncs, dOuterPartial, dOuterMissed, dOuterWaits, dOuterBytes} {
+			if c := tr.outer[d]; c != nil {
+				ctr(d, c.total, o.Site)
+			}
+		}
+		g(dOuterRatio, o.Ratio, o.Site)
+		last := map[string]int64{}
+		for _, a := range o.Absences {
+			for _, m := range a.Missing {
+				last[m] = a.Step
+			}
+		}
+		for _, m := range slices.Sorted(maps.Keys(last)) {
+			g(dOuterLast, float64(last[m]), o.Site, m)
 		}
 	}
 

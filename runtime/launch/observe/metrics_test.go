@@ -226,3 +226,48 @@ func BenchmarkUpdate(b *testing.B) {
 		srv.Update(snap)
 	}
 }
+
+// A site training across sites exports its outer syncs: counters that
+// stay monotonic when the site restarts (and counts from 0 again), and
+// the latest step each missing site was left out of.
+func TestOuterSyncMetrics(t *testing.T) {
+	srv, _ := startServer(t, testThresholds)
+	s := newSim(1)
+	snap := s.tick(0)
+	snap.Outer = &OuterStats{Site: "a", Sites: []string{"a", "b", "c"}, Transport: "store", Syncs: 12, Partial: 3, DeadlineWaits: 3,
+		WireBytes: 5000, Ratio: 7.5, Absences: []OuterAbsence{{Step: 100, Missing: []string{"c"}, Members: []string{"a", "b"}},
+			{Step: 120, Missing: []string{"b", "c"}, Members: []string{"a"}}}}
+	srv.Update(snap)
+	mfs, _ := scrape(t, srv)
+	for _, c := range []struct {
+		missing string
+		want    float64
+	}{{"b", 120}, {"c", 120}} {
+		if got := value(t, mfs, "ringo_outer_last_missing_step", "site=a,missing="+c.missing); got != c.want {
+			t.Errorf("last step without site %s: %v, want %v", c.missing, got, c.want)
+		}
+	}
+	// The site restarted: its worker counts from 0.
+	snap = s.tick(time.Second)
+	snap.Outer = &OuterStats{Site: "a", Sites: []string{"a", "b", "c"}, Transport: "store", Syncs: 2, WireBytes: 800, Ratio: 7}
+	srv.Update(snap)
+	mfs, _ = scrape(t, srv)
+	for _, c := range []struct {
+		name, labels string
+		want         float64
+	}{
+		{"ringo_outer_syncs_total", "site=a", 14},
+		{"ringo_outer_partial_syncs_total", "site=a", 3},
+		{"ringo_outer_deadline_waits_total", "site=a", 3},
+		{"ringo_outer_missed_syncs_total", "site=a", 0},
+		{"ringo_outer_wire_bytes_total", "site=a", 5800},
+		{"ringo_outer_compression_ratio", "site=a", 7},
+	} {
+		if got := value(t, mfs, c.name, c.labels); !near(got, c.want) {
+			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if mfs["ringo_outer_last_missing_step"] != nil {
+		t.Errorf("the restarted site has seen no absence, but exports %v", mfs["ringo_outer_last_missing_step"])
+	}
+}

@@ -36,6 +36,37 @@ type Snapshot struct {
 	// where its workers re-plan (--topology probe, Go workers); nil
 	// otherwise.
 	Topology *topology.LiveView `json:"topology,omitempty"`
+	// Outer is the job's syncs with other sites, where it trains across
+	// sites (runtime.NewOuter); nil otherwise.
+	Outer *OuterStats `json:"outer,omitempty"`
+}
+
+// OuterStats are a site's outer syncs, as its first local worker counts
+// them (since it started).
+type OuterStats struct {
+	Site      string   `json:"site"`
+	Sites     []string `json:"sites"`
+	Transport string   `json:"transport"` // "tcp", "libp2p", or "store" for a federation
+	Syncs     int64    `json:"syncs"`
+	// Partial: syncs that went ahead without some site; Missed: those
+	// this site was left out of; DeadlineWaits: those that waited out the
+	// deadline for a site that did not come.
+	Partial       int64 `json:"partial"`
+	Missed        int64 `json:"missed"`
+	DeadlineWaits int64 `json:"deadline_waits"`
+	// WireBytes is what the worker sent to other sites; Ratio its
+	// messages' compression (plain float32 bytes per byte sent).
+	WireBytes int64   `json:"wire_bytes"`
+	Ratio     float64 `json:"compression_ratio"`
+	// Absences are the latest syncs that went ahead without some site.
+	Absences []OuterAbsence `json:"absences,omitempty"`
+}
+
+// OuterAbsence is one sync that went ahead without some site.
+type OuterAbsence struct {
+	Step    int64    `json:"step"`
+	Missing []string `json:"missing"`
+	Members []string `json:"members"`
 }
 
 // TCPCounters are system-wide TCP counters since the launcher started.

@@ -3,6 +3,8 @@ package observe
 import (
 	"sort"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // tracker derives, from successive snapshots, what one snapshot alone
@@ -15,8 +17,10 @@ type tracker struct {
 	ranks map[int]*rankState
 
 	restartsByCause map[string]*counter
-	restartTimes    []time.Time // one per restart seen, oldest first
-	restartsSeen    int
+	// the outer syncs' counters, by metric, monotonic across restarts
+	outer        map[*prometheus.Desc]*counter
+	restartTimes []time.Time // one per restart seen, oldest first
+	restartsSeen int
 
 	// steps and samples done since the previous snapshot, over all ranks
 	dSteps, dSamples float64
@@ -68,7 +72,7 @@ type opState struct {
 }
 
 func newTracker(th AlertThresholds) *tracker {
-	return &tracker{th: th, ranks: map[int]*rankState{}, restartsByCause: map[string]*counter{}}
+	return &tracker{th: th, ranks: map[int]*rankState{}, restartsByCause: map[string]*counter{}, outer: map[*prometheus.Desc]*counter{}}
 }
 
 // take folds one snapshot in.
@@ -100,6 +104,17 @@ func (t *tracker) take(snap *Snapshot) {
 
 	for i := range snap.Ranks {
 		t.rank(&snap.Ranks[i], snap.Generation)
+	}
+	if o := snap.Outer; o != nil {
+		for d, v := range map[*prometheus.Desc]int64{dOuterSyncs: o.Syncs, dOuterPartial: o.Partial, dOuterMissed: o.Missed,
+			dOuterWaits: o.DeadlineWaits, dOuterBytes: o.WireBytes} {
+			c := t.outer[d]
+			if c == nil {
+				c = &counter{}
+				t.outer[d] = c
+			}
+			c.add(float64(v), false)
+		}
 	}
 }
 
