@@ -222,7 +222,15 @@ func (h *Hosts) Shape(i int, rate string, loss float64) {
 // every byte that reached host i from the other hosts, headers included.
 func (h *Hosts) TxBytes(i int) int64 {
 	h.T.Helper()
-	b, err := os.ReadFile(filepath.Join("/sys/class/net", h.Veths[i], "statistics", "tx_bytes"))
+	return h.Stat(i, "tx_bytes")
+}
+
+// Stat reads one of the kernel's counters of the bridge's side of host
+// i's veth (/sys/class/net/DEV/statistics/NAME): tx_packets are the
+// packets that reached host i, rx_packets those it sent.
+func (h *Hosts) Stat(i int, name string) int64 {
+	h.T.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", h.Veths[i], "statistics", name))
 	if err != nil {
 		h.T.Fatal(err)
 	}

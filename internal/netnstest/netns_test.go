@@ -107,12 +107,21 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// Shape's loss drops about that share of the packets into a host.
+// Shape's loss drops about that share of the packets into a host. The
+// kernel's counters say how many it let through; the receiver sees at
+// most those (on a loaded machine it can lose more, to a full socket
+// buffer, which is not the shaping's doing).
 func TestShapeDropsPackets(t *testing.T) {
 	h := New(t, 2, "")
 	h.Shape(1, "1000mbit", 0.2)
-	if got, n := udpThrough(t, h, h.Addrs[1]+":29600"); got < n*70/100 || got > n*90/100 {
-		t.Errorf("%d of %d packets arrived, want about 80%%", got, n)
+	sent0, passed0 := h.Stat(0, "rx_packets"), h.Stat(1, "tx_packets")
+	got, n := udpThrough(t, h, h.Addrs[1]+":29600")
+	sent, passed := h.Stat(0, "rx_packets")-sent0, h.Stat(1, "tx_packets")-passed0
+	if sent < int64(n) || passed < sent*70/100 || passed > sent*90/100 {
+		t.Errorf("%d of %d packets passed the shaped link, want about 80%%", passed, sent)
+	}
+	if int64(got) > passed {
+		t.Errorf("%d packets arrived, more than the %d that passed", got, passed)
 	}
 }
 
@@ -150,8 +159,10 @@ func TestWANDelaysThrottlesAndDrops(t *testing.T) {
 	}
 	crossed := w.Bytes()
 	t.Logf("median round trip %d µs, %.1f Mbit/s through a 50 ms, 20 Mbit/s WAN; %d bytes crossed", rttUS, bps/1e6, crossed)
-	if rttUS < 50000 || rttUS > 80000 {
-		t.Errorf("median round trip %d µs, want 50–80 ms", rttUS)
+	// At least the latency added; at most that and what a loaded
+	// machine can add to a user-space forwarder.
+	if rttUS < 50000 || rttUS > 150000 {
+		t.Errorf("median round trip %d µs, want 50–150 ms", rttUS)
 	}
 	if bps > 20e6*1.05 || bps < 20e6*0.3 {
 		t.Errorf("a TCP stream moved %.1f Mbit/s through a 20 Mbit/s link", bps/1e6)
@@ -166,11 +177,12 @@ func TestWANDelaysThrottlesAndDrops(t *testing.T) {
 	d0, s0 := w.Drops()
 	got, n := udpThrough(t, h, w.Addrs[1]+":29602")
 	d1, s1 := w.Drops()
-	if got < n*70/100 || got > n*90/100 {
-		t.Errorf("%d of %d packets arrived through the WAN, want about 80%%", got, n)
+	d, sent := d1-d0, s1-s0
+	if sent < int64(n) || d < sent*15/100 || d > sent*25/100 {
+		t.Errorf("the WAN dropped %d of %d packets, want about 20%%", d, sent)
 	}
-	if d, s := d1-d0, s1-s0; s < int64(n) || d < s*15/100 || d > s*25/100 {
-		t.Errorf("the WAN dropped %d of %d packets, want about 20%%", d, s)
+	if int64(got) > sent-d {
+		t.Errorf("%d packets arrived, more than the %d the WAN let through", got, sent-d)
 	}
 }
 
