@@ -108,17 +108,19 @@ func TestMain(m *testing.M) {
 }
 
 // Shape's loss drops about that share of the packets into a host. The
-// kernel's counters say how many it let through; the receiver sees at
-// most those (on a loaded machine it can lose more, to a full socket
-// buffer, which is not the shaping's doing).
+// kernel's counters say how many reached the link and how many it let
+// through; the receiver sees at most those (on a loaded machine the
+// kernel loses more, to full queues, which is not the shaping's doing).
 func TestShapeDropsPackets(t *testing.T) {
 	h := New(t, 2, "")
 	h.Shape(1, "1000mbit", 0.2)
 	sent0, passed0 := h.Stat(0, "rx_packets"), h.Stat(1, "tx_packets")
 	got, n := udpThrough(t, h, h.Addrs[1]+":29600")
 	sent, passed := h.Stat(0, "rx_packets")-sent0, h.Stat(1, "tx_packets")-passed0
-	if sent < int64(n) || passed < sent*70/100 || passed > sent*90/100 {
-		t.Errorf("%d of %d packets passed the shaped link, want about 80%%", passed, sent)
+	// A loaded machine drops some of the sender's packets before the
+	// shaped link (its backlog queue full): the share is of what reached it.
+	if sent < int64(n)/2 || passed < sent*70/100 || passed > sent*90/100 {
+		t.Errorf("%d of the %d packets (of %d sent) that reached the shaped link passed it, want about 80%%", passed, sent, n)
 	}
 	if int64(got) > passed {
 		t.Errorf("%d packets arrived, more than the %d that passed", got, passed)
@@ -178,7 +180,7 @@ func TestWANDelaysThrottlesAndDrops(t *testing.T) {
 	got, n := udpThrough(t, h, w.Addrs[1]+":29602")
 	d1, s1 := w.Drops()
 	d, sent := d1-d0, s1-s0
-	if sent < int64(n) || d < sent*15/100 || d > sent*25/100 {
+	if sent < int64(n)/2 || d < sent*15/100 || d > sent*25/100 {
 		t.Errorf("the WAN dropped %d of %d packets, want about 20%%", d, sent)
 	}
 	if int64(got) > sent-d {
