@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -116,7 +117,16 @@ const (
 	EnvFederationSites = "RINGO_FEDERATION_SITES"
 	// EnvFederationID namespaces the federation's keys in the store.
 	EnvFederationID = "RINGO_FEDERATION_ID"
+	// EnvFederationTLSCert, Key and CA name the PEM files for mutual TLS
+	// to the store (ringo launch --tls-*): all three, or none.
+	EnvFederationTLSCert = "RINGO_FEDERATION_TLS_CERT"
+	EnvFederationTLSKey  = "RINGO_FEDERATION_TLS_KEY"
+	EnvFederationTLSCA   = "RINGO_FEDERATION_TLS_CA"
 )
+
+// federationDialTimeout bounds how long a worker tries to reach the
+// sites' store.
+const federationDialTimeout = 2 * time.Minute
 
 // federated reports whether this worker's job is one site of a
 // federation.
@@ -143,11 +153,21 @@ func (g *Group) newFederation(ctx context.Context) (*Sites, diloco.Federation, e
 	if err != nil {
 		return nil, fed, fmt.Errorf("federation: rank %d: %w", g.Rank(), err)
 	}
+	var cliTLS *tls.Config
+	if tf := (rendezvous.TLSFiles{Cert: os.Getenv(EnvFederationTLSCert), Key: os.Getenv(EnvFederationTLSKey), CA: os.Getenv(EnvFederationTLSCA)}); tf.Enabled() {
+		if _, cliTLS, err = tf.Configs(); err != nil {
+			return nil, fed, fmt.Errorf("federation: rank %d: TLS to the sites' store: %w", g.Rank(), err)
+		}
+	}
+	// A store that stays unreachable (down, or TLS on one side only) is a
+	// failure the launcher can report and restart from, not a hang.
+	dctx, cancel := context.WithTimeout(ctx, federationDialTimeout)
+	defer cancel()
 	var board rendezvous.Store
 	if rest, ok := strings.CutPrefix(endpoint, "etcd://"); ok {
-		board, err = rendezvous.NewEtcd(ctx, rendezvous.EtcdConfig{Endpoints: strings.Split(rest, ","), Prefix: "/", Token: token, DialTimeout: 10 * time.Second})
+		board, err = rendezvous.NewEtcd(dctx, rendezvous.EtcdConfig{Endpoints: strings.Split(rest, ","), Prefix: "/", Token: token, DialTimeout: 10 * time.Second, TLS: cliTLS})
 	} else {
-		board, err = rendezvous.Dial(ctx, endpoint, token)
+		board, err = rendezvous.DialTLS(dctx, endpoint, token, cliTLS)
 	}
 	if err != nil {
 		return nil, fed, fmt.Errorf("federation: rank %d: the sites' store %s (%s): %w", g.Rank(), endpoint, EnvFederation, err)

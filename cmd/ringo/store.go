@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 
@@ -10,7 +11,7 @@ import (
 	"github.com/ringo-ml/ringo/runtime/rendezvous"
 )
 
-const storeUsage = `Usage: ringo store --listen HOST:PORT --token-file FILE [--audit-log FILE]
+const storeUsage = `Usage: ringo store --listen HOST:PORT --token-file FILE [--audit-log FILE] [--tls-cert F --tls-key F --tls-ca F]
 
 Serves a rendezvous store until interrupted: the place where the sites of a
 federation (ringo launch --federation HOST:PORT), each a job of its own, meet
@@ -24,6 +25,10 @@ func runStore(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:29400", "HOST:PORT to serve on (port 0: any free port, printed)")
 	tokenFile := fs.String("token-file", "", "file (mode 0600) with the secret every client must hold")
 	auditLog := fs.String("audit-log", "", "append every refused connection to FILE (event store.refused), hash-chained")
+	var tf rendezvous.TLSFiles
+	fs.StringVar(&tf.Cert, "tls-cert", "", "the store's certificate (PEM) for mutual TLS: clients then need one signed by --tls-ca (ringo launch --tls-*)")
+	fs.StringVar(&tf.Key, "tls-key", "", "its private key (PEM)")
+	fs.StringVar(&tf.CA, "tls-ca", "", "the CA (PEM) that signed the store's and every client's certificate")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
@@ -40,7 +45,13 @@ func runStore(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	srv, err := rendezvous.NewServer(*listen, token)
+	var srvTLS *tls.Config
+	if tf.Enabled() {
+		if srvTLS, _, err = tf.Configs(); err != nil {
+			return err
+		}
+	}
+	srv, err := rendezvous.NewServerTLS(*listen, token, srvTLS)
 	if err != nil {
 		return fmt.Errorf("serving the store on %s: %w", *listen, err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ringo-ml/ringo/device/cuda/cudatest"
 	"github.com/ringo-ml/ringo/internal/proctest"
+	"github.com/ringo-ml/ringo/internal/tlstest"
 	"github.com/ringo-ml/ringo/runtime/rendezvous/etcdtest"
 )
 
@@ -392,7 +393,7 @@ func TestFederatedSiteDiesAndRejoins(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Process.Kill(); store.Wait() })
-		federatedSiteDiesAndRejoins(t, dir, tok, addr)
+		federatedSiteDiesAndRejoins(t, dir, tok, addr, nil)
 
 		// A site without the federation's token is refused, and the
 		// store audits it.
@@ -413,7 +414,22 @@ func TestFederatedSiteDiesAndRejoins(t *testing.T) {
 	})
 	t.Run("etcd", func(t *testing.T) {
 		dir := t.TempDir()
-		federatedSiteDiesAndRejoins(t, dir, writeToken(t, dir), "etcd://"+etcdtest.Start(t, ""))
+		federatedSiteDiesAndRejoins(t, dir, writeToken(t, dir), "etcd://"+etcdtest.Start(t, ""), nil)
+	})
+	// Over mutual TLS: the store and every site hold certificates of one
+	// CA (the store refusing a client without one is rendezvous's test).
+	t.Run("ringo-store-tls", func(t *testing.T) {
+		dir := t.TempDir()
+		tok := writeToken(t, dir)
+		f := tlstest.WriteCA(t, dir, "fed-")
+		addr := proctest.FreeAddr(t)
+		store := exec.Command(ringoBin, "store", "--listen", addr, "--token-file", tok,
+			"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
+		if err := store.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Process.Kill(); store.Wait() })
+		federatedSiteDiesAndRejoins(t, dir, tok, addr, []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA})
 	})
 }
 
@@ -425,7 +441,7 @@ func writeToken(t *testing.T, dir string) string {
 	return tok
 }
 
-func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string) {
+func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string, extra []string) {
 	sites := []string{"a", "b", "c"}
 	args := []string{"--batch", "48", "--epochs", "3", "--save-every", "10", "--step-time", "10ms",
 		"--outer-every", "10", "--outer-topk", "0.25", "--outer-deadline", "1s"}
@@ -437,7 +453,8 @@ func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string) {
 		}
 		cmdArgs := append(append([]string{"launch"}, metrics...), "--nproc-per-node", "2", "--max-restarts", "0", "--token-file", tok,
 			"--site", site, "--federation", storeAddr, "--federation-sites", strings.Join(sites, ","), "--federation-id", "test",
-			"--audit-log", filepath.Join(dir, site+".audit"), "--", loopBin, "--data", dataDir,
+			"--audit-log", filepath.Join(dir, site+".audit"))
+		cmdArgs = append(append(cmdArgs, extra...), "--", loopBin, "--data", dataDir,
 			"--ckpt", filepath.Join(dir, "ck-"+site), "--dump", filepath.Join(dir, site+".params"))
 		cmd := exec.Command(ringoBin, append(cmdArgs, args...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // to kill the whole site

@@ -385,6 +385,10 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 		set[ringo.EnvFederation] = a.cfg.Federation
 		set[ringo.EnvFederationSites] = strings.Join(a.cfg.FederationSites, ",")
 		set[ringo.EnvFederationID] = a.cfg.FederationID
+		if a.cfg.TLS.Enabled() {
+			// The sites' store takes the same certificates as the job's.
+			set[ringo.EnvFederationTLSCert], set[ringo.EnvFederationTLSKey], set[ringo.EnvFederationTLSCA] = a.cfg.TLS.Cert, a.cfg.TLS.Key, a.cfg.TLS.CA
+		}
 	}
 	if a.topoFile != "" {
 		set[ringo.EnvTopologyFile] = a.topoFile

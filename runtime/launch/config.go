@@ -82,7 +82,8 @@ type Config struct {
 	// etcd://HOST:PORT[,...]), with the job token (the same TokenFile at
 	// every site). FederationSites lists every site, in the same order
 	// everywhere; Site is this one. FederationID namespaces the
-	// federation's keys. Workers see them as RINGO_FEDERATION*.
+	// federation's keys. Workers see them as RINGO_FEDERATION*, and
+	// reach the store over mutual TLS with the job's TLS files when given.
 	Federation, FederationID string
 	FederationSites          []string
 	// Topology "probe" measures the links between nodes at every
