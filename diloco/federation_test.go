@@ -109,13 +109,9 @@ func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
 				if st, ok := r.stall[s]; ok && st.step == step {
 					time.Sleep(st.d)
 				}
-				gradient(rank, step, r.batch, w, g)
-				if err := inner.AllReduce(ctx, collective.Float32s(g), collective.Float32s(g), collective.Sum); err != nil {
+				if err := innerStep(ctx, inner, r.run, rank, step, w, g); err != nil {
 					res.errs[rank] = err
 					return
-				}
-				for i := range w {
-					w[i] -= r.lr * g[i] / float32(inner.Size())
 				}
 				if err := o.Step(ctx, int64(step)); err != nil {
 					res.errs[rank] = err

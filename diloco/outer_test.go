@@ -138,13 +138,9 @@ func train(t *testing.T, r run) result {
 				defer o.Close()
 			}
 			for step := 1; step <= r.steps; step++ {
-				gradient(rank, step, r.batch, w, g)
-				if err := inner.AllReduce(ctx, collective.Float32s(g), collective.Float32s(g), collective.Sum); err != nil {
+				if err := innerStep(ctx, inner, r, rank, step, w, g); err != nil {
 					res.errs[rank] = err
 					return
-				}
-				for i := range w {
-					w[i] -= r.lr * g[i] / float32(inner.Size())
 				}
 				if o != nil {
 					if err := o.Step(ctx, int64(step)); err != nil {
@@ -165,6 +161,19 @@ func train(t *testing.T, r run) result {
 	}
 	wg.Wait()
 	return res
+}
+
+// innerStep is one step of plain SGD on this rank's batch, the gradients
+// averaged over inner.
+func innerStep(ctx context.Context, inner collective.Comm, r run, rank, step int, w, g []float32) error {
+	gradient(rank, step, r.batch, w, g)
+	if err := inner.AllReduce(ctx, collective.Float32s(g), collective.Float32s(g), collective.Sum); err != nil {
+		return err
+	}
+	for i := range w {
+		w[i] -= r.lr * g[i] / float32(inner.Size())
+	}
+	return nil
 }
 
 func (res result) check(t *testing.T) {
