@@ -223,6 +223,18 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		}
 		say("resumed from step %d: epoch %d, %d of its samples done (restart %d)", step, m.Order.Epoch+1, m.Order.Consumed, g.Restarts)
 	}
+	// A site of a federation (ringo launch --federation) that was down
+	// replays the outer syncs the others took without it and resumes at
+	// the last one, skipping the batches of the steps it missed so that
+	// every site keeps the same step count and data order.
+	var skip int64
+	if outer != nil {
+		to, err := outer.CatchUp(ctx, step)
+		if err != nil {
+			return err
+		}
+		skip, step = to-step, to
+	}
 	avg, err := runtime.NewGradients(inner, runtime.GradConfig{Compress: runtime.Compression(c.compress)})
 	if err != nil {
 		return err
@@ -260,6 +272,11 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			if err != nil {
 				ld.Close()
 				return err
+			}
+			if skip > 0 {
+				skip--
+				m.Order = b.State
+				continue
 			}
 			tb := time.Now()
 			loss, err := n.step(b.Samples)
