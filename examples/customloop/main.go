@@ -239,8 +239,8 @@ func main() {
 		}
 		if g.Rank() == 0 {
 			st := outer.Stats()
-			fmt.Printf("outer: %d sites over %s, %d syncs, %d bytes to other sites from rank 0 (%.0f per step), compression %.1fx\n",
-				len(outer.Names), outer.Transport, st.Syncs, st.WireBytes, float64(st.WireBytes)/float64(max(step, 1)), st.Ratio())
+			fmt.Printf("outer: %d sites over %s, %d syncs, %d bytes to other sites from rank 0 (%.0f per step), compression %.1fx; %d syncs without some site, %d deadlines waited out\n",
+				len(outer.Names), outer.Transport, st.Syncs, st.WireBytes, float64(st.WireBytes)/float64(max(step, 1)), st.Ratio(), st.Partial, st.DeadlineWaits)
 		}
 	}
 	verify := func() error { return t.Verify(ctx, step) }
