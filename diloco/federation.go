@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -19,6 +20,8 @@ type Board interface {
 	// Get returns key's value, or an error for which errors.Is(err,
 	// Federation.NotFound) holds when the key is missing.
 	Get(ctx context.Context, key string) ([]byte, error)
+	// Wait blocks until every key exists and returns their values.
+	Wait(ctx context.Context, keys ...string) ([][]byte, error)
 	// WaitChange blocks until key's value differs from old (nil: missing).
 	WaitChange(ctx context.Context, key string, old []byte) ([]byte, error)
 	// Add adds delta to the decimal counter in key (missing: 0).
@@ -37,12 +40,12 @@ type Board interface {
 // # A sync on the board
 //
 // For the sync after step s each rank writes its encoded delta under
-// <prefix>/sync/<s>/msg/<site>/<place> (in parts of at most 1 MiB, then
-// the number of parts) and adds one to its site's ready counter. A site
-// is complete when every place has. The first rank to see every site
-// complete, or its deadline pass with at least one site complete, writes
-// the members (the complete sites, in site order) with a compare-and-
-// swap from missing; whichever proposal lands first is the sync's, for
+// <prefix>/sync/<s>/msg/<site>/<place> (a message over 1 MiB in parts
+// under it) and adds one to its site's ready counter and to the sync's
+// bell. A site is complete when every place has. The first rank to see
+// every site complete, or its deadline pass with at least one site
+// complete, writes the members (the complete sites, in site order) with a
+// compare-and-swap from missing, and rings the bell's upper half; whichever proposal lands first is the sync's, for
 // every rank of every site, forever. Every rank then reads the members'
 // messages for its place, in site order, so every site computes the same
 // average and the same outer step, members or not.
@@ -114,6 +117,7 @@ type boardExchange struct {
 	every         int64
 	deadline      time.Duration
 	missedRun     []int // per site, the syncs it missed in a row, of those applied here
+	pruning       sync.WaitGroup
 }
 
 func (b *boardExchange) key(step int64, rest ...string) string {
@@ -144,19 +148,38 @@ func (b *boardExchange) join(ctx context.Context) error {
 	return nil
 }
 
+// A message's key holds 'm' and the message, or, for one larger than
+// partBytes, 'p' and the number of parts stored under key/0, key/1 ...
+const (
+	inlineTag = 'm'
+	partsTag  = 'p'
+)
+
+// decidedBell is what the decision adds to a sync's bell, whose low 32
+// bits count the ranks that posted: one read tells a waiting rank both.
+const decidedBell = 1 << 32
+
 // post puts this rank's message for the sync of step on the board and
-// counts it in its site's ready counter.
+// counts it in its site's ready counter and in the sync's bell. A rank
+// that posts the same sync again (restarted before it was decided) only
+// replaces its message.
 func (b *boardExchange) post(ctx context.Context, step int64, msg []byte) error {
 	k := b.msgKey(step, b.Site, b.place)
-	parts := 0
-	for off := 0; off < len(msg) || parts == 0; off += partBytes {
-		if err := b.Board.Set(ctx, k+"/"+strconv.Itoa(parts), msg[off:min(len(msg), off+partBytes)]); err != nil {
-			return err
+	val := append([]byte{inlineTag}, msg...)
+	if len(msg) > partBytes {
+		parts := 0
+		for off := 0; off < len(msg); off += partBytes {
+			if err := b.Board.Set(ctx, k+"/"+strconv.Itoa(parts), msg[off:min(len(msg), off+partBytes)]); err != nil {
+				return err
+			}
+			parts++
 		}
-		parts++
+		val = append([]byte{partsTag}, strconv.Itoa(parts)...)
 	}
-	if err := b.Board.Set(ctx, k, []byte(strconv.Itoa(parts))); err != nil {
+	if _, swapped, err := b.Board.CompareAndSwap(ctx, k, nil, val); err != nil {
 		return err
+	} else if !swapped {
+		return b.Board.Set(ctx, k, val)
 	}
 	if _, err := b.Board.Add(ctx, b.key(step, "ready", strconv.Itoa(b.Site)), 1); err != nil {
 		return err
@@ -165,29 +188,56 @@ func (b *boardExchange) post(ctx context.Context, step int64, msg []byte) error 
 	return err
 }
 
-// fetch reads the message of (site, this place) for the sync of step.
-func (b *boardExchange) fetch(ctx context.Context, step int64, site int) ([]byte, error) {
-	k := b.msgKey(step, site, b.place)
-	v, err := b.Board.Get(ctx, k)
-	if b.missing(err) {
-		return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d is no longer on the board: it keeps %d syncs", b.Sites[site], b.place, step, b.keep())
+// fetch reads the messages of the members' ranks at this place for the
+// sync of step, in their order. In a live sync they are on the board
+// (their ready counts say so) and one Wait reads them all; a replay
+// (fresh) reads them one by one, to say which is gone.
+func (b *boardExchange) fetch(ctx context.Context, step int64, members []int, fresh bool) ([][]byte, error) {
+	keys := make([]string, len(members))
+	for i, s := range members {
+		keys[i] = b.msgKey(step, s, b.place)
 	}
-	if err != nil {
-		return nil, err
-	}
-	parts, err := strconv.Atoi(string(v))
-	if err != nil || parts < 1 {
-		return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d: part count %q is not a positive number", b.Sites[site], b.place, step, v)
-	}
-	var msg []byte
-	for i := range parts {
-		p, err := b.Board.Get(ctx, k+"/"+strconv.Itoa(i))
-		if err != nil {
-			return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d, part %d of %d: %w", b.Sites[site], b.place, step, i, parts, err)
+	var vals [][]byte
+	if fresh {
+		var err error
+		if vals, err = b.Board.Wait(ctx, keys...); err != nil {
+			return nil, err
 		}
-		msg = append(msg, p...)
+	} else {
+		for i, k := range keys {
+			v, err := b.Board.Get(ctx, k)
+			if b.missing(err) {
+				return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d is no longer on the board: it keeps %d syncs", b.Sites[members[i]], b.place, step, b.keep())
+			} else if err != nil {
+				return nil, err
+			}
+			vals = append(vals, v)
+		}
 	}
-	return msg, nil
+	for i, v := range vals {
+		what := fmt.Sprintf("the delta of site %q (place %d) for the sync of step %d", b.Sites[members[i]], b.place, step)
+		switch {
+		case len(v) > 0 && v[0] == inlineTag:
+			vals[i] = v[1:]
+		case len(v) > 0 && v[0] == partsTag:
+			parts, err := strconv.Atoi(string(v[1:]))
+			if err != nil || parts < 1 {
+				return nil, fmt.Errorf("%s: part count %q is not a positive number", what, v[1:])
+			}
+			var msg []byte
+			for j := range parts {
+				p, err := b.Board.Get(ctx, keys[i]+"/"+strconv.Itoa(j))
+				if err != nil {
+					return nil, fmt.Errorf("%s, part %d of %d: %w", what, j, parts, err)
+				}
+				msg = append(msg, p...)
+			}
+			vals[i] = msg
+		default:
+			return nil, fmt.Errorf("%s: not a message on the board (%d bytes)", what, len(v))
+		}
+	}
+	return vals, nil
 }
 
 func (b *boardExchange) keep() int {
@@ -197,29 +247,27 @@ func (b *boardExchange) keep() int {
 	return b.Keep
 }
 
-// prune deletes this rank's messages of the sync Keep syncs before step.
-func (b *boardExchange) prune(ctx context.Context, step int64) error {
+// prune deletes, in the background, this rank's messages of the sync Keep
+// syncs before step. Errors are ignored: what is left only takes room.
+func (b *boardExchange) prune(ctx context.Context, step int64) {
 	old := step - int64(b.keep())*b.every
 	if old <= 0 {
-		return nil
+		return
 	}
-	k := b.msgKey(old, b.Site, b.place)
-	v, err := b.Board.Get(ctx, k)
-	if b.missing(err) {
-		return nil // this site was not there for it
-	} else if err != nil {
-		return err
-	}
-	parts, _ := strconv.Atoi(string(v))
-	if err := b.Board.Delete(ctx, k); err != nil {
-		return err
-	}
-	for i := range parts {
-		if err := b.Board.Delete(ctx, k+"/"+strconv.Itoa(i)); err != nil {
-			return err
+	b.pruning.Go(func() {
+		k := b.msgKey(old, b.Site, b.place)
+		v, err := b.Board.Get(ctx, k)
+		if err != nil {
+			return // gone, or this site was not there for it
 		}
-	}
-	return nil
+		b.Board.Delete(ctx, k)
+		if len(v) > 0 && v[0] == partsTag {
+			parts, _ := strconv.Atoi(string(v[1:]))
+			for i := range parts {
+				b.Board.Delete(ctx, k+"/"+strconv.Itoa(i))
+			}
+		}
+	})
 }
 
 // members returns the members of the sync of step, if decided.
@@ -306,13 +354,19 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 	if err != nil {
 		return nil, false, err
 	}
+	everyone := !slices.Contains(exp, false)
 	var waited bool
 	for {
 		ring, err := b.Board.Get(ctx, bell)
 		if err != nil && !b.missing(err) {
 			return nil, false, err
 		}
-		if m, ok, err := b.members(ctx, step); err != nil || ok {
+		n, _ := strconv.ParseInt(string(ring), 10, 64)
+		if n >= decidedBell {
+			m, ok, err := b.members(ctx, step)
+			if err == nil && !ok {
+				err = fmt.Errorf("the sync of step %d rang decided but has no members", step)
+			}
 			// It went ahead without a site it waited for: the deadline
 			// passed, on this rank or on the one that decided.
 			for s, e := range exp {
@@ -320,20 +374,27 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			}
 			return m, waited, err
 		}
+		late := b.deadline > 0 && time.Since(posted) >= b.deadline
 		var complete []int
 		all := true // every expected site is complete
-		for s := range b.Sites {
-			v, err := b.Board.Get(ctx, b.key(step, "ready", strconv.Itoa(s)))
-			if err != nil && !b.missing(err) {
-				return nil, false, err
-			}
-			if n, _ := strconv.Atoi(string(v)); err == nil && n >= b.places {
+		if everyone && n == int64(len(b.Sites)*b.places) {
+			// Every rank of every site posted: no need to count by site.
+			for s := range b.Sites {
 				complete = append(complete, s)
-			} else if exp[s] {
-				all = false
+			}
+		} else if late || !everyone {
+			for s := range b.Sites {
+				v, err := b.Board.Get(ctx, b.key(step, "ready", strconv.Itoa(s)))
+				if err != nil && !b.missing(err) {
+					return nil, false, err
+				}
+				if c, _ := strconv.Atoi(string(v)); err == nil && c >= b.places {
+					complete = append(complete, s)
+				} else if exp[s] {
+					all = false
+				}
 			}
 		}
-		late := b.deadline > 0 && time.Since(posted) >= b.deadline
 		if (all && len(complete) > 0) || (late && len(complete) > 0) {
 			v := make([]string, len(complete))
 			for i, s := range complete {
@@ -345,7 +406,7 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			}
 			if swapped {
 				// Wake the ranks waiting on the bell.
-				if _, err := b.Board.Add(ctx, bell, 1); err != nil {
+				if _, err := b.Board.Add(ctx, bell, decidedBell); err != nil {
 					return nil, false, err
 				}
 			}
@@ -379,7 +440,7 @@ func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, m
 		return fmt.Errorf("waiting for the sync's members: %w", err)
 	}
 	x.waited = waited
-	if err := b.average(ctx, x, d, members); err != nil {
+	if err := b.average(ctx, x, d, members, true); err != nil {
 		return err
 	}
 	if !slices.Contains(members, b.Site) {
@@ -389,14 +450,13 @@ func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, m
 			return fmt.Errorf("saying this site is back: %w", err)
 		}
 	}
-	if err := b.prune(ctx, x.step); err != nil {
-		return fmt.Errorf("pruning old deltas: %w", err)
-	}
+	b.prune(ctx, x.step)
 	return nil
 }
 
-// average sets x.avg to the mean of the members' messages for this place.
-func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, members []int) error {
+// average sets x.avg to the mean of the members' messages for this place;
+// fresh says the sync was just decided (fetch).
+func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, members []int, fresh bool) error {
 	x.members = members
 	for s := range b.missedRun {
 		if slices.Contains(members, s) {
@@ -406,13 +466,13 @@ func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, me
 		}
 	}
 	clear(x.avg)
-	for _, s := range members {
-		m, err := b.fetch(ctx, x.step, s)
-		if err != nil {
-			return err
-		}
+	msgs, err := b.fetch(ctx, x.step, members, fresh)
+	if err != nil {
+		return err
+	}
+	for i, m := range msgs {
 		if err := d.addTo(x.avg, m); err != nil {
-			return fmt.Errorf("the delta of site %q (place %d): %w", b.Sites[s], b.place, err)
+			return fmt.Errorf("the delta of site %q (place %d): %w", b.Sites[members[i]], b.place, err)
 		}
 	}
 	inv := float32(len(members))

@@ -307,3 +307,34 @@ func TestFederationRefusesMismatchedSites(t *testing.T) {
 		}
 	}
 }
+
+// A message over 1 MiB travels in parts; posting a sync again (a rank
+// restarted before it was decided) replaces the message and is not
+// counted twice.
+func TestFederationLargeMessagesAndReposts(t *testing.T) {
+	b := newBoard(t)
+	ctx := context.Background()
+	x := &boardExchange{Federation: b.federation([]string{"a", "b"}, 1), places: 1, every: 5, missedRun: make([]int, 2)}
+	big := make([]byte, 2*partBytes+12345)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	for _, msg := range [][]byte{[]byte("first"), big} {
+		if err := x.post(ctx, 5, msg); err != nil {
+			t.Fatal(err)
+		}
+		for _, fresh := range []bool{true, false} {
+			got, err := x.fetch(ctx, 5, []int{1}, fresh)
+			if err != nil || len(got) != 1 || string(got[0]) != string(msg) {
+				t.Fatalf("fetched %d bytes (%v), want the %d posted", len(got[0]), err, len(msg))
+			}
+		}
+	}
+	v, err := x.Board.Get(ctx, x.key(5, "ready", "1"))
+	if err != nil || string(v) != "1" {
+		t.Errorf("site b's ready count after posting twice: %q %v, want 1", v, err)
+	}
+	if _, err := x.fetch(ctx, 10, []int{1}, false); err == nil || !strings.Contains(err.Error(), "no longer on the board") {
+		t.Errorf("a missing delta: %v", err)
+	}
+}

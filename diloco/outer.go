@@ -428,7 +428,7 @@ func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 		}
 		x := &exchange{step: s, applyAt: s, done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
 		close(x.done)
-		if err := o.fed.average(ctx, x, o.dec, members); err != nil {
+		if err := o.fed.average(ctx, x, o.dec, members, false); err != nil {
 			return step, fmt.Errorf("diloco: catching up, the sync of step %d: %w", s, err)
 		}
 		// Replayed, the sync moves the parameters to its global ones (no
@@ -458,6 +458,9 @@ func (o *Outer) Close() error {
 	o.closed = true
 	if o.pending != nil {
 		<-o.pending.done
+	}
+	if o.fed != nil {
+		o.fed.pruning.Wait()
 	}
 	o.enc.close()
 	o.dec.close()
