@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -63,8 +62,5 @@ func BenchmarkFederatedSites(b *testing.B) {
 			b.Logf("%s: %v for %d steps (%v of them sleeping as compute), %s syncs, %s without some site, %s deadlines (2 s) waited out",
 				tc.name, took.Round(10*time.Millisecond), steps, compute, m[1], m[2], m[3])
 		}
-	}
-	if os.Getenv("RINGO_BENCH_VERBOSE") != "" {
-		b.Log(h.Names)
 	}
 }
