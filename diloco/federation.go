@@ -45,10 +45,11 @@ type Board interface {
 // bell. A site is complete when every place has. The first rank to see
 // every site complete, or its deadline pass with at least one site
 // complete, writes the members (the complete sites, in site order) with a
-// compare-and-swap from missing, and rings the bell's upper half; whichever proposal lands first is the sync's, for
-// every rank of every site, forever. Every rank then reads the members'
-// messages for its place, in site order, so every site computes the same
-// average and the same outer step, members or not.
+// compare-and-swap from missing, and rings the bell's upper half;
+// whichever proposal lands first is the sync's, for every rank of every
+// site, forever. Every rank then reads the members' messages for its
+// place, in site order, so every site computes the same average and the
+// same outer step, members or not.
 //
 // A site left out of a sync applies it all the same, so that its
 // parameters agree with everyone's, and puts the delta it posted back in
@@ -189,9 +190,9 @@ func (b *boardExchange) post(ctx context.Context, step int64, msg []byte) error 
 }
 
 // fetch reads the messages of the members' ranks at this place for the
-// sync of step, in their order. In a live sync they are on the board
-// (their ready counts say so) and one Wait reads them all; a replay
-// (fresh) reads them one by one, to say which is gone.
+// sync of step, in their order. In a sync just decided (fresh) they are
+// on the board (their ready counts say so) and one Wait reads them all; a
+// replay reads them one by one, to say which is gone if one is.
 func (b *boardExchange) fetch(ctx context.Context, step int64, members []int, fresh bool) ([][]byte, error) {
 	keys := make([]string, len(members))
 	for i, s := range members {
@@ -355,7 +356,6 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 		return nil, false, err
 	}
 	everyone := !slices.Contains(exp, false)
-	var waited bool
 	for {
 		ring, err := b.Board.Get(ctx, bell)
 		if err != nil && !b.missing(err) {
@@ -369,6 +369,7 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			}
 			// It went ahead without a site it waited for: the deadline
 			// passed, on this rank or on the one that decided.
+			waited := false
 			for s, e := range exp {
 				waited = waited || (e && !slices.Contains(m, s))
 			}
@@ -465,21 +466,11 @@ func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, me
 			b.missedRun[s]++
 		}
 	}
-	clear(x.avg)
 	msgs, err := b.fetch(ctx, x.step, members, fresh)
 	if err != nil {
 		return err
 	}
-	for i, m := range msgs {
-		if err := d.addTo(x.avg, m); err != nil {
-			return fmt.Errorf("the delta of site %q (place %d): %w", b.Sites[members[i]], b.place, err)
-		}
-	}
-	inv := float32(len(members))
-	for i := range x.avg {
-		x.avg[i] /= inv
-	}
-	return nil
+	return x.mean(d, msgs, func(i int) string { return fmt.Sprintf("site %q (place %d)", b.Sites[members[i]], b.place) })
 }
 
 // Absence records a sync that went ahead without some sites.

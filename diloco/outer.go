@@ -78,7 +78,7 @@ type exchange struct {
 	// this site was not among them, the message it posted.
 	members []int
 	own     []byte
-	waited  bool // the deadline passed before the members were decided
+	waited  bool // it went ahead, after the deadline, without a site it waited for
 }
 
 // New returns the outer synchronisation of params on this rank.
@@ -280,16 +280,28 @@ func (x *exchange) run(ctx context.Context, cross collective.Comm, fed *boardExc
 		return
 	}
 	x.sent = int64((sites - 1) * (8 + width)) // what a ring all-gather sends
+	msgs := make([][]byte, sites)
 	for s := range sites {
-		if err := d.addTo(x.avg, recv[s*width:s*width+int(lens[s])]); err != nil {
-			x.err = fmt.Errorf("the delta of site %d (rank %d of the cross-site group): %w", s, s, err)
-			return
+		msgs[s] = recv[s*width : s*width+int(lens[s])]
+	}
+	x.err = x.mean(d, msgs, func(s int) string { return fmt.Sprintf("site %d (rank %d of the cross-site group)", s, s) })
+}
+
+// mean sets x.avg to the average of msgs, decoded and summed in their
+// order, so that every site that averages the same messages gets the same
+// bits. who names message i's sender for an error.
+func (x *exchange) mean(d *decoder, msgs [][]byte, who func(i int) string) error {
+	clear(x.avg)
+	for i, m := range msgs {
+		if err := d.addTo(x.avg, m); err != nil {
+			return fmt.Errorf("the delta of %s: %w", who(i), err)
 		}
 	}
-	inv := float32(sites)
+	inv := float32(len(msgs))
 	for i := range x.avg {
 		x.avg[i] /= inv
 	}
+	return nil
 }
 
 // apply waits for the pending exchange, gathers the site's shards of the
@@ -395,37 +407,36 @@ func (o *Outer) Absences() []Absence { return slices.Clone(o.absences) }
 // ones). Every rank of the site calls it after restoring the checkpoint;
 // they agree on how far to replay. Without a Federation it returns step.
 func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
-	if o.fed == nil || o.closed || o.pending != nil {
-		if o.pending != nil {
-			return step, fmt.Errorf("diloco: CatchUp with the sync of step %d pending", o.pending.step)
-		}
+	switch {
+	case o.pending != nil:
+		return step, fmt.Errorf("diloco: CatchUp with the sync of step %d pending: call it right after restoring a checkpoint", o.pending.step)
+	case o.fed == nil || o.closed:
 		return step, nil
 	}
-	// How far every rank of the site can replay: decisions are final, so
-	// the smallest last decided step any rank saw is decided for all.
-	last := step
-	for s := step + int64(o.cfg.Every); ; s += int64(o.cfg.Every) {
-		_, ok, err := o.fed.members(ctx, s)
+	every := int64(o.cfg.Every)
+	var decided [][]int // the members of the syncs after step, in order
+	for s := step + every; ; s += every {
+		m, ok, err := o.fed.members(ctx, s)
 		if err != nil {
 			return step, fmt.Errorf("diloco: catching up from step %d: %w", step, err)
 		}
 		if !ok {
 			break
 		}
-		last = s
+		decided = append(decided, m)
 	}
+	// How far every rank of the site replays: decisions are final, so the
+	// fewest any rank saw are decided for all.
 	if o.site != nil && o.site.Size() > 1 {
-		v := []int64{last}
+		v := []int64{int64(len(decided))}
 		if err := o.site.AllReduce(ctx, collective.Int64s(v), collective.Int64s(v), collective.Min); err != nil {
 			return step, fmt.Errorf("diloco: catching up from step %d: agreeing within the site how far: %w", step, err)
 		}
-		last = v[0]
+		decided = decided[:v[0]]
 	}
-	for s := step + int64(o.cfg.Every); s <= last; s += int64(o.cfg.Every) {
-		members, _, err := o.fed.members(ctx, s)
-		if err != nil {
-			return step, fmt.Errorf("diloco: catching up: %w", err)
-		}
+	last := step + int64(len(decided))*every
+	for i, members := range decided {
+		s := step + int64(i+1)*every
 		x := &exchange{step: s, applyAt: s, done: make(chan struct{}), avg: make([]float32, o.hi-o.lo)}
 		close(x.done)
 		if err := o.fed.average(ctx, x, o.dec, members, false); err != nil {
