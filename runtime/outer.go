@@ -199,11 +199,11 @@ func (g *Group) newFederation(ctx context.Context) (*Sites, diloco.Federation, e
 type Outer struct {
 	*diloco.Outer
 	*Sites
-	rank   int // in the job
-	logged int // absences reported so far
+	rank   int   // in the job
+	logged int64 // absences reported so far (Stats.Partial then)
 	audit  *audit.Log
 	rep    *reporter
-	syncs  int64 // as last reported
+	syncs  int64 // Stats.Syncs as last reported
 }
 
 // NewOuter forms the site groups and the outer synchronisation of params,
@@ -212,23 +212,23 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	var s *Sites
+	var o *diloco.Outer
+	var err error
 	if federated() {
-		s, fed, err := g.newFederation(ctx)
-		if err != nil {
+		var fed diloco.Federation
+		if s, fed, err = g.newFederation(ctx); err != nil {
 			return nil, err
 		}
-		o, err := diloco.NewFederated(ctx, s.Site, fed, cfg, params...)
-		if err != nil {
-			s.Close()
-			return nil, fmt.Errorf("rank %d: %w", g.Rank(), err)
+		if o, err = diloco.NewFederated(ctx, s.Site, fed, cfg, params...); err != nil {
+			err = fmt.Errorf("rank %d: %w", g.Rank(), err)
 		}
-		return &Outer{Outer: o, Sites: s, rank: g.Rank(), audit: audit.FromEnv(), rep: &g.rep, syncs: -1}, nil
+	} else {
+		if s, err = g.NewSites(ctx); err != nil {
+			return nil, err
+		}
+		o, err = diloco.New(s.Site, s.Cross, cfg, params...)
 	}
-	s, err := g.NewSites(ctx)
-	if err != nil {
-		return nil, err
-	}
-	o, err := diloco.New(s.Site, s.Cross, cfg, params...)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -266,23 +266,17 @@ func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 // counters to the worker's Report.
 func (o *Outer) reportAbsences() {
 	st := o.Stats()
-	if st.Syncs != o.syncs {
-		o.syncs = st.Syncs
-		r := &OuterReport{Site: o.Names[o.Index], Sites: o.Names, Transport: o.Transport, Stats: st, Ratio: st.Ratio(), Absences: o.Absences()}
-		if len(r.Absences) > 8 {
-			r.Absences = r.Absences[len(r.Absences)-8:]
-		}
-		o.rep.mu.Lock()
-		o.rep.outer = r
-		o.rep.mu.Unlock()
+	if st.Syncs == o.syncs {
+		return // absences come only with syncs
 	}
-	n := st.Partial
-	if int64(o.logged) == n {
-		return
-	}
+	o.syncs = st.Syncs
 	a := o.Absences()
-	fresh := a[max(0, len(a)-int(n-int64(o.logged))):]
-	o.logged = int(n)
+	r := &OuterReport{Site: o.Names[o.Index], Sites: o.Names, Transport: o.Transport, Stats: st, Ratio: st.Ratio(), Absences: a[max(0, len(a)-8):]}
+	o.rep.mu.Lock()
+	o.rep.outer = r
+	o.rep.mu.Unlock()
+	fresh := a[max(0, len(a)-int(st.Partial-o.logged)):]
+	o.logged = st.Partial
 	if o.Site.Rank() != 0 {
 		return
 	}
