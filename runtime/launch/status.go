@@ -188,12 +188,8 @@ func (w *worker) outerStats() *observe.OuterStats {
 		return nil
 	}
 	o := w.report.Outer
-	st := &observe.OuterStats{Site: o.Site, Sites: o.Sites, Transport: o.Transport, Syncs: o.Syncs, Partial: o.Partial,
-		Missed: o.Missed, DeadlineWaits: o.DeadlineWaits, WireBytes: o.WireBytes, Ratio: o.Ratio}
-	for _, a := range o.Absences {
-		st.Absences = append(st.Absences, observe.OuterAbsence{Step: a.Step, Missing: a.Missing, Members: a.Members})
-	}
-	return st
+	return &observe.OuterStats{Site: o.Site, Sites: o.Sites, Transport: o.Transport, Syncs: o.Syncs, Partial: o.Partial,
+		Missed: o.Missed, DeadlineWaits: o.DeadlineWaits, WireBytes: o.WireBytes, Ratio: o.Ratio, Absences: o.Absences}
 }
 
 // liveTopology is the live view of the links the worker last reported,

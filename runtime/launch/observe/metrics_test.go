@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ringo-ml/ringo/diloco"
 )
 
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-6*math.Max(1, math.Abs(b)) }
@@ -235,7 +237,7 @@ func TestOuterSyncMetrics(t *testing.T) {
 	s := newSim(1)
 	snap := s.tick(0)
 	snap.Outer = &OuterStats{Site: "a", Sites: []string{"a", "b", "c"}, Transport: "store", Syncs: 12, Partial: 3, DeadlineWaits: 3,
-		WireBytes: 5000, Ratio: 7.5, Absences: []OuterAbsence{{Step: 100, Missing: []string{"c"}, Members: []string{"a", "b"}},
+		WireBytes: 5000, Ratio: 7.5, Absences: []diloco.Absence{{Step: 100, Missing: []string{"c"}, Members: []string{"a", "b"}},
 			{Step: 120, Missing: []string{"b", "c"}, Members: []string{"a"}}}}
 	srv.Update(snap)
 	mfs, _ := scrape(t, srv)

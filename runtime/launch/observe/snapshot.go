@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/device"
+	"github.com/ringo-ml/ringo/diloco"
 	"github.com/ringo-ml/ringo/topology"
 )
 
@@ -59,14 +60,7 @@ type OuterStats struct {
 	WireBytes int64   `json:"wire_bytes"`
 	Ratio     float64 `json:"compression_ratio"`
 	// Absences are the latest syncs that went ahead without some site.
-	Absences []OuterAbsence `json:"absences,omitempty"`
-}
-
-// OuterAbsence is one sync that went ahead without some site.
-type OuterAbsence struct {
-	Step    int64    `json:"step"`
-	Missing []string `json:"missing"`
-	Members []string `json:"members"`
+	Absences []diloco.Absence `json:"absences,omitempty"`
 }
 
 // TCPCounters are system-wide TCP counters since the launcher started.
