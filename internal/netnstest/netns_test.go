@@ -133,20 +133,8 @@ func TestWANDelaysThrottlesAndDrops(t *testing.T) {
 	h := New(t, 2, "")
 	w := h.WAN(Link{Delay: 25 * time.Millisecond, Rate: 20e6})
 	addr := w.Addrs[1] + ":29601"
-	srv := exec.Command("ip", "netns", "exec", h.Names[1], os.Args[0])
-	srv.Env = append(os.Environ(), "NETNSTEST_ROLE=tcpserve", "NETNSTEST_ADDR="+addr)
-	out, err := srv.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
+	srv, _ := startRole(t, h.Names[1], "tcpserve", "NETNSTEST_ADDR="+addr)
 	defer srv.Wait()
-	b := make([]byte, 64)
-	if n, _ := out.Read(b); !strings.Contains(string(b[:n]), "ready") {
-		t.Fatalf("server: %q", b[:n])
-	}
 	const bulk = 2 << 20
 	cli := exec.Command("ip", "netns", "exec", h.Names[0], os.Args[0])
 	cli.Env = append(os.Environ(), "NETNSTEST_ROLE=tcpclient", "NETNSTEST_ADDR="+addr, fmt.Sprintf("NETNSTEST_N=%d", bulk))
@@ -188,23 +176,32 @@ func TestWANDelaysThrottlesAndDrops(t *testing.T) {
 	}
 }
 
-// udpThrough sends 2000 small UDP datagrams from host 0 to addr on host 1
-// and returns how many arrived.
-func udpThrough(t *testing.T, h *Hosts, addr string) (got, n int) {
+// startRole starts this test binary in namespace ns as role (TestMain),
+// with env, and returns once it said it is ready, with its stdout.
+func startRole(t *testing.T, ns, role string, env ...string) (*exec.Cmd, io.Reader) {
 	t.Helper()
-	recv := exec.Command("ip", "netns", "exec", h.Names[1], os.Args[0])
-	recv.Env = append(os.Environ(), "NETNSTEST_ROLE=recv", "NETNSTEST_ADDR="+addr)
-	out, err := recv.StdoutPipe()
+	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0])
+	cmd.Env = append(append(os.Environ(), "NETNSTEST_ROLE="+role), env...)
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := recv.Start(); err != nil {
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	b := make([]byte, 64)
 	if n, _ := out.Read(b); !strings.Contains(string(b[:n]), "ready") {
-		t.Fatalf("receiver: %q", b[:n])
+		t.Fatalf("%s in %s: %q", role, ns, b[:n])
 	}
+	return cmd, out
+}
+
+// udpThrough sends 2000 small UDP datagrams from host 0 to addr on host 1
+// and returns how many arrived.
+func udpThrough(t *testing.T, h *Hosts, addr string) (got, n int) {
+	t.Helper()
+	recv, out := startRole(t, h.Names[1], "recv", "NETNSTEST_ADDR="+addr)
+	b := make([]byte, 64)
 	n = 2000
 	send := exec.Command("ip", "netns", "exec", h.Names[0], os.Args[0])
 	send.Env = append(os.Environ(), "NETNSTEST_ROLE=send", "NETNSTEST_ADDR="+addr, fmt.Sprintf("NETNSTEST_N=%d", n))
