@@ -208,7 +208,7 @@ func (b *boardExchange) fetch(ctx context.Context, step int64, members []int, fr
 		for i, k := range keys {
 			v, err := b.Board.Get(ctx, k)
 			if b.missing(err) {
-				return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d is no longer on the board: it keeps %d syncs", b.Sites[members[i]], b.place, step, b.keep())
+				return nil, fmt.Errorf("the delta of site %q (place %d) for the sync of step %d is no longer on the board, which keeps %d syncs: this site is further behind than that; restart it from a newer checkpoint, or give the federation a larger Keep", b.Sites[members[i]], b.place, step, b.keep())
 			} else if err != nil {
 				return nil, err
 			}

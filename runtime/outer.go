@@ -143,7 +143,7 @@ func (g *Group) newFederation(ctx context.Context) (*Sites, diloco.Federation, e
 	}
 	site := slices.Index(names, g.Site)
 	if site < 0 {
-		return nil, fed, fmt.Errorf("federation: rank %d: this site %q (%s) is not among %s=%q", g.Rank(), g.Site, EnvSite, EnvFederationSites, os.Getenv(EnvFederationSites))
+		return nil, fed, fmt.Errorf("federation: rank %d: this site %q (%s) is not among %s=%q: give ringo launch a --site from --federation-sites", g.Rank(), g.Site, EnvSite, EnvFederationSites, os.Getenv(EnvFederationSites))
 	}
 	tokenFile := os.Getenv(EnvTokenFile)
 	if tokenFile == "" {
