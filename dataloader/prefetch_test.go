@@ -28,7 +28,7 @@ func TestPrefetchClimb(t *testing.T) {
 	}
 	var seen []int
 	for range 20 {
-		n := p.observe(int64(rateAt(p.n)), time.Second, -1)
+		n := p.observe(int64(rateAt(p.n)), time.Second, -1, false)
 		seen = append(seen, n)
 		if n > 64 {
 			t.Fatalf("grew past the cap: %v", seen)
@@ -44,11 +44,11 @@ func TestPrefetchClimb(t *testing.T) {
 
 	// No gain at the first doubling: stop at 8, for good.
 	p = newPrefetch(4, 64)
-	p.observe(100e6, time.Second, -1)
-	if n := p.observe(105e6, time.Second, -1); n != 8 || !p.settled {
+	p.observe(100e6, time.Second, -1, false)
+	if n := p.observe(105e6, time.Second, -1, false); n != 8 || !p.settled {
 		t.Errorf("after a 5%% gain: n %d settled %v, want 8 and settled", n, p.settled)
 	}
-	if n := p.observe(900e6, time.Second, -1); n != 8 {
+	if n := p.observe(900e6, time.Second, -1, false); n != 8 {
 		t.Errorf("grew again after settling: %d", n)
 	}
 
@@ -57,7 +57,7 @@ func TestPrefetchClimb(t *testing.T) {
 	p = newPrefetch(4, 64)
 	seen = seen[:0]
 	for range 6 {
-		seen = append(seen, p.observe(int64(p.n)*100e6, time.Second, -1))
+		seen = append(seen, p.observe(int64(p.n)*100e6, time.Second, -1, false))
 	}
 	if seen[0] != 8 || seen[1] != 32 || seen[2] != 64 || seen[5] != 64 {
 		t.Errorf("linear climb %v, want 8 32 64 ...", seen)
@@ -66,20 +66,59 @@ func TestPrefetchClimb(t *testing.T) {
 	// A window that kept the CPUs busy stops the climb whatever the
 	// rate did.
 	p = newPrefetch(4, 64)
-	p.observe(100e6, time.Second, 0.3)
-	if n := p.observe(400e6, time.Second, 0.95); n != 8 || !p.settled {
+	p.observe(100e6, time.Second, 0.3, true)
+	if n := p.observe(400e6, time.Second, 0.95, false); n != 8 || !p.settled {
 		t.Errorf("busy CPUs: n %d settled %v, want 8 and settled", n, p.settled)
+	}
+
+	// Idle CPUs with every read in flight (round trips): one step of
+	// busyCPU/cpu, at most maxJump, 4 -> 64 at 5% busy; then, with the
+	// CPUs busier, steps by the rate again.
+	p = newPrefetch(4, 256)
+	if n := p.observe(100e6, time.Second, 0.05, false); n != 64 {
+		t.Errorf("5%% busy, nothing held: stepped to %d, want 64", n)
+	}
+	if n := p.observe(1500e6, time.Second, 0.5, false); n != 256 {
+		t.Errorf("15x the rate at 50%% busy: stepped to %d, want 256 (by the rate: 4)", n)
+	}
+	p = newPrefetch(4, 256)
+	if n := p.observe(100e6, time.Second, 0.3, false); n != 8 {
+		t.Errorf("30%% busy: stepped to %d, want 8 (busyCPU/0.3 is under 3)", n)
+	}
+	// The same idle CPUs while the budget held reads back: the consumer
+	// is the limit, and the climb only doubles.
+	p = newPrefetch(4, 256)
+	if n := p.observe(100e6, time.Second, 0.05, true); n != 8 {
+		t.Errorf("5%% busy, budget held: stepped to %d, want 8", n)
+	}
+
+	// The shards' opens left the CPUs idle: start 16 times higher, and
+	// still climb by the windows after; busy or unknown: start as asked.
+	p = newPrefetch(4, 256)
+	if n := p.afterOpens(0.02); n != 64 || p.settled {
+		t.Errorf("opens at 2%% busy: start %d (settled %v), want 64, still climbing", n, p.settled)
+	}
+	if n := p.observe(100e6, time.Second, 0.5, false); n != 128 {
+		t.Errorf("after the opens' step, a window at 50%% busy: %d, want 128", n)
+	}
+	for _, busy := range []float64{0.9, -1} {
+		if n := newPrefetch(4, 256).afterOpens(busy); n != 4 {
+			t.Errorf("opens at busy %v: start %d, want 4", busy, n)
+		}
+	}
+	if n := newPrefetch(4, 10).afterOpens(0); n != 10 {
+		t.Errorf("opens at 0%% busy, cap 10: start %d, want 10", n)
 	}
 
 	// The cap is at least the start, and a start at the cap never grows.
 	p = newPrefetch(8, 2)
-	if n := p.observe(1, time.Second, -1); n != 8 || !p.settled {
+	if n := p.observe(1, time.Second, -1, false); n != 8 || !p.settled {
 		t.Errorf("start 8 cap 2: n %d settled %v", n, p.settled)
 	}
 	// A cap that is not a power-of-two multiple is reached exactly.
 	p = newPrefetch(3, 10)
 	for i := range 5 {
-		p.observe(int64(i+1)*1e9, time.Second, -1)
+		p.observe(int64(i+1)*1e9, time.Second, -1, false)
 	}
 	if p.n != 10 {
 		t.Errorf("start 3 cap 10: ended at %d", p.n)
@@ -170,6 +209,33 @@ func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
 					t.Fatalf("world %d rank %d: state after batch %d differs: %+v, %+v", world, rank, i, g.states[i], want.states[i])
 				}
 			}
+		}
+	}
+}
+
+// The default cap on reads in flight counts buffers of the plan's largest
+// read against the budget, at most maxReadsCap.
+func TestDefaultMaxReads(t *testing.T) {
+	jobs := func(lens ...int64) []readJob {
+		js := make([]readJob, len(lens))
+		for i, n := range lens {
+			js[i].len = n
+		}
+		return js
+	}
+	for _, c := range []struct {
+		jobs   []readJob
+		budget int64
+		want   int
+	}{
+		{jobs(1<<20, 2<<20, 1<<20), 256 << 20, 128},
+		{jobs(4<<20, 1<<20), 256 << 20, 64},
+		{jobs(64 << 10), 256 << 20, maxReadsCap},
+		{jobs(4 << 20), 1 << 20, 1},
+		{nil, 256 << 20, maxReadsCap},
+	} {
+		if got := defaultMaxReads(c.jobs, c.budget); got != c.want {
+			t.Errorf("jobs %d, budget %d: %d reads, want %d", len(c.jobs), c.budget, got, c.want)
 		}
 	}
 }

@@ -162,7 +162,8 @@ func plainRead(ctx context.Context, src source.Source, ds *dataloader.Dataset, r
 		}
 		return float64(total) / time.Since(start).Seconds() / 1e9, nil
 	}
-	// Open the shards as the loader does (its time counts the opens too).
+	// Open the shards as the loader does, with the sizes the index gives
+	// (its time counts the opens too).
 	objs := make([]source.Object, len(ds.Index.Shards))
 	defer func() {
 		for _, o := range objs {
@@ -178,7 +179,8 @@ func plainRead(ctx context.Context, src source.Source, ds *dataloader.Dataset, r
 	var ranges []rng
 	err := forEach(len(objs), reads, func() func(int) error {
 		return func(i int) (err error) {
-			objs[i], err = src.Open(ctx, ds.Index.Shards[i].Name)
+			s := ds.Index.Shards[i]
+			objs[i], err = source.OpenSized(ctx, src, s.Name, s.Bytes)
 			return err
 		}
 	})

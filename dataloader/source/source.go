@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,50 @@ type Object interface {
 	io.ReaderAt
 	Size() int64
 	Close() error
+}
+
+// SizedSource is a Source that opens an object whose size the caller
+// already knows (a dataset's index records every shard's) without asking
+// the storage: one round trip fewer per object on HTTP and S3. Every
+// range the storage answers carries the object's total size, which the
+// object checks, so an object replaced or truncated since fails its
+// first read with an error that says so.
+type SizedSource interface {
+	Source
+	OpenSized(ctx context.Context, name string, size int64) (Object, error)
+}
+
+// OpenSized opens name with its known size: without a round trip where
+// src is a SizedSource, else by Open, checking the size Open finds.
+func OpenSized(ctx context.Context, src Source, name string, size int64) (Object, error) {
+	if s, ok := src.(SizedSource); ok {
+		return s.OpenSized(ctx, name, size)
+	}
+	obj, err := src.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if obj.Size() != size {
+		obj.Close()
+		return nil, fmt.Errorf("source: %s at %s is %d bytes, expected %d (replaced or truncated?)", name, src, obj.Size(), size)
+	}
+	return obj, nil
+}
+
+// checkTotal checks the total size in a range answer's Content-Range
+// ("bytes 0-99/1234") against the size the object was opened with; an
+// answer without one (or with "*") is not checked here: the blocks'
+// checksums still catch different bytes.
+func checkTotal(contentRange string, size int64, what string) error {
+	i := strings.LastIndexByte(contentRange, '/')
+	if i < 0 {
+		return nil
+	}
+	total, err := strconv.ParseInt(contentRange[i+1:], 10, 64)
+	if err != nil || total == size {
+		return nil
+	}
+	return fmt.Errorf("%s is %d bytes, expected %d (replaced or truncated since it was opened?)", what, total, size)
 }
 
 // ErrNotFound: the object does not exist at the source.
@@ -167,6 +212,11 @@ func (h httpSource) Open(ctx context.Context, name string) (Object, error) {
 	return &httpObject{ctx: ctx, src: h, url: u, size: size}, nil
 }
 
+// OpenSized opens name without a HEAD request; see SizedSource.
+func (h httpSource) OpenSized(ctx context.Context, name string, size int64) (Object, error) {
+	return &httpObject{ctx: ctx, src: h, url: h.base + "/" + name, size: size}, nil
+}
+
 func (o *httpObject) Size() int64  { return o.size }
 func (o *httpObject) Close() error { return nil }
 
@@ -184,10 +234,17 @@ func (o *httpObject) ReadAt(p []byte, off int64) (int, error) {
 		}
 		defer resp.Body.Close()
 		switch {
+		case resp.StatusCode == http.StatusNotFound:
+			return true, fmt.Errorf("%s: %w", o.url, ErrNotFound)
+		case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+			return true, fmt.Errorf("%s: bytes %d-%d are past its end: it is shorter than the %d bytes expected (replaced or truncated?)", o.url, off, end, o.size)
 		case resp.StatusCode >= 500:
 			return false, fmt.Errorf("%s: %s", o.url, resp.Status)
 		case resp.StatusCode != http.StatusPartialContent:
 			return true, fmt.Errorf("%s: range request answered %s (the server must support ranges)", o.url, resp.Status)
+		}
+		if err := checkTotal(resp.Header.Get("Content-Range"), o.size, o.url); err != nil {
+			return true, err
 		}
 		if _, err := io.ReadFull(resp.Body, dst); err != nil {
 			return false, fmt.Errorf("%s: reading bytes %d-%d: %w", o.url, off, end, err)
@@ -274,6 +331,11 @@ func (s s3Source) Open(ctx context.Context, name string) (Object, error) {
 	return &s3Object{ctx: ctx, src: s, key: key, size: size}, nil
 }
 
+// OpenSized opens name without a HEAD (stat) request; see SizedSource.
+func (s s3Source) OpenSized(ctx context.Context, name string, size int64) (Object, error) {
+	return &s3Object{ctx: ctx, src: s, key: s.key(name), size: size}, nil
+}
+
 func (o *s3Object) Size() int64  { return o.size }
 func (o *s3Object) Close() error { return nil }
 
@@ -289,8 +351,22 @@ func (o *s3Object) ReadAt(p []byte, off int64) (int, error) {
 			return false, err
 		}
 		defer obj.Close()
+		what := fmt.Sprintf("s3://%s/%s", o.src.bucket, o.key)
+		info, err := obj.Stat() // sends the request
+		if err != nil {
+			switch minio.ToErrorResponse(err).StatusCode {
+			case http.StatusNotFound:
+				return true, fmt.Errorf("%s: %w", what, ErrNotFound)
+			case http.StatusRequestedRangeNotSatisfiable:
+				return true, fmt.Errorf("%s: bytes %d-%d are past its end: it is shorter than the %d bytes expected (replaced or truncated?)", what, off, end, o.size)
+			}
+			return false, fmt.Errorf("%s: reading bytes %d-%d: %w", what, off, end, err)
+		}
+		if err := checkTotal(info.Headers.Get("Content-Range"), o.size, what); err != nil {
+			return true, err
+		}
 		if _, err := io.ReadFull(obj, dst); err != nil {
-			return false, fmt.Errorf("s3://%s/%s: reading bytes %d-%d: %w", o.src.bucket, o.key, off, end, err)
+			return false, fmt.Errorf("%s: reading bytes %d-%d: %w", what, off, end, err)
 		}
 		return false, nil
 	})

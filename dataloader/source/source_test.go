@@ -68,6 +68,47 @@ func checkSource(t *testing.T, src Source, want map[string][]byte) {
 	if _, err := src.Open(ctx, "missing.bin"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing object: got %v, want ErrNotFound", err)
 	}
+	checkSized(t, src, want)
+}
+
+// sizedRead opens name as OpenSized does with the given size and reads
+// its first byte: the errors of either.
+func sizedRead(src Source, name string, size int64) error {
+	obj, err := OpenSized(context.Background(), src, name, size)
+	if err != nil {
+		return err
+	}
+	defer obj.Close()
+	_, err = obj.ReadAt(make([]byte, 1), 0)
+	return err
+}
+
+// checkSized opens objects with their size known: the right size reads
+// the right bytes, a wrong one (the object replaced since an index was
+// written) or a missing object fails at the open or the first read,
+// saying which.
+func checkSized(t *testing.T, src Source, want map[string][]byte) {
+	t.Helper()
+	for name, b := range want {
+		if len(b) < 2 {
+			continue
+		}
+		obj, err := OpenSized(context.Background(), src, name, int64(len(b)))
+		if err != nil {
+			t.Fatalf("%s: OpenSized: %v", name, err)
+		}
+		got := make([]byte, len(b)-1)
+		if _, err := obj.ReadAt(got, 1); err != nil || !bytes.Equal(got, b[1:]) {
+			t.Fatalf("%s: OpenSized read: %v (bytes equal: %v)", name, err, bytes.Equal(got, b[1:]))
+		}
+		obj.Close()
+		if err := sizedRead(src, name, int64(len(b))-1); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d bytes, expected %d", len(b), len(b)-1)) {
+			t.Errorf("%s opened as 1 byte shorter: got %v, want it named as %d bytes, expected %d", name, err, len(b), len(b)-1)
+		}
+	}
+	if err := sizedRead(src, "missing.bin", 100); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing object opened with a size: got %v, want ErrNotFound", err)
+	}
 }
 
 func TestLocal(t *testing.T) {
@@ -154,7 +195,7 @@ func TestCacheVerifiesAndEvicts(t *testing.T) {
 	checkSource(t, c, want)
 	before := fetches.Load()
 	checkSource(t, c, map[string][]byte{"shard-3.bin": want["shard-3.bin"]})
-	if fetches.Load() != before+1 { // +1: the missing object's lookup
+	if fetches.Load() != before+2 { // +2: the missing object's lookups, by Open and by OpenSized
 		t.Errorf("a cached object was fetched again (%d fetches)", fetches.Load()-before)
 	}
 	var total int64
