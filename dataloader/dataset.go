@@ -10,6 +10,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/ringo-ml/ringo/dataloader/order"
 	"github.com/ringo-ml/ringo/dataloader/shard"
 	"github.com/ringo-ml/ringo/dataloader/source"
 )
@@ -32,6 +33,37 @@ type Dataset struct {
 	// as verifying the blocks. A sync.Pool, so that a dataset no longer
 	// read holds no memory after two collections.
 	bufs sync.Pool // of *[]byte
+	// orders holds the block orders its loaders made, one per
+	// order.Config: the loaders of one process (its ranks, its epochs)
+	// share it, so an epoch's global order is computed once, not once per
+	// rank (the block layout is the opened shards', the same for all).
+	ordersMu sync.Mutex
+	orders   map[order.Config]*order.Order
+}
+
+// blockOrder returns the order of cfg over the block layout of readers
+// (the dataset's opened shards), made once per configuration.
+func (d *Dataset) blockOrder(readers []*shard.Reader, cfg order.Config) (*order.Order, error) {
+	d.ordersMu.Lock()
+	defer d.ordersMu.Unlock()
+	if o, ok := d.orders[cfg]; ok {
+		return o, nil
+	}
+	layout := make([][]int64, len(readers))
+	for i, r := range readers {
+		for b := range r.Blocks() {
+			layout[i] = append(layout[i], int64(r.Block(b).Records))
+		}
+	}
+	o, err := order.NewBlocks(layout, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if d.orders == nil {
+		d.orders = map[order.Config]*order.Order{}
+	}
+	d.orders[cfg] = o
+	return o, nil
 }
 
 // readBuf returns a read buffer of at least n bytes, reused where one is

@@ -216,26 +216,18 @@ func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
 // The default cap on reads in flight counts buffers of the plan's largest
 // read against the budget, at most maxReadsCap.
 func TestDefaultMaxReads(t *testing.T) {
-	jobs := func(lens ...int64) []readJob {
-		js := make([]readJob, len(lens))
-		for i, n := range lens {
-			js[i].len = n
-		}
-		return js
-	}
 	for _, c := range []struct {
-		jobs   []readJob
-		budget int64
-		want   int
+		largest, budget int64
+		want            int
 	}{
-		{jobs(1<<20, 2<<20, 1<<20), 256 << 20, 128},
-		{jobs(4<<20, 1<<20), 256 << 20, 64},
-		{jobs(64 << 10), 256 << 20, maxReadsCap},
-		{jobs(4 << 20), 1 << 20, 1},
-		{nil, 256 << 20, maxReadsCap},
+		{2 << 20, 256 << 20, 128},
+		{4 << 20, 256 << 20, 64},
+		{64 << 10, 256 << 20, maxReadsCap},
+		{4 << 20, 1 << 20, 1},
+		{0, 256 << 20, maxReadsCap},
 	} {
-		if got := defaultMaxReads(c.jobs, c.budget); got != c.want {
-			t.Errorf("jobs %d, budget %d: %d reads, want %d", len(c.jobs), c.budget, got, c.want)
+		if got := defaultMaxReads(c.largest, c.budget); got != c.want {
+			t.Errorf("largest read %d, budget %d: %d reads, want %d", c.largest, c.budget, got, c.want)
 		}
 	}
 }
