@@ -98,10 +98,10 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	}
 	var ratios, recGBps, samples []float64
 	var bufs buffers // the plain read's, kept from round to round as the loaders keep theirs
-	for range max(1, c.Rounds) {
+	for round := range max(1, c.Rounds) {
 		var st streamed
 		if c.PlainReads < 0 {
-			if st, err = stream(ctx, ds, c, 0); err != nil {
+			if st, err = stream(ctx, ds, c, round, 0); err != nil {
 				return res, err
 			}
 		}
@@ -114,7 +114,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			return res, err
 		}
 		if c.PlainReads >= 0 {
-			if st, err = stream(ctx, ds, c, 0); err != nil {
+			if st, err = stream(ctx, ds, c, round, 0); err != nil {
 				return res, err
 			}
 		}
@@ -131,7 +131,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	res.StreamGBps, res.SamplesPerSec = stats.Median(recGBps), stats.Median(samples)
 	res.ReadAmplification = float64(res.StreamReadBytes) / float64(res.FileBytes)
 	if c.Consumer > 0 {
-		st, err := stream(ctx, ds, c, c.Consumer)
+		st, err := stream(ctx, ds, c, max(1, c.Rounds), c.Consumer)
 		if err != nil {
 			return res, err
 		}
@@ -254,10 +254,11 @@ type streamed struct {
 	reads          int
 }
 
-// stream runs np loaders over one epoch; each consumer sleeps delay per
-// batch. It returns the record bytes delivered, the bytes read from
+// stream runs np loaders over one epoch (epoch: each round streams an
+// epoch of its own, as training does, so no round reuses another's
+// order); each consumer sleeps delay per batch. It returns the record bytes delivered, the bytes read from
 // storage, the slowest rank's stall and the elapsed time.
-func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Duration) (streamed, error) {
+func stream(ctx context.Context, ds *dataloader.Dataset, c Config, epoch int, delay time.Duration) (streamed, error) {
 	v := c.OrderVersion
 	if v == 0 {
 		v = order.V2
@@ -276,7 +277,7 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, delay time.Du
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l, err := dataloader.NewLoader(ctx, ds, dataloader.LoaderConfig{Order: cfg, Rank: r, World: c.NP, State: o.Start(0), Workers: c.Workers, MaxReads: c.MaxReads},
+			l, err := dataloader.NewLoader(ctx, ds, dataloader.LoaderConfig{Order: cfg, Rank: r, World: c.NP, State: o.Start(epoch), Workers: c.Workers, MaxReads: c.MaxReads},
 				func(b []byte) (int, error) { return len(b), nil })
 			if err != nil {
 				errs[r] = err
