@@ -346,13 +346,11 @@ func (o *s3Object) ReadAt(p []byte, off int64) (int, error) {
 		if err := opts.SetRange(off, end); err != nil {
 			return true, err
 		}
-		obj, err := o.src.client.GetObject(o.ctx, o.src.bucket, o.key, opts)
-		if err != nil {
-			return false, err
-		}
-		defer obj.Close()
+		// Core's GetObject sends the one GET at once and gives its
+		// headers; the Client's lazy Object would send a HEAD first for
+		// Stat.
 		what := fmt.Sprintf("s3://%s/%s", o.src.bucket, o.key)
-		info, err := obj.Stat() // sends the request
+		obj, _, hdr, err := minio.Core{Client: o.src.client}.GetObject(o.ctx, o.src.bucket, o.key, opts)
 		if err != nil {
 			switch minio.ToErrorResponse(err).StatusCode {
 			case http.StatusNotFound:
@@ -362,7 +360,8 @@ func (o *s3Object) ReadAt(p []byte, off int64) (int, error) {
 			}
 			return false, fmt.Errorf("%s: reading bytes %d-%d: %w", what, off, end, err)
 		}
-		if err := checkTotal(info.Headers.Get("Content-Range"), o.size, what); err != nil {
+		defer obj.Close()
+		if err := checkTotal(hdr.Get("Content-Range"), o.size, what); err != nil {
 			return true, err
 		}
 		if _, err := io.ReadFull(obj, dst); err != nil {
