@@ -46,7 +46,9 @@
 // largest read as MaxInFlight holds, at most 256), and stops as soon as a window of reads kept the
 // process's CPUs 85% busy. On local files the reads are CPU work, so the
 // climb stops at once; a source with a round trip per request (HTTP, S3)
-// climbs until the link, the server or the CPUs are the limit. The climb
+// climbs until the link, the server or the CPUs are the limit, by more
+// than doubling where the reads in flight left the CPUs idle (Little's
+// law: the shards' opens give the first such step). The climb
 // changes only when blocks arrive, never which samples a batch holds.
 //
 // A Dataset remembers for its next loader (the next epoch, or another

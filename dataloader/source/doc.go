@@ -3,7 +3,9 @@
 // behind one small interface: open an object by name and read ranges of it.
 //
 // Remote sources retry failed requests with exponential backoff and name
-// the object and URL in their errors. Cached wraps any source with a local
+// the object and URL in their errors. OpenSized opens an object whose size
+// is known (a dataset's index records it) without asking the storage, and
+// checks that size on every range the storage answers. Cached wraps any source with a local
 // disk cache bounded in bytes (least recently used out) that downloads each
 // object once and checks its size and XXH64 before it is used.
 //
