@@ -28,10 +28,10 @@ type Dataset struct {
 	// trailer, footer), which every epoch would pay again.
 	open shardCache
 	// bufs holds the read buffers of loaders that ended, for the next
-	// one: a fresh buffer costs its page faults and zeroing, which, for
-	// the 64-128 reads in flight against remote storage, took as much CPU
-	// as verifying the blocks. A sync.Pool, so that a dataset no longer
-	// read holds no memory after two collections.
+	// one: a fresh buffer costs its page faults and zeroing every epoch,
+	// times the 64-128 reads in flight against remote storage. A
+	// sync.Pool, so that a dataset no longer read holds no memory after
+	// two collections.
 	bufs sync.Pool // of *[]byte
 	// orders holds the block orders its loaders made, one per
 	// order.Config: the loaders of one process (its ranks, its epochs)

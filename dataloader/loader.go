@@ -33,8 +33,8 @@ type LoaderConfig struct {
 	Workers int
 	// MaxReads caps the reads in flight (default: as many read buffers
 	// of the plan's largest read as MaxInFlight holds, at most 256; at
-	// least Workers). Each worker keeps a buffer as large as the largest
-	// read it has made, so this bounds the read buffers' memory too.
+	// least Workers). Every worker's read buffer is the size of the
+	// plan's largest read, so this bounds the read buffers' memory too.
 	MaxReads int
 	// MaxInFlight bounds the record bytes read ahead of the consumer
 	// (default 256 MiB): the bytes of the records of every block handed
