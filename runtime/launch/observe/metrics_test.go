@@ -29,10 +29,7 @@ func TestMetrics(t *testing.T) {
 	srv.Update(snap)
 
 	mfs, text := scrape(t, srv)
-	for _, c := range []struct {
-		name, labels string
-		want         float64
-	}{
+	expectSeries(t, mfs, []series{
 		{"ringo_workers_up", "", 2},
 		{"ringo_workers", "state=running", 2},
 		{"ringo_generation", "", 0},
@@ -70,11 +67,7 @@ func TestMetrics(t *testing.T) {
 		{"ringo_gpu_power_watts", "gpu=0", 540},
 		{"ringo_alerts_firing", "alert=straggler", 0},
 		{"ringo_alerts_firing", "alert=data_stall", 0},
-	} {
-		if got := value(t, mfs, c.name, c.labels); !near(got, c.want) {
-			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 	if m := metric(mfs, "ringo_gpu_power_watts", "gpu=1"); m != nil {
 		t.Errorf("GPU 1's power is device.Unknown but exported as %v", m)
 	}
@@ -254,21 +247,14 @@ func TestOuterSyncMetrics(t *testing.T) {
 	snap.Outer = &OuterStats{Site: "a", Sites: []string{"a", "b", "c"}, Transport: "store", Syncs: 2, WireBytes: 800, Ratio: 7}
 	srv.Update(snap)
 	mfs, _ = scrape(t, srv)
-	for _, c := range []struct {
-		name, labels string
-		want         float64
-	}{
+	expectSeries(t, mfs, []series{
 		{"ringo_outer_syncs_total", "site=a", 14},
 		{"ringo_outer_partial_syncs_total", "site=a", 3},
 		{"ringo_outer_deadline_waits_total", "site=a", 3},
 		{"ringo_outer_missed_syncs_total", "site=a", 0},
 		{"ringo_outer_wire_bytes_total", "site=a", 5800},
 		{"ringo_outer_compression_ratio", "site=a", 7},
-	} {
-		if got := value(t, mfs, c.name, c.labels); !near(got, c.want) {
-			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 	if mfs["ringo_outer_last_missing_step"] != nil {
 		t.Errorf("the restarted site has seen no absence, but exports %v", mfs["ringo_outer_last_missing_step"])
 	}

@@ -220,3 +220,19 @@ func logLines(t *testing.T, logs *proctest.Buffer) []map[string]any {
 	}
 	return out
 }
+
+// series is one exported series and the value it must have.
+type series struct {
+	name, labels string
+	want         float64
+}
+
+// expectSeries checks every series' value in a scrape.
+func expectSeries(t *testing.T, mfs map[string]*dto.MetricFamily, want []series) {
+	t.Helper()
+	for _, c := range want {
+		if got := value(t, mfs, c.name, c.labels); !near(got, c.want) {
+			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
