@@ -33,21 +33,23 @@ type Dataset struct {
 	// sync.Pool, so that a dataset no longer read holds no memory after
 	// two collections.
 	bufs sync.Pool // of *[]byte
-	// orders holds the block orders its loaders made, one per
-	// order.Config: the loaders of one process (its ranks, its epochs)
-	// share it, so an epoch's global order is computed once, not once per
-	// rank (the block layout is the opened shards', the same for all).
-	ordersMu sync.Mutex
-	orders   map[order.Config]*order.Order
+	// order is the block order its last loader made, for the next one
+	// with the same order.Config: the loaders of one process (its ranks,
+	// its epochs) share it, so an epoch's global order is computed once,
+	// not once per rank (the block layout is the opened shards', the same
+	// for all). One only: an order keeps its epoch's whole sequence.
+	orderMu  sync.Mutex
+	orderCfg order.Config
+	order    *order.Order
 }
 
 // blockOrder returns the order of cfg over the block layout of readers
-// (the dataset's opened shards), made once per configuration.
+// (the dataset's opened shards), reusing the last one made for cfg.
 func (d *Dataset) blockOrder(readers []*shard.Reader, cfg order.Config) (*order.Order, error) {
-	d.ordersMu.Lock()
-	defer d.ordersMu.Unlock()
-	if o, ok := d.orders[cfg]; ok {
-		return o, nil
+	d.orderMu.Lock()
+	defer d.orderMu.Unlock()
+	if d.order != nil && d.orderCfg == cfg {
+		return d.order, nil
 	}
 	layout := make([][]int64, len(readers))
 	for i, r := range readers {
@@ -59,10 +61,7 @@ func (d *Dataset) blockOrder(readers []*shard.Reader, cfg order.Config) (*order.
 	if err != nil {
 		return nil, err
 	}
-	if d.orders == nil {
-		d.orders = map[order.Config]*order.Order{}
-	}
-	d.orders[cfg] = o
+	d.order, d.orderCfg = o, cfg
 	return o, nil
 }
 
