@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/ringo-ml/ringo/dataloader/order"
 	"github.com/ringo-ml/ringo/dataloader/shard"
@@ -23,6 +24,11 @@ type Dataset struct {
 	// climbed to (see prefetch): the next one starts there, so that only
 	// the first epoch pays the climb.
 	reads atomic.Int32
+	// gate bounds the range reads in flight of all its loaders together:
+	// loaders that run at once (the ranks of one process) read from the
+	// same storage, and each alone climbs to what saturates it (see
+	// readGate).
+	gate readGate
 	// open holds the shards loaders opened, kept for the next loader:
 	// opening a remote shard costs several round trips (size, header,
 	// trailer, footer), which every epoch would pay again.
@@ -75,6 +81,58 @@ func (d *Dataset) readBuf(n int64) *[]byte {
 	}
 	b := make([]byte, n)
 	return &b
+}
+
+// readGate bounds the range reads in flight of every loader over one
+// Dataset together, at the most reads in flight any of them climbed to.
+// The climb finds how many reads the source, the link and the CPUs
+// take before they are the limit; loaders that run at once share that
+// limit instead of each climbing to it alone. Four ranks in one process
+// each at 64 reads put 256 requests at once on one S3 server and were
+// slower than the same four sharing 64 (measured: 1.34-1.44 against
+// 1.97-2.02 GB/s, 4 KiB records, 256 MiB, 20 ms per request). One
+// loader alone is never held back: its limit is its own climb.
+//
+// Only the range read holds a slot; checking and decoding the block
+// after it do not.
+type readGate struct {
+	mu    sync.Mutex
+	sem   *semaphore.Weighted
+	limit int64
+}
+
+// gateSize is the semaphore's size; the slots past the limit are held
+// by the gate itself and handed out as the limit rises.
+const gateSize = 1 << 30
+
+// raise lets at least n reads through at once.
+func (g *readGate) raise(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.sem == nil {
+		g.sem = semaphore.NewWeighted(gateSize)
+		g.sem.TryAcquire(gateSize)
+	}
+	if d := int64(n) - g.limit; d > 0 {
+		g.limit = int64(n)
+		g.sem.Release(d)
+	}
+}
+
+// reads is the limit.
+func (g *readGate) reads() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return int(g.limit)
+}
+
+// read runs f, a range read, once a slot is free; raise must have run.
+func (g *readGate) read(ctx context.Context, f func() error) error {
+	if err := g.sem.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	defer g.sem.Release(1)
+	return f()
 }
 
 type shardCache struct {

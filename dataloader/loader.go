@@ -55,8 +55,12 @@ type Stats struct {
 	Read    int64 // stored bytes read from the source
 	Skipped int64 // records lost to corrupt blocks (SkipCorrupt)
 	Reads   int   // reads in flight the loader settled on (workers started)
-	Stall   time.Duration
-	Elapsed time.Duration
+	// DatasetReads is the most range reads all the loaders over the
+	// Dataset have in flight together (its shared limit, see readGate):
+	// the loaders that run at once share it, each up to its own Reads.
+	DatasetReads int
+	Stall        time.Duration
+	Elapsed      time.Duration
 }
 
 // Batch is one rank's share of one global batch, decoded, and the job's
@@ -201,6 +205,7 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	l.ctx = ctx
 	pf := newPrefetch(min(max(cfg.Workers, int(ds.reads.Load())), l.cfg.MaxReads), l.cfg.MaxReads)
 	start := pf.afterOpens(openBusy)
+	ds.gate.raise(start)
 	l.work = make(chan *readJob, start)
 	l.wg.Add(1 + start)
 	l.workers.Store(int32(start))
@@ -476,6 +481,7 @@ func (l *Loader[T]) dispatch(ctx context.Context, pf *prefetch) {
 			busy := busyShare(winStart, winCPU, cpuOK, 0)
 			before := pf.n
 			after := pf.observe(read-winBytes, now.Sub(winStart), busy, held)
+			l.ds.gate.raise(after)
 			winCPU, cpuOK = cpuTime()
 			held = false
 			l.wg.Add(after - before)
@@ -506,19 +512,19 @@ func (l *Loader[T]) worker(ctx context.Context) {
 			buf = l.ds.readBuf(l.largest)
 		}
 		scratch, recs = scratch[:0], recs[:0]
-		scratch, recs = l.run(j, (*buf)[:j.len], scratch, recs)
+		scratch, recs = l.run(ctx, j, (*buf)[:j.len], scratch, recs)
 		l.jobsDone.Add(1)
 	}
 }
 
 // run reads, verifies and decodes one job; it returns the scratch buffers
 // for reuse.
-func (l *Loader[T]) run(j *readJob, buf, scratch []byte, recs [][]byte) ([]byte, [][]byte) {
+func (l *Loader[T]) run(ctx context.Context, j *readJob, buf, scratch []byte, recs [][]byte) ([]byte, [][]byte) {
 	r := l.readers[j.shard]
 	name := l.ds.Index.Shards[j.shard].Name
 	// A failed read spoils the whole run; a block that fails its checks
 	// spoils only itself.
-	readErr := r.ReadAt(buf, j.off, j.block)
+	readErr := l.ds.gate.read(ctx, func() error { return r.ReadAt(buf, j.off, j.block) })
 	if readErr == nil {
 		l.read.Add(j.len)
 	}
@@ -644,6 +650,7 @@ func (l *Loader[T]) Stats() Stats {
 	s.Read = l.read.Load()
 	s.Skipped = l.skipped.Load()
 	s.Reads = int(l.workers.Load())
+	s.DatasetReads = l.ds.gate.reads()
 	s.Elapsed = time.Since(l.started)
 	return s
 }

@@ -3,11 +3,15 @@ package dataloader
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,10 +139,9 @@ func slowServer(t *testing.T, dir string, d time.Duration) source.Source {
 	return source.HTTP(srv.URL, nil, source.DefaultRetry)
 }
 
-// Whatever the climb does, a loader over a slow source delivers exactly
-// what one over the files does, batch by batch with the same states, and
-// keeps within its cap on reads in flight.
-func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
+// paddedDataset packs 3000 JSON records of about 220 bytes into 4 KiB
+// blocks and 96 KiB shards, and returns its directory.
+func paddedDataset(t *testing.T) string {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.jsonl")
 	var buf bytes.Buffer
@@ -152,6 +155,96 @@ func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
 	if _, err := PackJSONL(in, out, opts); err != nil {
 		t.Fatal(err)
 	}
+	return out
+}
+
+// Loaders that run at once over one Dataset share its reads in flight:
+// three ranks of 6 workers each never have more than the 6 reads one of
+// them climbed to at the server together, and each still gets its own
+// batches.
+func TestLoadersShareReadsInFlight(t *testing.T) {
+	out := paddedDataset(t)
+	var now, most atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := now.Add(1)
+		defer now.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		time.Sleep(2 * time.Millisecond)
+		http.FileServer(http.Dir(out)).ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	ds, err := Open(ctx, source.HTTP(srv.URL, nil, source.DefaultRetry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ds.Close()
+	// No shuffle window to speak of, and a budget that joins no blocks:
+	// every block is a read of its own, so each loader has many.
+	cfg := order.Config{Version: order.V2, Seed: 3, Shuffle: true, Window: 4, BatchSize: 8}
+	o, err := order.New(ds.Index.Counts(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const world, workers = 3, 6
+	newLoader := func(rank int) (*Loader[int], error) {
+		return NewLoader(ctx, ds, LoaderConfig{Order: cfg, Rank: rank, World: world, State: o.Start(0), Workers: workers, MaxReads: workers, MaxInFlight: 64 << 20}, decodeID)
+	}
+	// A first loader opens the shards (the opens are not range reads of
+	// blocks, and the Dataset keeps them for the others).
+	l, err := newLoader(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	most.Store(0)
+	samples := make([]int, world)
+	stats := make([]Stats, world)
+	var wg sync.WaitGroup
+	for rank := range world {
+		wg.Go(func() {
+			l, err := newLoader(rank)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer l.Close()
+			for {
+				b, err := l.Next(ctx)
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Errorf("rank %d: %v", rank, err)
+					return
+				}
+				samples[rank] += len(b.Samples)
+			}
+			stats[rank] = l.Stats()
+		})
+	}
+	wg.Wait()
+	total := 0
+	for rank, st := range stats {
+		total += samples[rank]
+		if st.Reads != workers || st.DatasetReads != workers {
+			t.Errorf("rank %d: %d reads in flight of its own, %d for the dataset; want %d and %d", rank, st.Reads, st.DatasetReads, workers, workers)
+		}
+	}
+	if want := int(o.Total()); total != want {
+		t.Errorf("the ranks got %d samples, want %d", total, want)
+	}
+	if got := most.Load(); got > workers || got < 2 {
+		t.Errorf("%d range reads at once at the server from %d loaders of %d reads each, want 2 to %d (one shared limit)", got, world, workers, workers)
+	}
+}
+
+// Whatever the climb does, a loader over a slow source delivers exactly
+// what one over the files does, batch by batch with the same states, and
+// keeps within its cap on reads in flight.
+func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
+	out := paddedDataset(t)
 	ctx := context.Background()
 	cfg := order.Config{Version: order.V2, Seed: 7, Shuffle: true, Window: 500, BatchSize: 16}
 	type got struct {

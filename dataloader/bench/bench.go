@@ -39,7 +39,7 @@ type Config struct {
 	// PlainReads is how the plain read reads: 0, one sequential reader
 	// per shard file in turn; n > 0, n range reads of RangeBytes in flight
 	// at once over all the shards' bytes; -1, as many range reads as the
-	// loaders of the same round settled on together (the stream then
+	// loaders of the same round kept in flight together (the stream then
 	// runs first in each round).
 	PlainReads int
 }
@@ -64,7 +64,7 @@ type Result struct {
 	RawRounds    []float64 `json:"raw_rounds_gbps"`
 	StreamRounds []float64 `json:"stream_rounds_gbps"`
 	// PlainReads is the plain read's range reads in flight (0:
-	// sequential), LoaderReads what the loaders settled on together, in
+	// sequential), LoaderReads what the loaders kept in flight together, in
 	// the last round.
 	PlainReads  int `json:"plain_reads"`
 	LoaderReads int `json:"loader_reads"`
@@ -302,7 +302,7 @@ func stream(ctx context.Context, ds *dataloader.Dataset, c Config, epoch int, de
 			st.bytes += s.Bytes
 			st.read += s.Read
 			st.stall = max(st.stall, s.Stall)
-			st.reads += s.Reads
+			st.reads = max(st.reads, s.DatasetReads) // one limit shared by all
 			mu.Unlock()
 		}()
 	}
