@@ -71,12 +71,20 @@ type Batch[T any] struct {
 	State   order.State
 }
 
-// maxRun is the most stored bytes one job reads with one range read:
-// consecutive blocks of a shard that are needed one after the other are
-// read together, large enough that the per-read cost vanishes, small
-// enough that a worker's buffer stays in the last-level cache while its
-// checksum is computed.
+// maxRun is the stored bytes one job reads with one range read at
+// least, where the blocks allow: consecutive blocks of a shard that are
+// needed one after the other are read together, large enough that the
+// per-read cost vanishes, small enough that a worker's buffer stays in
+// the last-level cache while its checksum is computed. A run takes
+// blocks while it is shorter than maxRun, as long as it stays within
+// MaxReadBytes: blocks of 1 MiB of records are a few bytes over 1 MiB
+// stored (their framing), and a strict limit of 4 MiB read them three at
+// a time (64 KiB records, 1 GiB over HTTP: 384 reads instead of 256).
 const maxRun = 4 << 20
+
+// MaxReadBytes is the most stored bytes the loader reads with one
+// request.
+const MaxReadBytes = maxRun + maxRun/4
 
 // need is one sample of the rank's rest of the epoch: position pos in the
 // rank's sequence of samples (batch pos/B, slot pos%B) wants record rec
@@ -357,10 +365,45 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 	sort.Slice(used, func(i, j int) bool { return needs[start[used[i]]].pos < needs[start[used[j]]].pos })
 	l.weights = make([]int64, len(l.states))
 	// endsAt[g] and startsAt[g] are the job whose run ends or starts with
-	// block g (-1: none yet).
+	// block g (-1: none yet). A job's needs and ends are filled in once
+	// its run is final; a job merged into another has no blocks.
 	endsAt, startsAt := make([]int32, nblocks), make([]int32, nblocks)
 	for g := range endsAt {
 		endsAt[g], startsAt[g] = -1, -1
+	}
+	lim := l.cfg.MaxInFlight / mergeAhead
+	// soon says whether reading a run first needed at from along with
+	// one first needed at first holds little of the budget.
+	soon := func(from, first, w int64) bool { return max(first-from, from-first)*max(w, 1) <= lim }
+	// takes says whether job k (made earlier, so needed no later) takes
+	// a block of stored bytes beside its run along: while the run is
+	// shorter than maxRun, within MaxReadBytes, needed soon after it.
+	takes := func(k int32, stored, first, w int64) bool {
+		if k < 0 {
+			return false
+		}
+		j := &l.jobs[k]
+		return j.len < maxRun && j.len+stored <= MaxReadBytes && soon(j.first, first, w)
+	}
+	// merge joins the runs of jobs a and b, b's right after a's in the
+	// file, into the one of them needed first, where the two fit in one
+	// read.
+	merge := func(a, b int32, w int64) {
+		ja, jb := &l.jobs[a], &l.jobs[b]
+		if ja.len+jb.len > MaxReadBytes || !soon(ja.first, jb.first, w) {
+			return
+		}
+		keep, drop := ja, jb
+		if b < a {
+			keep, drop = jb, ja
+		}
+		hi := base[ja.shard] + jb.block + jb.nblocks - 1
+		keep.block, keep.off = ja.block, ja.off
+		keep.nblocks = ja.nblocks + jb.nblocks
+		keep.len += drop.len
+		keep.weight += drop.weight
+		drop.nblocks = 0
+		startsAt[base[keep.shard]+keep.block], endsAt[hi] = min(a, b), min(a, b)
 	}
 	for _, g := range used {
 		s := shardOf(g)
@@ -371,48 +414,56 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 		for _, nd := range needs[start[g]:start[g+1]] {
 			l.weights[nd.pos/l.b] += w
 		}
-		n := start[g+1] - start[g]
-		weight := w * int64(n)
+		weight := w * int64(start[g+1]-start[g])
 		first := needs[start[g]].pos
-		// A job of the blocks beside g in its file, made earlier (so
-		// needed no later), takes g along when the run stays within
-		// maxRun and g is needed soon after the job's first sample.
-		joins := func(k int32) bool {
-			return k >= 0 && l.jobs[k].len+bi.Stored <= maxRun && (first-l.jobs[k].first)*max(w, 1) <= l.cfg.MaxInFlight/mergeAhead
+		left, right := int32(-1), int32(-1)
+		if g > base[s] {
+			left = endsAt[g-1]
 		}
-		if g > base[s] && joins(endsAt[g-1]) {
-			k := endsAt[g-1]
-			j := &l.jobs[k]
+		if g+1 < base[s+1] {
+			right = startsAt[g+1]
+		}
+		switch {
+		case takes(left, bi.Stored, first, w):
+			j := &l.jobs[left]
 			j.nblocks++
 			j.len += bi.Stored
-			j.needs = needs[start[g-j.nblocks+1]:start[g+1]]
-			j.ends = append(j.ends, start[g+1]-start[g-j.nblocks+1])
 			j.weight += weight
-			endsAt[g] = k
-			continue
-		}
-		if g+1 < base[s+1] && joins(startsAt[g+1]) {
-			k := startsAt[g+1]
-			j := &l.jobs[k]
+			endsAt[g] = left
+			// g may have closed the gap between two runs.
+			if right >= 0 {
+				merge(left, right, w)
+			}
+		case takes(right, bi.Stored, first, w):
+			j := &l.jobs[right]
 			j.block, j.off = g-base[s], bi.Offset
 			j.nblocks++
 			j.len += bi.Stored
-			j.needs = needs[start[g]:start[g+j.nblocks]]
-			ends := make([]int, 0, len(j.ends)+1)
-			ends = append(ends, n)
-			for _, e := range j.ends {
-				ends = append(ends, e+n)
-			}
-			j.ends = ends
 			j.weight += weight
-			startsAt[g] = k
+			startsAt[g] = right
+			if left >= 0 {
+				merge(left, right, w)
+			}
+		default:
+			startsAt[g] = int32(len(l.jobs))
+			endsAt[g] = int32(len(l.jobs))
+			l.jobs = append(l.jobs, readJob{shard: s, block: g - base[s], nblocks: 1, off: bi.Offset, len: bi.Stored, first: first, weight: weight})
+		}
+	}
+	jobs := l.jobs[:0]
+	for _, j := range l.jobs {
+		if j.nblocks == 0 {
 			continue
 		}
-		startsAt[g] = int32(len(l.jobs))
-		endsAt[g] = int32(len(l.jobs))
-		l.jobs = append(l.jobs, readJob{shard: s, block: g - base[s], nblocks: 1, off: bi.Offset, len: bi.Stored,
-			needs: needs[start[g]:start[g+1]], ends: []int{n}, first: first, weight: weight})
+		lo := base[j.shard] + j.block
+		j.needs = needs[start[lo]:start[lo+j.nblocks]]
+		j.ends = make([]int, j.nblocks)
+		for k := range j.ends {
+			j.ends[k] = start[lo+k+1] - start[lo]
+		}
+		jobs = append(jobs, j)
 	}
+	l.jobs = jobs
 	return nil
 }
 

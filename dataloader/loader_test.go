@@ -427,3 +427,76 @@ func TestDatasetKeepsShardsForTheNextLoader(t *testing.T) {
 		t.Errorf("a loader over a closed dataset: %v", err)
 	}
 }
+
+// The plan reads every needed block exactly once, in runs of neighbouring
+// blocks in first-use order, and leaves no two runs side by side in a
+// file that one read could have taken: runs made apart and joined later
+// by the block between them are merged (blocks needed 3, 1, 2 used to
+// leave [1 2] and [3] as two reads).
+func TestPlanJoinsNeighbours(t *testing.T) {
+	ds := packIDs(t, 6000, 40000, 400, 0)
+	for _, budget := range []int64{0, 8 << 10} {
+		for _, c := range []struct{ span, window int }{{1, 0}, {30, 200}, {200, 2000}} {
+			cfg := order.Config{Version: order.V2, Seed: 4, Shuffle: true, Window: c.window, Span: c.span, BatchSize: 8}
+			l, err := NewLoader(context.Background(), ds, LoaderConfig{Order: cfg, World: 1, State: order.State{Seed: 4}, Workers: 1, MaxInFlight: budget}, decodeID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.Close()
+			name := fmt.Sprintf("budget %d span %d window %d", budget, c.span, c.window)
+			type at struct{ shard, block int }
+			owner := map[at]int{}
+			var wmax int64
+			samples := 0
+			for k, j := range l.jobs {
+				r := l.readers[j.shard]
+				if k > 0 && j.first < l.jobs[k-1].first {
+					t.Fatalf("%s: job %d is needed at %d, before job %d at %d", name, k, j.first, k-1, l.jobs[k-1].first)
+				}
+				if len(j.ends) != j.nblocks || j.ends[j.nblocks-1] != len(j.needs) || j.off != r.Block(j.block).Offset {
+					t.Fatalf("%s: job %d: %d blocks, ends %v for %d needs, offset %d", name, k, j.nblocks, j.ends, len(j.needs), j.off)
+				}
+				var stored int64
+				from := 0
+				for b := j.block; b < j.block+j.nblocks; b++ {
+					bi := r.Block(b)
+					stored += bi.Stored
+					wmax = max(wmax, bi.Raw/int64(bi.Records))
+					if o, dup := owner[at{j.shard, b}]; dup {
+						t.Fatalf("%s: block %d of shard %d is in jobs %d and %d", name, b, j.shard, o, k)
+					}
+					owner[at{j.shard, b}] = k
+					group := j.needs[from:j.ends[b-j.block]]
+					if len(group) == 0 {
+						t.Fatalf("%s: job %d reads block %d of shard %d, which no sample needs", name, k, b, j.shard)
+					}
+					for _, nd := range group {
+						if nd.rec < 0 || int(nd.rec) >= bi.Records || nd.pos < j.first {
+							t.Fatalf("%s: job %d block %d: need %+v (block of %d records, job first %d)", name, k, b, nd, bi.Records, j.first)
+						}
+					}
+					from = j.ends[b-j.block]
+				}
+				samples += len(j.needs)
+				if stored != j.len || j.len > MaxReadBytes {
+					t.Fatalf("%s: job %d reads %d bytes, its blocks hold %d (at most %d)", name, k, j.len, stored, MaxReadBytes)
+				}
+			}
+			if want := len(l.states) * cfg.BatchSize; samples < want-cfg.BatchSize || samples > want {
+				t.Fatalf("%s: the jobs feed %d samples for %d batches of %d", name, samples, len(l.states), cfg.BatchSize)
+			}
+			lim := l.cfg.MaxInFlight / mergeAhead
+			for k, j := range l.jobs {
+				next, ok := owner[at{j.shard, j.block + j.nblocks}]
+				if !ok {
+					continue
+				}
+				n := l.jobs[next]
+				if j.len+n.len <= MaxReadBytes && max(n.first-j.first, j.first-n.first)*wmax <= lim {
+					t.Errorf("%s: jobs %d and %d read blocks %d-%d and %d-%d of shard %d, needed at %d and %d: one read would do", name, k, next, j.block, j.block+j.nblocks-1, n.block, n.block+n.nblocks-1, j.shard, j.first, n.first)
+				}
+			}
+			t.Logf("%s: %d reads", name, len(l.jobs))
+		}
+	}
+}

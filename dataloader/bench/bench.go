@@ -46,7 +46,7 @@ type Config struct {
 
 // RangeBytes is the size of the plain parallel read's range requests: the
 // most the loader reads with one request.
-const RangeBytes = 4 << 20
+const RangeBytes = dataloader.MaxReadBytes
 
 // Result of a run; bandwidths in GB/s (1e9 bytes), medians over the
 // rounds.
