@@ -9,7 +9,6 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -24,7 +23,12 @@ type Reader struct {
 	meta    []byte
 	blocks  []BlockInfo
 	sums    []uint64
+	version uint32
+	sum     func([]byte) uint64 // the version's checksum
 }
+
+// Version returns the shard's format version.
+func (r *Reader) Version() int { return int(r.version) }
 
 // decoder is shared by all readers: DecodeAll is safe for concurrent use,
 // and with the cap limit it never writes past the capacity it is given.
@@ -80,9 +84,11 @@ func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
 	if string(hdr[:8]) != Magic {
 		return nil, sr.corrupt(-1, "header: not a ringo shard (magic %q)", hdr[:8])
 	}
-	if v := binary.LittleEndian.Uint32(hdr[8:]); v != Version {
-		return nil, fmt.Errorf("shard %s: format version %d, this reader knows %d: %w", name, v, Version, ErrUnsupportedVersion)
+	sr.version = binary.LittleEndian.Uint32(hdr[8:])
+	if sr.version != Version1 && sr.version != Version {
+		return nil, fmt.Errorf("shard %s: format version %d, this reader knows %d and %d: %w", name, sr.version, Version1, Version, ErrUnsupportedVersion)
 	}
+	sr.sum = checksum(sr.version)
 	if f := binary.LittleEndian.Uint32(hdr[12:]); f != 0 {
 		return nil, sr.corrupt(-1, "header: unknown flags %#x", f)
 	}
@@ -110,7 +116,7 @@ func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
 			return nil, err
 		}
 	}
-	if got := xxhash.Sum64(footer); got != footerSum {
+	if got := sr.sum(footer); got != footerSum {
 		return nil, sr.corrupt(-1, "footer: checksum %016x, trailer says %016x", got, footerSum)
 	}
 	if err := sr.parseFooter(footer, int64(footerOff)); err != nil {
@@ -121,8 +127,8 @@ func Open(r io.ReaderAt, size int64, name string) (*Reader, error) {
 
 func (r *Reader) parseFooter(f []byte, footerOff int64) error {
 	le := binary.LittleEndian
-	if v := le.Uint32(f[0:]); v != Version {
-		return r.corrupt(-1, "footer: version %d disagrees with the header", v)
+	if v := le.Uint32(f[0:]); v != r.version {
+		return r.corrupt(-1, "footer: version %d disagrees with the header's %d", v, r.version)
 	}
 	if fl := le.Uint32(f[4:]); fl != 0 {
 		return r.corrupt(-1, "footer: unknown flags %#x", fl)
@@ -293,7 +299,7 @@ func (r *Reader) CheckBlock(i int, stored, scratch []byte) ([]byte, error) {
 	if int64(len(stored)) != b.Stored {
 		return nil, r.corrupt(i, "%d stored bytes, footer declares %d", len(stored), b.Stored)
 	}
-	if got := xxhash.Sum64(stored); got != r.sums[i] {
+	if got := r.sum(stored); got != r.sums[i] {
 		return nil, r.corrupt(i, "checksum %016x, footer says %016x", got, r.sums[i])
 	}
 	if !b.Compressed {

@@ -4,14 +4,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 )
 
-// Format constants of version 1.
+// Format constants.
 const (
-	// Magic opens the header and closes the trailer.
+	// Magic opens the header and closes the trailer (of every version).
 	Magic = "RGSHARD1"
-	// Version is the format version this package writes and reads.
-	Version = 1
+	// Version is the format version this package writes unless
+	// Options.Version says otherwise: version 1 with XXH3-64 checksums
+	// instead of XXH64. Readers read both.
+	Version = 2
+	// Version1 checksums with XXH64. Verifying a block costs about four
+	// times as much as in version 2 (12.6 against 53 GB/s on one core
+	// measured here, 1 MiB blocks): a loader that checks every block it
+	// reads from HTTP spent 13% of its CPU on it.
+	Version1 = 1
 
 	headerSize      = 16
 	trailerSize     = 32
@@ -59,6 +69,9 @@ type Options struct {
 	Level int
 	// Metadata is an optional JSON document stored in the footer.
 	Metadata []byte
+	// Version is the format version to write: 0 for Version, or
+	// Version1 for readers that know only version 1.
+	Version int
 }
 
 // DefaultOptions returns 1 MiB blocks, zstd level 3 and no metadata.
@@ -73,6 +86,9 @@ func (o Options) Validate() error {
 	}
 	if o.Level < 0 || o.Level > 22 {
 		return fmt.Errorf("shard: Level %d out of range [0, 22] (0 = no compression, else a zstd level)", o.Level)
+	}
+	if o.Version != 0 && o.Version != Version1 && o.Version != Version {
+		return fmt.Errorf("shard: Version %d is not a format version (%d or %d; 0 = %d)", o.Version, Version1, Version, Version)
 	}
 	if len(o.Metadata) > MaxMetadataSize {
 		return fmt.Errorf("shard: Metadata is %d bytes, more than %d", len(o.Metadata), MaxMetadataSize)
@@ -121,3 +137,12 @@ func (e *CorruptError) Error() string {
 
 // Is makes errors.Is(err, ErrCorrupt) true.
 func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// checksum is the checksum of format version v: XXH64 for version 1,
+// XXH3-64 for version 2, both with seed 0.
+func checksum(v uint32) func([]byte) uint64 {
+	if v == Version1 {
+		return xxhash.Sum64
+	}
+	return xxh3.Hash
+}

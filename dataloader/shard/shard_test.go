@@ -6,14 +6,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/cespare/xxhash/v2"
 )
 
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite the fuzz seed corpus under testdata/fuzz")
@@ -277,10 +276,14 @@ func wantCorrupt(t *testing.T, err error, block int) *CorruptError {
 
 func TestCorruption(t *testing.T) {
 	recs := variedRecords(300, 1024, 4)
-	for _, level := range []int{0, 3} {
-		t.Run(fmt.Sprintf("level%d", level), func(t *testing.T) {
-			good := build(t, Options{BlockSize: 1024, Level: level}, recs)
+	for _, c := range []struct{ level, version int }{{0, Version}, {3, Version}, {0, Version1}, {3, Version1}} {
+		level := c.level
+		t.Run(fmt.Sprintf("level%d/v%d", level, c.version), func(t *testing.T) {
+			good := build(t, Options{BlockSize: 1024, Level: level, Version: c.version}, recs)
 			r0 := open(t, good)
+			if r0.Version() != c.version {
+				t.Fatalf("written as version %d, read as %d", c.version, r0.Version())
+			}
 			const victim = 2
 			bi := r0.Block(victim)
 
@@ -409,7 +412,7 @@ func TestCorruption(t *testing.T) {
 				for j := range blk {
 					blk[j] = 0xff
 				}
-				sum := xxhash.Sum64(blk)
+				sum := fileSum(data)(blk)
 				data = rewriteFooter(t, data, func(f []byte) {
 					binary.LittleEndian.PutUint64(footerEntries(f)[victim*entrySize+40:], sum)
 				})
@@ -429,7 +432,7 @@ func TestCorruption(t *testing.T) {
 
 			t.Run("other version", func(t *testing.T) {
 				data := bytes.Clone(good)
-				binary.LittleEndian.PutUint32(data[8:], 2)
+				binary.LittleEndian.PutUint32(data[8:], Version+1)
 				_, err := Open(bytes.NewReader(data), int64(len(data)), "test.shard")
 				if !errors.Is(err, ErrUnsupportedVersion) {
 					t.Fatalf("Open = %v, want ErrUnsupportedVersion", err)
@@ -443,6 +446,11 @@ type shrinkingReader struct{ data []byte }
 
 func (s *shrinkingReader) ReadAt(p []byte, off int64) (int, error) {
 	return bytes.NewReader(s.data).ReadAt(p, off)
+}
+
+// fileSum is the checksum of the version data's header names.
+func fileSum(data []byte) func([]byte) uint64 {
+	return checksum(binary.LittleEndian.Uint32(data[8:]))
 }
 
 // footerEntries returns the block index part of a footer.
@@ -461,7 +469,7 @@ func rewriteFooter(t *testing.T, data []byte, edit func(footer []byte)) []byte {
 	n := binary.LittleEndian.Uint64(tr[8:])
 	f := data[off : off+n]
 	edit(f)
-	binary.LittleEndian.PutUint64(tr[16:], xxhash.Sum64(f))
+	binary.LittleEndian.PutUint64(tr[16:], fileSum(data)(f))
 	return data
 }
 
@@ -742,11 +750,11 @@ func fixSums(data []byte) []byte {
 			bo := binary.LittleEndian.Uint64(e[0:])
 			bn := binary.LittleEndian.Uint64(e[8:])
 			if bo <= uint64(len(data)) && bn <= uint64(len(data))-bo {
-				binary.LittleEndian.PutUint64(e[40:], xxhash.Sum64(data[bo:bo+bn]))
+				binary.LittleEndian.PutUint64(e[40:], fileSum(data)(data[bo:bo+bn]))
 			}
 		}
 	}
-	binary.LittleEndian.PutUint64(tr[16:], xxhash.Sum64(f))
+	binary.LittleEndian.PutUint64(tr[16:], fileSum(data)(f))
 	return data
 }
 
@@ -843,5 +851,43 @@ func TestOpenReads(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Both format versions are written and read, and differ only in their
+// checksums (XXH64 against XXH3-64, the reference implementations'
+// values for the empty input pinned here); a footer of the other
+// version and a version no reader knows are refused.
+func TestVersions(t *testing.T) {
+	if a, b := checksum(Version1)(nil), checksum(Version)(nil); a != 0xef46db3751d8e999 || b != 0x2d06800538d394c2 {
+		t.Fatalf("checksums of nothing: %016x (XXH64), %016x (XXH3-64)", a, b)
+	}
+	recs := variedRecords(200, 700, 9)
+	v1 := build(t, Options{BlockSize: 2048, Version: Version1}, recs)
+	v2 := build(t, Options{BlockSize: 2048}, recs)
+	if len(v1) != len(v2) || bytes.Equal(v1, v2) {
+		t.Fatalf("v1 is %d bytes, v2 %d (equal: %v); want the same layout with other checksums", len(v1), len(v2), bytes.Equal(v1, v2))
+	}
+	for _, data := range [][]byte{v1, v2} {
+		r := open(t, data)
+		for i, want := range recs {
+			got, err := r.Record(int64(i))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("version %d record %d: %q, %v", r.Version(), i, got, err)
+			}
+		}
+	}
+	// A version 1 header over a version 2 footer (checksums fixed).
+	mixed := bytes.Clone(v2)
+	binary.LittleEndian.PutUint32(mixed[8:], Version1)
+	_, err := Open(bytes.NewReader(mixed), int64(len(mixed)), "test.shard")
+	wantCorrupt(t, err, -1)
+	mixed = fixSums(mixed)
+	_, err = Open(bytes.NewReader(mixed), int64(len(mixed)), "test.shard")
+	if ce := wantCorrupt(t, err, -1); !strings.Contains(ce.Reason, "disagrees") {
+		t.Fatalf("reason %q", ce.Reason)
+	}
+	if _, err := NewWriter(io.Discard, Options{Version: 3}); err == nil || !strings.Contains(err.Error(), "Version 3") {
+		t.Fatalf("Options.Version 3: %v", err)
 	}
 }

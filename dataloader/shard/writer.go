@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -22,8 +21,10 @@ type Writer struct {
 	records   int64
 	index     []BlockInfo
 	sums      []uint64
-	scratch   []byte // compressed output
-	err       error  // sticky
+	version   uint32
+	sum       func([]byte) uint64 // the version's checksum
+	scratch   []byte              // compressed output
+	err       error               // sticky
 	closed    bool
 	closedErr error
 }
@@ -37,7 +38,10 @@ func NewWriter(w io.Writer, opts Options) (*Writer, error) {
 		opts.BlockSize = DefaultBlockSize
 	}
 	opts.Metadata = append([]byte(nil), opts.Metadata...)
-	sw := &Writer{w: w, opts: opts}
+	if opts.Version == 0 {
+		opts.Version = Version
+	}
+	sw := &Writer{w: w, opts: opts, version: uint32(opts.Version), sum: checksum(uint32(opts.Version))}
 	if opts.Level > 0 {
 		enc, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(opts.Level)),
@@ -49,7 +53,7 @@ func NewWriter(w io.Writer, opts Options) (*Writer, error) {
 	}
 	var hdr [headerSize]byte
 	copy(hdr[:], Magic)
-	binary.LittleEndian.PutUint32(hdr[8:], Version)
+	binary.LittleEndian.PutUint32(hdr[8:], sw.version)
 	if err := sw.write(hdr[:]); err != nil {
 		sw.release()
 		return nil, err
@@ -123,7 +127,7 @@ func (w *Writer) flush() error {
 		return err
 	}
 	w.index = append(w.index, bi)
-	w.sums = append(w.sums, xxhash.Sum64(stored))
+	w.sums = append(w.sums, w.sum(stored))
 	w.buf = w.buf[:0]
 	w.inBlock = 0
 	return nil
@@ -147,7 +151,7 @@ func (w *Writer) Close() error {
 	}
 	footerOff := w.off
 	footer := make([]byte, 0, footerFixedSize+len(w.opts.Metadata)+entrySize*len(w.index))
-	footer = binary.LittleEndian.AppendUint32(footer, Version)
+	footer = binary.LittleEndian.AppendUint32(footer, w.version)
 	footer = binary.LittleEndian.AppendUint32(footer, 0)
 	footer = binary.LittleEndian.AppendUint64(footer, uint64(w.records))
 	footer = binary.LittleEndian.AppendUint64(footer, uint64(len(w.index)))
@@ -174,7 +178,7 @@ func (w *Writer) Close() error {
 	var tr [trailerSize]byte
 	binary.LittleEndian.PutUint64(tr[0:], uint64(footerOff))
 	binary.LittleEndian.PutUint64(tr[8:], uint64(len(footer)))
-	binary.LittleEndian.PutUint64(tr[16:], xxhash.Sum64(footer))
+	binary.LittleEndian.PutUint64(tr[16:], w.sum(footer))
 	copy(tr[24:], Magic)
 	if err := w.write(footer); err != nil {
 		w.closedErr = err
