@@ -303,7 +303,9 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 	if err != nil {
 		return err
 	}
-	// Blocks get global ids: base[s] + block index in shard s.
+	// Blocks get global ids: base[s] + block index in shard s. wOf[g] is
+	// what the budget charges per record of block g: its share of the
+	// block's raw bytes (the same comes back when its batch is handed out).
 	base := make([]int, len(l.readers)+1)
 	firsts := make([][]int64, len(l.readers))
 	for s, r := range l.readers {
@@ -313,12 +315,21 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 			firsts[s][b] = r.Block(b).First
 		}
 	}
+	wOf := make([]int64, base[len(l.readers)])
+	for s, r := range l.readers {
+		for b := range r.Blocks() {
+			bi := r.Block(b)
+			wOf[base[s]+b] = bi.Raw / int64(bi.Records)
+		}
+	}
 	// This rank's share of what is left of the epoch, to size the slices
 	// once (growing them by append was a third of planning's time).
 	left := max(0, ord.Total()-l.cfg.State.Consumed)
 	share := left/int64(max(1, l.cfg.World)) + int64(l.cfg.Order.BatchSize)
 	gids, recs := make([]int32, 0, share), make([]int32, 0, share)
-	l.states = make([]order.State, 0, share/int64(max(1, l.cfg.Order.BatchSize))+1)
+	nbatches := share/int64(max(1, l.cfg.Order.BatchSize)) + 1
+	l.states = make([]order.State, 0, nbatches)
+	l.weights = make([]int64, 0, nbatches)
 	// last[s] is the block of shard s the previous sample of s was in:
 	// samples come in runs from one span, so it is usually the answer.
 	last := make([]int, len(l.readers))
@@ -327,17 +338,21 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 		if !ok {
 			break
 		}
+		var weight int64
 		for _, smp := range batch {
 			f := firsts[smp.Shard]
 			b := last[smp.Shard]
 			if smp.Index < f[b] || (b+1 < len(f) && smp.Index >= f[b+1]) {
-				b = sort.Search(len(f), func(i int) bool { return f[i] > smp.Index }) - 1
+				b = blockOf(f, smp.Index)
 				last[smp.Shard] = b
 			}
-			gids = append(gids, int32(base[smp.Shard]+b))
+			g := base[smp.Shard] + b
+			gids = append(gids, int32(g))
 			recs = append(recs, int32(smp.Index-f[b]))
+			weight += wOf[g]
 		}
 		l.states = append(l.states, cur.State())
+		l.weights = append(l.weights, weight)
 	}
 	nblocks := base[len(l.readers)]
 	// Group the needs by block (a counting sort keeps each group in
@@ -363,7 +378,6 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 		}
 	}
 	sort.Slice(used, func(i, j int) bool { return needs[start[used[i]]].pos < needs[start[used[j]]].pos })
-	l.weights = make([]int64, len(l.states))
 	// endsAt[g] and startsAt[g] are the job whose run ends or starts with
 	// block g (-1: none yet). A job's needs and ends are filled in once
 	// its run is final; a job merged into another has no blocks.
@@ -408,12 +422,7 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 	for _, g := range used {
 		s := shardOf(g)
 		bi := l.readers[s].Block(g - base[s])
-		// Each need is charged its share of the block's raw bytes, and
-		// the same amount comes back when its batch is handed out.
-		w := bi.Raw / int64(bi.Records)
-		for _, nd := range needs[start[g]:start[g+1]] {
-			l.weights[nd.pos/l.b] += w
-		}
+		w := wOf[g]
 		weight := w * int64(start[g+1]-start[g])
 		first := needs[start[g]].pos
 		left, right := int32(-1), int32(-1)
@@ -465,6 +474,27 @@ func (l *Loader[T]) plan(ord *order.Order) error {
 	}
 	l.jobs = jobs
 	return nil
+}
+
+// blockOf returns the block whose records start at firsts holds record
+// i of the shard. Blocks of records of one size hold the same count, so
+// the first guess is usually the answer; a binary search otherwise.
+func blockOf(firsts []int64, i int64) int {
+	n := len(firsts)
+	if n > 1 && firsts[1] > 0 {
+		b := int(min(i/firsts[1], int64(n-1)))
+		for range 2 {
+			switch {
+			case firsts[b] > i:
+				b--
+			case b+1 < n && firsts[b+1] <= i:
+				b++
+			default:
+				return b
+			}
+		}
+	}
+	return sort.Search(n, func(k int) bool { return firsts[k] > i }) - 1
 }
 
 // mergeAhead: a block joins the read of the blocks before or after it in

@@ -500,3 +500,22 @@ func TestPlanJoinsNeighbours(t *testing.T) {
 		}
 	}
 }
+
+// blockOf finds every record's block, whether the blocks hold the same
+// count of records or not.
+func TestBlockOf(t *testing.T) {
+	for _, counts := range [][]int64{{5}, {4, 4, 4, 3}, {1, 9, 2, 2, 30, 1, 1}, {7, 7, 1, 7, 7}} {
+		var firsts []int64
+		var total int64
+		for _, c := range counts {
+			firsts = append(firsts, total)
+			total += c
+		}
+		for i := range total {
+			b := blockOf(firsts, i)
+			if b < 0 || b >= len(firsts) || firsts[b] > i || (b+1 < len(firsts) && firsts[b+1] <= i) {
+				t.Fatalf("blocks of %v records: record %d is in block %d", counts, i, b)
+			}
+		}
+	}
+}
