@@ -162,7 +162,8 @@ type Loader[T any] struct {
 	head     int                // the batch Next returns next
 	inflight int64
 	closed   bool
-	largest  int64 // the plan's largest read: the size of every read buffer
+	largest  int64 // the plan's largest read
+	bufSize  int64 // the read buffers': largest, or MaxReadBytes
 
 	read, skipped atomic.Int64
 	jobsDone      atomic.Int64
@@ -203,6 +204,13 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 	}
 	for i := range l.jobs {
 		l.largest = max(l.largest, l.jobs[i].len)
+	}
+	l.bufSize = l.largest
+	if l.largest > maxRun && l.largest <= MaxReadBytes {
+		// Runs past maxRun end anywhere up to MaxReadBytes, so the next
+		// epoch's largest is as likely to be a little longer: buffers
+		// of MaxReadBytes fit every epoch's.
+		l.bufSize = MaxReadBytes
 	}
 	if l.cfg.MaxReads <= 0 {
 		l.cfg.MaxReads = defaultMaxReads(l.largest, l.cfg.MaxInFlight)
@@ -577,35 +585,35 @@ func (l *Loader[T]) dispatch(ctx context.Context, pf *prefetch) {
 
 func (l *Loader[T]) worker(ctx context.Context) {
 	defer l.wg.Done()
-	var buf *[]byte
-	defer func() {
-		if buf != nil {
-			l.ds.bufs.Put(buf)
-		}
-	}()
 	var scratch []byte
 	var recs [][]byte
 	for j := range l.work {
 		if ctx.Err() != nil {
 			return
 		}
-		if buf == nil {
-			buf = l.ds.readBuf(l.largest)
-		}
 		scratch, recs = scratch[:0], recs[:0]
-		scratch, recs = l.run(ctx, j, (*buf)[:j.len], scratch, recs)
+		scratch, recs = l.run(ctx, j, scratch, recs)
 		l.jobsDone.Add(1)
 	}
 }
 
 // run reads, verifies and decodes one job; it returns the scratch buffers
 // for reuse.
-func (l *Loader[T]) run(ctx context.Context, j *readJob, buf, scratch []byte, recs [][]byte) ([]byte, [][]byte) {
+func (l *Loader[T]) run(ctx context.Context, j *readJob, scratch []byte, recs [][]byte) ([]byte, [][]byte) {
 	r := l.readers[j.shard]
 	name := l.ds.Index.Shards[j.shard].Name
 	// A failed read spoils the whole run; a block that fails its checks
-	// spoils only itself.
-	readErr := l.ds.gate.read(ctx, func() error { return r.ReadAt(buf, j.off, j.block) })
+	// spoils only itself. Every read buffer fits the plan's largest
+	// read, so that any buffer fits any later read.
+	readErr := l.ds.gate.acquire(ctx)
+	var buf []byte
+	if readErr == nil {
+		buf = l.ds.readBuf(l.bufSize)
+		defer l.ds.putBuf(buf)
+		buf = buf[:j.len]
+		readErr = r.ReadAt(buf, j.off, j.block)
+		l.ds.gate.release()
+	}
 	if readErr == nil {
 		l.read.Add(j.len)
 	}
