@@ -391,7 +391,8 @@ func TestLoaderDecodeError(t *testing.T) {
 }
 
 // A second loader over the same Dataset reuses the shards the first
-// opened and starts at the reads in flight the first climbed to; after
+// opened and its read buffers, and starts at the reads in flight the
+// first climbed to; after
 // Dataset.Close a new loader fails, saying what to do.
 func TestDatasetKeepsShardsForTheNextLoader(t *testing.T) {
 	ds := idDataset(t, 500)
@@ -405,7 +406,22 @@ func TestDatasetKeepsShardsForTheNextLoader(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := slices.Clone(l.readers)
+	drain := func(l *Loader[int]) {
+		for {
+			if _, err := l.Next(context.Background()); err != nil {
+				return
+			}
+		}
+	}
+	drain(l)
 	l.Close()
+	bufs := map[*byte]bool{}
+	for _, b := range ds.bufs {
+		bufs[&b[:1][0]] = true
+	}
+	if len(bufs) == 0 {
+		t.Fatal("the dataset kept no read buffers from the first loader")
+	}
 	ds.reads.Store(5) // as if the first loader had climbed to 5
 	l, err = newLoader()
 	if err != nil {
@@ -416,10 +432,23 @@ func TestDatasetKeepsShardsForTheNextLoader(t *testing.T) {
 			t.Errorf("shard %d was opened again", i)
 		}
 	}
-	if got := l.Stats().Reads; got < 5 { // 2 (Workers) without the hint; the climb may add more
-		t.Errorf("the second loader started with %d reads in flight, want the 5 the dataset remembered", got)
+	reads := l.Stats().Reads
+	if reads < 5 { // 2 (Workers) without the hint; the climb may add more
+		t.Errorf("the second loader started with %d reads in flight, want the 5 the dataset remembered", reads)
 	}
+	// Its 5 reads in flight took the first loader's buffers before
+	// making new ones.
+	drain(l)
 	l.Close()
+	kept := 0
+	for _, b := range ds.bufs {
+		if bufs[&b[:1][0]] {
+			kept++
+		}
+	}
+	if made := len(ds.bufs) - kept; kept != len(bufs) || made > max(0, reads-len(bufs)) {
+		t.Errorf("the second loader (%d reads in flight) kept %d of the first one's %d read buffers and made %d", reads, kept, len(bufs), made)
+	}
 	if err := ds.Close(); err != nil {
 		t.Fatal(err)
 	}
