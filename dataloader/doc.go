@@ -43,8 +43,9 @@
 // A loader starts with LoaderConfig.Workers reads in flight and, while
 // the rate its workers read at grows by a tenth each time they double,
 // starts more, up to MaxReads (by default as many buffers of the plan's
-// largest read as MaxInFlight holds, at most 256), and stops as soon as a window of reads kept the
-// process's CPUs 85% busy. On local files the reads are CPU work, so the
+// largest read as half of MaxInFlight holds, at most 256), and stops as
+// soon as a window of reads kept the process's CPUs 85% busy. On local
+// files the reads are CPU work, so the
 // climb stops at once; a source with a round trip per request (HTTP, S3)
 // climbs until the link, the server or the CPUs are the limit, by more
 // than doubling where the reads in flight left the CPUs idle (Little's

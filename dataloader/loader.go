@@ -32,16 +32,17 @@ type LoaderConfig struct {
 	// remote source's latency per request.
 	Workers int
 	// MaxReads caps the reads in flight (default: as many read buffers
-	// of the plan's largest read as MaxInFlight holds, at most 256; at
-	// least Workers). Every worker's read buffer is the size of the
-	// plan's largest read, so this bounds the read buffers' memory too.
+	// of the plan's largest read as half of MaxInFlight holds, at most
+	// 256; at least Workers). Every read buffer fits the plan's largest
+	// read, so this bounds the read buffers' memory too.
 	MaxReads int
 	// MaxInFlight bounds the record bytes read ahead of the consumer
-	// (default 256 MiB): the bytes of the records of every block handed
+	// (default 512 MiB): the bytes of the records of every block handed
 	// to a worker whose batch Next has not returned yet, as the blocks'
-	// sizes say. It is back-pressure instead of memory growth; the blocks
-	// of the batch Next returns next are read whatever it says, so a
-	// budget smaller than one batch still makes progress.
+	// sizes say, whether being read or read and waiting for their batch.
+	// It is back-pressure instead of memory growth; the blocks of the
+	// batch Next returns next are read whatever it says, so a budget
+	// smaller than one batch still makes progress.
 	MaxInFlight int64
 	// SkipCorrupt skips records of corrupt blocks (counted in Stats)
 	// instead of failing.
@@ -187,7 +188,7 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 		cfg.Workers = 4
 	}
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 256 << 20
+		cfg.MaxInFlight = 512 << 20
 	}
 	l := &Loader[T]{ds: ds, cfg: cfg, decode: decode, b: int64(cfg.Order.BatchSize), dead: make(chan struct{}), started: time.Now()}
 	l.cond = sync.NewCond(&l.mu)
@@ -237,14 +238,18 @@ func NewLoader[T any](ctx context.Context, ds *Dataset, cfg LoaderConfig, decode
 const maxReadsCap = 256
 
 // defaultMaxReads is how many read buffers of the plan's largest read fit
-// in budget bytes, at most maxReadsCap. Datasets of small blocks whose
-// reads cannot be joined (shuffled spans of one block) read 1-2 MiB at a
-// time, not maxRun: counting their buffers at maxRun would halve the
-// reads in flight that hide a remote source's latency for no memory
-// saved (measured: 64 MiB more buffers took HTTP from 0.76 to 0.82 of a
-// plain parallel read, median of 15).
+// in half of budget bytes, at most maxReadsCap. The other half is for the
+// records read and waiting for their batch: with a shuffle window they
+// hold a window's worth and more (64 KiB records, a window of 1024, 1
+// GiB over HTTP: with all of 256 MiB for 51 reads, only 27-29 were in
+// flight on average, 10 workers waiting on the budget, and the loader
+// ran at 0.8 of a plain read of 51 reads; at 256 MiB of 512 for reads,
+// 47 were reading, at 0.86-1.01). Datasets of small blocks whose reads
+// cannot be joined read 1-2 MiB at a time, not maxRun: counting their
+// buffers at maxRun would halve the reads in flight that hide a remote
+// source's latency for no memory saved.
 func defaultMaxReads(largest, budget int64) int {
-	return int(min(maxReadsCap, max(1, budget/max(1, largest))))
+	return int(min(maxReadsCap, max(1, budget/2/max(1, largest))))
 }
 
 // openReads is how many shards a loader opens at once when MaxReads is

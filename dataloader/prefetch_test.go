@@ -307,17 +307,18 @@ func TestLoaderAdaptivePrefetchSameBatches(t *testing.T) {
 }
 
 // The default cap on reads in flight counts buffers of the plan's largest
-// read against the budget, at most maxReadsCap.
+// read against half of the budget, at most maxReadsCap.
 func TestDefaultMaxReads(t *testing.T) {
 	for _, c := range []struct {
 		largest, budget int64
 		want            int
 	}{
-		{2 << 20, 256 << 20, 128},
-		{4 << 20, 256 << 20, 64},
-		{64 << 10, 256 << 20, maxReadsCap},
+		{2 << 20, 512 << 20, 128},
+		{4 << 20, 512 << 20, 64},
+		{5 << 20, 256 << 20, 25},
+		{64 << 10, 512 << 20, maxReadsCap},
 		{4 << 20, 1 << 20, 1},
-		{0, 256 << 20, maxReadsCap},
+		{0, 512 << 20, maxReadsCap},
 	} {
 		if got := defaultMaxReads(c.largest, c.budget); got != c.want {
 			t.Errorf("largest read %d, budget %d: %d reads, want %d", c.largest, c.budget, got, c.want)
