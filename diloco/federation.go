@@ -62,8 +62,14 @@ type Board interface {
 // sync; a site that finds itself left out (late, or back from a restart)
 // says so under <prefix>/back/<site>, and is waited for again.
 //
-// The board keeps each rank's messages for Keep syncs, the window in
-// which a restarted site can catch up; decisions stay.
+// The board keeps each sync for Keep syncs, the window in which a
+// restarted site can catch up: each rank deletes its own messages of the
+// sync Keep syncs back, and the first member of the sync just decided
+// deletes that old sync's members, bell and ready counters, after raising
+// <prefix>/pruned to its step. A site that would post to, or replay, a
+// sync at or below it is further behind than the board keeps, and says
+// so, instead of deciding an old sync afresh or taking missing members
+// for the end of the decided ones.
 type Federation struct {
 	Board Board
 	// NotFound is what Board.Get wraps for a missing key.
@@ -249,26 +255,77 @@ func (b *boardExchange) keep() int {
 }
 
 // prune deletes, in the background, this rank's messages of the sync Keep
-// syncs before step. Errors are ignored: what is left only takes room.
-func (b *boardExchange) prune(ctx context.Context, step int64) {
+// syncs before step, and, on the first member's first rank of the sync
+// of step (members), that old sync's shared keys, once the pruned mark
+// says so. Errors are ignored: what is left only takes room, and a mark
+// that could not be raised keeps the shared keys.
+func (b *boardExchange) prune(ctx context.Context, step int64, members []int) {
 	old := step - int64(b.keep())*b.every
 	if old <= 0 {
 		return
 	}
 	b.pruning.Go(func() {
 		k := b.msgKey(old, b.Site, b.place)
-		v, err := b.Board.Get(ctx, k)
-		if err != nil {
-			return // gone, or this site was not there for it
-		}
-		b.Board.Delete(ctx, k)
-		if len(v) > 0 && v[0] == partsTag {
-			parts, _ := strconv.Atoi(string(v[1:]))
-			for i := range parts {
-				b.Board.Delete(ctx, k+"/"+strconv.Itoa(i))
+		if v, err := b.Board.Get(ctx, k); err == nil { // else gone, or this site was not there for it
+			b.Board.Delete(ctx, k)
+			if len(v) > 0 && v[0] == partsTag {
+				parts, _ := strconv.Atoi(string(v[1:]))
+				for i := range parts {
+					b.Board.Delete(ctx, k+"/"+strconv.Itoa(i))
+				}
 			}
 		}
+		if b.place != 0 || len(members) == 0 || members[0] != b.Site || b.markPruned(ctx, old) != nil {
+			return
+		}
+		b.Board.Delete(ctx, b.key(old, "members"))
+		b.Board.Delete(ctx, b.key(old, "bell"))
+		for s := range b.Sites {
+			b.Board.Delete(ctx, b.key(old, "ready", strconv.Itoa(s)))
+		}
 	})
+}
+
+func (b *boardExchange) prunedKey() string { return b.Prefix + "/pruned" }
+
+// markPruned raises the pruned mark to step; it never lowers it, so that
+// a pruner of an older sync that runs late cannot hide a newer one's.
+func (b *boardExchange) markPruned(ctx context.Context, step int64) error {
+	for {
+		cur, err := b.Board.Get(ctx, b.prunedKey())
+		if b.missing(err) {
+			cur, err = nil, nil
+		} else if err != nil {
+			return err
+		}
+		if at, err := strconv.ParseInt(string(cur), 10, 64); err == nil && at >= step {
+			return nil
+		}
+		if _, swapped, err := b.Board.CompareAndSwap(ctx, b.prunedKey(), cur, []byte(strconv.FormatInt(step, 10))); err != nil || swapped {
+			return err
+		}
+	}
+}
+
+// pruned returns the last sync whose shared keys may be gone (0: none).
+func (b *boardExchange) pruned(ctx context.Context) (int64, error) {
+	v, err := b.Board.Get(ctx, b.prunedKey())
+	if b.missing(err) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	at, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s holds %q, not a step", b.prunedKey(), v)
+	}
+	return at, nil
+}
+
+// tooFarBehind is the error for a sync of step at or below the pruned
+// mark at.
+func (b *boardExchange) tooFarBehind(step, at int64) error {
+	return fmt.Errorf("the sync of step %d is gone from the board, which keeps %d syncs (up to the one of step %d is pruned): site %q is further behind than that; restart it from a newer checkpoint, or give the federation a larger Keep", step, b.keep(), at, b.Sites[b.Site])
 }
 
 // members returns the members of the sync of step, if decided.
@@ -355,6 +412,15 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 	if err != nil {
 		return nil, false, err
 	}
+	// It went ahead without a site it waited for: the deadline passed, on
+	// this rank or on the one that decided.
+	decided := func(m []int) ([]int, bool) {
+		waited := false
+		for s, e := range exp {
+			waited = waited || (e && !slices.Contains(m, s))
+		}
+		return m, waited
+	}
 	everyone := !slices.Contains(exp, false)
 	for {
 		ring, err := b.Board.Get(ctx, bell)
@@ -367,12 +433,7 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			if err == nil && !ok {
 				err = fmt.Errorf("the sync of step %d rang decided but has no members", step)
 			}
-			// It went ahead without a site it waited for: the deadline
-			// passed, on this rank or on the one that decided.
-			waited := false
-			for s, e := range exp {
-				waited = waited || (e && !slices.Contains(m, s))
-			}
+			m, waited := decided(m)
 			return m, waited, err
 		}
 		late := b.deadline > 0 && time.Since(posted) >= b.deadline
@@ -401,17 +462,25 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			for i, s := range complete {
 				v[i] = strconv.Itoa(s)
 			}
-			_, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, []byte(strings.Join(v, ",")))
+			cur, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, []byte(strings.Join(v, ",")))
 			if err != nil {
 				return nil, false, err
 			}
-			if swapped {
-				// Wake the ranks waiting on the bell.
+			m, err := parseMembers(cur, len(b.Sites))
+			if err != nil {
+				return nil, false, fmt.Errorf("the members of the sync of step %d: %w", step, err)
+			}
+			// Wake the ranks waiting on the bell: the proposer rings it,
+			// and so does a rank that finds another's proposal before the
+			// bell says so (its proposer may have died between the two;
+			// ringing twice still reads decided).
+			if swapped || n < decidedBell {
 				if _, err := b.Board.Add(ctx, bell, decidedBell); err != nil {
 					return nil, false, err
 				}
 			}
-			continue // read back whichever proposal won
+			m, waited := decided(m)
+			return m, waited, nil
 		}
 		wait := pollEvery
 		if b.deadline > 0 && !late {
@@ -432,6 +501,11 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 // exchange posts msg, waits for the sync's members and sums their
 // messages for this place, in site order, into x.avg (averaged).
 func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, msg []byte) error {
+	if at, err := b.pruned(ctx); err != nil {
+		return fmt.Errorf("reading what the board keeps: %w", err)
+	} else if x.step <= at {
+		return b.tooFarBehind(x.step, at)
+	}
 	if err := b.post(ctx, x.step, msg); err != nil {
 		return fmt.Errorf("posting this site's delta: %w", err)
 	}
@@ -451,7 +525,7 @@ func (b *boardExchange) exchange(ctx context.Context, x *exchange, d *decoder, m
 			return fmt.Errorf("saying this site is back: %w", err)
 		}
 	}
-	b.prune(ctx, x.step)
+	b.prune(ctx, x.step, members)
 	return nil
 }
 

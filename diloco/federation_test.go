@@ -2,8 +2,10 @@ package diloco
 
 import (
 	"context"
+	"errors"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -55,6 +57,7 @@ type fedRun struct {
 	run
 	stall     map[int]stallAt
 	stopAfter map[int]int
+	keep      int // Federation.Keep
 }
 
 type stallAt struct {
@@ -95,6 +98,7 @@ func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
 	for rank := range n {
 		s := rank / r.local
 		fed := b.federation(sites, s)
+		fed.Keep = r.keep
 		wg.Go(func() {
 			ctx := context.Background()
 			inner := siteComms[rank]
@@ -336,5 +340,105 @@ func TestFederationLargeMessagesAndReposts(t *testing.T) {
 	}
 	if _, err := x.fetch(ctx, 10, []int{1}, false); err == nil || !strings.Contains(err.Error(), "no longer on the board") {
 		t.Errorf("a missing delta: %v", err)
+	}
+}
+
+// With Keep 2 the board holds the last two syncs: every older one's
+// messages, members, bell and ready counters are gone, the pruned mark
+// says how far, and a site restarted from before it is told it is too far
+// behind instead of taking the missing members for the end of the
+// decided syncs.
+func TestFederationPrunesOldSyncs(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every, cfg.Deadline = 5, 500*time.Millisecond
+	b := newBoard(t)
+	r := fedRun{run: run{sites: 3, local: 2, steps: 40, batch: 8, lr: 0.5, outer: &cfg}, stopAfter: map[int]int{2: 10}, keep: 2}
+	res := trainFederated(t, b, r)
+	for rank, err := range res.errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", rank, err)
+		}
+	}
+	ctx := context.Background()
+	c := b.dial()
+	x := &boardExchange{Federation: b.federation([]string{"a", "b", "c"}, 0)}
+	for step := int64(5); step <= 40; step += 5 {
+		keys := []string{x.key(step, "members"), x.key(step, "bell"), x.key(step, "ready", "0"), x.msgKey(step, 0, 0), x.msgKey(step, 1, 1)}
+		for _, k := range keys {
+			_, err := c.Get(ctx, k)
+			switch gone := errors.Is(err, rendezvous.ErrNotFound); {
+			case step <= 30 && !gone:
+				t.Errorf("%s is still on the board (%v)", k, err)
+			case step > 30 && err != nil:
+				t.Errorf("%s: %v", k, err)
+			}
+		}
+	}
+	if v, err := c.Get(ctx, "/fed/test/pruned"); err != nil || string(v) != "30" {
+		t.Errorf("pruned mark %q, %v; want 30", v, err)
+	}
+	// Site c, down since step 10, restarts from its checkpoint there.
+	w := inproc.NewWorld(2)
+	catchUp, step := make([]error, 2), make([]error, 2)
+	var wg sync.WaitGroup
+	for j := range 2 {
+		fed := b.federation([]string{"a", "b", "c"}, 2)
+		fed.Keep = 2
+		wg.Go(func() {
+			comm, err := collective.New(w.Transport(j), collective.DefaultConfig())
+			if err != nil {
+				catchUp[j] = err
+				return
+			}
+			defer comm.Close()
+			o, err := NewFederated(ctx, comm, fed, cfg, slices.Clone(res.saved[4+j].params))
+			if err != nil {
+				catchUp[j] = err
+				return
+			}
+			defer o.Close()
+			_, catchUp[j] = o.CatchUp(ctx, 10)
+			// Posting to a pruned sync is refused too, before anything
+			// is written.
+			step[j] = o.Step(ctx, 15)
+		})
+	}
+	wg.Wait()
+	for j := range 2 {
+		if err := catchUp[j]; err == nil || !strings.Contains(err.Error(), "further behind") || !strings.Contains(err.Error(), `site "c"`) {
+			t.Errorf("site c, rank %d, catching up from step 10 past a pruned board: %v", j, err)
+		}
+		if err := step[j]; err == nil || !strings.Contains(err.Error(), "further behind") {
+			t.Errorf("site c, rank %d, a sync at step 15 past a pruned board: %v", j, err)
+		}
+	}
+	if _, err := c.Get(ctx, x.key(15, "members")); !errors.Is(err, rendezvous.ErrNotFound) {
+		t.Errorf("the pruned sync of step 15 was decided again: %v", err)
+	}
+}
+
+// A rank that finds the members already written while the bell does not
+// say so yet (their proposer died in between, or has not rung yet) takes
+// them and rings the bell itself, at once: it used to read the bell again
+// and again, proposing in vain, until someone rang it.
+func TestFederationDecidedWithoutTheBell(t *testing.T) {
+	b := newBoard(t)
+	ctx := context.Background()
+	x := &boardExchange{Federation: b.federation([]string{"a", "b"}, 1), places: 1, every: 5, deadline: time.Minute, missedRun: make([]int, 2)}
+	if _, err := x.Board.Add(ctx, x.key(5, "bell"), 2); err != nil { // both sites posted
+		t.Fatal(err)
+	}
+	if err := x.Board.Set(ctx, x.key(5, "members"), []byte("0,1")); err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	m, waited, err := x.decide(dctx, 5, time.Now())
+	if err != nil || !slices.Equal(m, []int{0, 1}) || waited {
+		t.Fatalf("decide = %v, waited %v, %v; want [0 1] at once", m, waited, err)
+	}
+	v, err := x.Board.Get(ctx, x.key(5, "bell"))
+	if n, _ := strconv.ParseInt(string(v), 10, 64); err != nil || n < decidedBell {
+		t.Errorf("the bell reads %q (%v) after the decision was found; want it rung", v, err)
 	}
 }

@@ -417,6 +417,14 @@ func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 	var decided [][]int // the members of the syncs after step, in order
 	for s := step + every; ; s += every {
 		m, ok, err := o.fed.members(ctx, s)
+		if err == nil && !ok {
+			// Not decided yet, or pruned: the mark, raised before any
+			// sync's members go, tells the two apart.
+			var at int64
+			if at, err = o.fed.pruned(ctx); err == nil && s <= at {
+				err = o.fed.tooFarBehind(s, at)
+			}
+		}
 		if err != nil {
 			return step, fmt.Errorf("diloco: catching up from step %d: %w", step, err)
 		}
