@@ -432,6 +432,9 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			m, ok, err := b.members(ctx, step)
 			if err == nil && !ok {
 				err = fmt.Errorf("the sync of step %d rang decided but has no members", step)
+				if at, perr := b.pruned(ctx); perr == nil && step <= at {
+					err = b.tooFarBehind(step, at) // pruned since the bell was read
+				}
 			}
 			m, waited := decided(m)
 			return m, waited, err
@@ -465,6 +468,18 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			cur, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, []byte(strings.Join(v, ",")))
 			if err != nil {
 				return nil, false, err
+			}
+			if swapped {
+				// The members of a pruned sync are gone, so a proposal
+				// for one lands: one made after exchange looked at the
+				// mark, while the sync was being pruned. The mark was
+				// raised before the members went, so it says so now.
+				if at, err := b.pruned(ctx); err != nil {
+					return nil, false, err
+				} else if step <= at {
+					b.Board.Delete(ctx, b.key(step, "members"))
+					return nil, false, b.tooFarBehind(step, at)
+				}
 			}
 			m, err := parseMembers(cur, len(b.Sites))
 			if err != nil {

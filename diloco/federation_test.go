@@ -442,3 +442,31 @@ func TestFederationDecidedWithoutTheBell(t *testing.T) {
 		t.Errorf("the bell reads %q (%v) after the decision was found; want it rung", v, err)
 	}
 }
+
+// A proposal for a sync pruned while it was being made lands (its members
+// are gone), and is taken back: the rank is told it is too far behind.
+func TestFederationProposalForAPrunedSync(t *testing.T) {
+	b := newBoard(t)
+	ctx := context.Background()
+	x := &boardExchange{Federation: b.federation([]string{"a", "b"}, 1), places: 1, every: 5, deadline: time.Minute, missedRun: make([]int, 2)}
+	if _, err := x.Board.Add(ctx, x.key(10, "bell"), 2); err != nil { // both sites posted
+		t.Fatal(err)
+	}
+	if err := x.markPruned(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := x.decide(ctx, 10, time.Now())
+	if err == nil || !strings.Contains(err.Error(), "further behind") {
+		t.Fatalf("deciding a pruned sync: %v", err)
+	}
+	if _, err := x.Board.Get(ctx, x.key(10, "members")); !errors.Is(err, rendezvous.ErrNotFound) {
+		t.Errorf("the proposal for the pruned sync stayed: %v", err)
+	}
+	// The mark only rises.
+	if err := x.markPruned(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	if at, err := x.pruned(ctx); err != nil || at != 10 {
+		t.Errorf("pruned mark %d, %v after raising it to 10 and then 5; want 10", at, err)
+	}
+}
