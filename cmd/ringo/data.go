@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -16,7 +18,7 @@ import (
 const dataUsage = `Usage: ringo data <command> ...
 
 Commands:
-  pack --from mnist IMAGES LABELS --out DIR [--shard-size 64MB] [--level N] [--block-size 1MB]
+  pack --from mnist IMAGES LABELS --out DIR [--shard-size 64MB] [--level N] [--block-size 1MB] [--format-version 2]
   pack --from jsonl|csv|dir SRC --out DIR [...]
   pack --from tar SHARD.tar... --out DIR [...]   (WebDataset: files grouped by basename)
                             build a dataset (shards + index.json)
@@ -47,9 +49,13 @@ func dataPack(_ context.Context, args []string) error {
 	block := int64(opts.Shard.BlockSize)
 	fs.Var(byteFlag{&block}, "block-size", "raw bytes per block")
 	fs.IntVar(&opts.Shard.Level, "level", opts.Shard.Level, "zstd level per block, 0 for none")
+	fs.IntVar(&opts.Shard.Version, "format-version", shard.Version, "shard format version: 2 (XXH3 checksums), or 1 for readers that know only version 1")
 	inputs, err := parseArgs(fs, args)
 	if err != nil {
 		return err
+	}
+	if v := opts.Shard.Version; v != shard.Version1 && v != shard.Version {
+		return usageErr(fs, "--format-version %d: want %d or %d", v, shard.Version1, shard.Version)
 	}
 	opts.Shard.BlockSize = int(block)
 	if *out == "" {
@@ -104,6 +110,7 @@ func dataInspect(ctx context.Context, args []string) error {
 	}
 	var bytes, raw int64
 	var blocks int
+	versions := map[int]int{} // shards per format version
 	var sample [][]byte
 	for i, s := range ds.Index.Shards {
 		bytes += s.Bytes
@@ -112,6 +119,7 @@ func dataInspect(ctx context.Context, args []string) error {
 			return err
 		}
 		blocks += r.Blocks()
+		versions[r.Version()]++
 		for b := 0; b < r.Blocks(); b++ {
 			raw += r.Block(b).Raw
 		}
@@ -127,6 +135,11 @@ func dataInspect(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("dataset %s: %d records in %d shards, %d blocks\n", loc, ds.Index.Records, len(ds.Index.Shards), blocks)
 	fmt.Printf("stored %s, raw %s, compression ratio %.2f\n", humanBytes(bytes), humanBytes(raw), float64(raw)/float64(max(bytes, 1)))
+	var vs []string
+	for _, v := range slices.Sorted(maps.Keys(versions)) {
+		vs = append(vs, fmt.Sprintf("version %d (%d shards)", v, versions[v]))
+	}
+	fmt.Printf("shard format: %s\n", strings.Join(vs, ", "))
 	if len(ds.Index.Metadata) > 0 {
 		fmt.Printf("metadata: %s\n", compactJSON(ds.Index.Metadata))
 	}

@@ -50,6 +50,24 @@ func TestDataCommands(t *testing.T) {
 	if _, err := ringo(t, "data", "pack", "--from", "parquet", "x", "--out", t.TempDir()); err == nil {
 		t.Errorf("an unknown input format was accepted")
 	}
+	if !strings.Contains(o, "shard format: version 2 (") {
+		t.Errorf("inspect does not say the shards' format version:\n%s", o)
+	}
+	// Version 1, for readers that know only it, packs, reads and verifies
+	// as well; a version no reader knows is a usage error.
+	v1 := filepath.Join(t.TempDir(), "v1")
+	if o, err := ringo(t, "data", "pack", "--from", "mnist", filepath.Join(in, "images"), filepath.Join(in, "labels"), "--out", v1, "--shard-size", "16K", "--block-size", "4K", "--format-version", "1"); err != nil {
+		t.Fatalf("pack --format-version 1: %v\n%s", err, o)
+	}
+	if o, err := ringo(t, "data", "inspect", v1); err != nil || !strings.Contains(o, "shard format: version 1 (") || !strings.Contains(o, "50 records") {
+		t.Errorf("inspect of version 1: %v\n%s", err, o)
+	}
+	if o, err := ringo(t, "data", "verify", v1); err != nil {
+		t.Errorf("verify of version 1: %v\n%s", err, o)
+	}
+	if o, err := ringo(t, "data", "pack", "--from", "mnist", filepath.Join(in, "images"), filepath.Join(in, "labels"), "--out", t.TempDir(), "--format-version", "3"); err == nil || !strings.Contains(o, "--format-version 3") {
+		t.Errorf("pack --format-version 3: %v\n%s", err, o)
+	}
 }
 
 // bench data packs, reads plainly and streams for every round, and says
