@@ -608,8 +608,8 @@ func (l *Loader[T]) run(ctx context.Context, j *readJob, scratch []byte, recs []
 	r := l.readers[j.shard]
 	name := l.ds.Index.Shards[j.shard].Name
 	// A failed read spoils the whole run; a block that fails its checks
-	// spoils only itself. Every read buffer fits the plan's largest
-	// read, so that any buffer fits any later read.
+	// spoils only itself. The buffer, taken once the read has its slot,
+	// holds bufSize bytes, so that it fits any read of this plan.
 	readErr := l.ds.gate.acquire(ctx)
 	var buf []byte
 	if readErr == nil {

@@ -54,8 +54,8 @@ func dataPack(_ context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if v := opts.Shard.Version; v != shard.Version1 && v != shard.Version {
-		return usageErr(fs, "--format-version %d: want %d or %d", v, shard.Version1, shard.Version)
+	if err := (shard.Options{Version: opts.Shard.Version}).Validate(); err != nil {
+		return usageErr(fs, "--format-version: %v", err)
 	}
 	opts.Shard.BlockSize = int(block)
 	if *out == "" {
