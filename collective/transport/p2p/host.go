@@ -57,6 +57,27 @@ func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, addrs network.C
 
 var _ connmgr.ConnectionGater = (*gater)(nil)
 
+// muxer is go-libp2p's yamux with every stream's receive window at its
+// largest (16 MiB) from the start instead of growing to it from 256 KiB.
+//
+// go-yamux v5.1.0 loses credit when it grows a window: the update that
+// grows it tells the sender only the growth, not the bytes read that the
+// same update returns. Grown to its largest, a window has lost half of
+// itself. After the receiver has read everything it believes the sender
+// may write at least half the window, and sends no update; the sender may
+// in fact have nothing left, so a send that should fit waits for the
+// receiver's next read. A rank that sends before it receives relies on
+// that credit: a 100 KiB send after a 2 MiB one stalled in about 1 of 60
+// runs on two busy cores (windows grow when updates follow each other
+// within four round trips, which a loaded machine's inflated round trip
+// makes common). A window that starts at its largest never grows and
+// loses nothing; it costs memory only while a receiver lags.
+var muxer = func() *yamux.Transport {
+	c := *yamux.DefaultTransport.Config()
+	c.InitialStreamWindowSize = c.MaxStreamWindowSize
+	return (*yamux.Transport)(&c)
+}()
+
 // newHost builds a libp2p host for one rank: TCP only, the chosen
 // security protocol, yamux, no resource limits (a collective's streams are
 // bulk transfers between a few known peers; the allowlist is what keeps
@@ -73,7 +94,7 @@ func newHost(key crypto.PrivKey, security string, g *gater) (host.Host, error) {
 		libp2p.NoTransports,
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		sec,
-		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.Muxer(yamux.ID, muxer),
 		libp2p.ConnectionGater(g),
 		libp2p.ResourceManager(&network.NullResourceManager{}),
 		libp2p.ConnectionManager(connmgr.NullConnMgr{}),
