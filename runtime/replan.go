@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/topology"
 )
 
@@ -97,10 +98,40 @@ func replanEvery(cfg int64) (int64, error) {
 	return DefaultReplanEvery, nil
 }
 
-// socketer is what Replan needs of a transport: the data sockets to a
-// peer (transport.Mesh has it; tcp and mix transports embed one).
-type socketer interface {
-	Sockets(peer int) []syscall.Conn
+// socketer and ender are what Replan needs of a transport: the data
+// sockets to a peer (TCP's, read by getsockopt), or where a library keeps
+// them to itself (libp2p's) the addresses of its connections, which the
+// kernel is asked about by address. transport.Mesh has both; the
+// transports embed one.
+type (
+	socketer interface {
+		Sockets(peer int) []syscall.Conn
+	}
+	ender interface {
+		Ends(peer int) []transport.ConnEnds
+	}
+)
+
+// linkInfo reads TCP_INFO of the connections to peer: none for shared
+// memory, this rank, or a connection closing (the next collective
+// reports why).
+func (g *Group) linkInfo(peer int) []topology.TCPInfo {
+	var out []topology.TCPInfo
+	if s, ok := g.tr.(socketer); ok {
+		for _, c := range s.Sockets(peer) {
+			if info, err := topology.ReadTCPInfo(c); err == nil {
+				out = append(out, info)
+			}
+		}
+	}
+	if e, ok := g.tr.(ender); ok && len(out) == 0 {
+		for _, c := range e.Ends(peer) {
+			if info, err := topology.ReadTCPInfoByAddr(c.Local, c.Remote); err == nil {
+				out = append(out, info)
+			}
+		}
+	}
+	return out
 }
 
 // Replan is a step-boundary check of the ring against what the job's
@@ -125,20 +156,14 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 	// retransmitted.
 	const per = 4
 	mine := make([]float64, per*p.hosts)
-	if s, ok := g.tr.(socketer); ok {
-		for peer := range g.Size() {
-			for _, c := range s.Sockets(peer) {
-				info, err := topology.ReadTCPInfo(c)
-				if err != nil {
-					continue // closing; the next collective reports why
-				}
-				h := p.hostOf[peer]
-				v := mine[per*h : per*h+per]
-				v[0] += float64(info.BytesAcked)
-				v[1] = max(v[1], float64(info.BusyTime))
-				v[2] = max(v[2], float64(info.RTT))
-				v[3] += float64(info.Retransmits)
-			}
+	for peer := range g.Size() {
+		for _, info := range g.linkInfo(peer) {
+			h := p.hostOf[peer]
+			v := mine[per*h : per*h+per]
+			v[0] += float64(info.BytesAcked)
+			v[1] = max(v[1], float64(info.BusyTime))
+			v[2] = max(v[2], float64(info.RTT))
+			v[3] += float64(info.Retransmits)
 		}
 	}
 	all := make([]float64, len(mine)*g.Size())

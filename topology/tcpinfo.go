@@ -57,6 +57,11 @@ func ReadTCPInfo(c syscall.Conn) (TCPInfo, error) {
 	if serr != nil {
 		return TCPInfo{}, fmt.Errorf("tcp info: getsockopt TCP_INFO (is this a TCP socket?): %w", serr)
 	}
+	return tcpInfoOf(raw), nil
+}
+
+// tcpInfoOf picks TCPInfo's fields out of the kernel's struct tcp_info.
+func tcpInfoOf(raw *unix.TCPInfo) TCPInfo {
 	us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
 	return TCPInfo{
 		RTT:           us(raw.Rtt),
@@ -74,5 +79,5 @@ func ReadTCPInfo(c syscall.Conn) (TCPInfo, error) {
 		BusyTime:      time.Duration(raw.Busy_time) * time.Microsecond,
 		RwndLimited:   time.Duration(raw.Rwnd_limited) * time.Microsecond,
 		SndbufLimited: time.Duration(raw.Sndbuf_limited) * time.Microsecond,
-	}, nil
+	}
 }

@@ -70,7 +70,7 @@ func medianOf(times map[int]float64, from, to int) float64 {
 // slows one link of the ring in use to 100 Mbit/s and waits for the job
 // to move its ring, then undoes the slowdown and checks that the ring
 // stays; last, a fresh job probes and solves with the link slow.
-func replanScenario(t testing.TB, nproc int) replanRun {
+func replanScenario(t testing.TB, nproc int, launchArgs ...string) replanRun {
 	if _, err := exec.LookPath("tc"); err != nil {
 		t.Skip("skipped: tc (iproute2) is not installed")
 	}
@@ -86,11 +86,12 @@ func replanScenario(t testing.TB, nproc int) replanRun {
 	stop := filepath.Join(t.TempDir(), "stop")
 	var ls []*launcher
 	for i := range h.Names {
-		ls = append(ls, h.Launch(i, "--nnodes", "4", "--nproc-per-node", strconv.Itoa(nproc), "--rdzv-endpoint", h.Addrs[0]+":29420",
+		args := []string{"--nnodes", "4", "--nproc-per-node", strconv.Itoa(nproc), "--rdzv-endpoint", h.Addrs[0] + ":29420",
 			"--rdzv-id", "replan", "--node-rank", strconv.Itoa(i), "--token-file", tok, "--rdzv-timeout", "60s",
 			"--log-dir", logDir, "--tee", "all", "--topology", "probe", "--replan-every", "2", "--max-restarts", "0",
-			"--metrics-addr", h.Addrs[i]+":29421",
-			"--", workerBin, "--replan-bytes", strconv.Itoa(bytes), "--stop-file", stop))
+			"--metrics-addr", h.Addrs[i] + ":29421"}
+		args = append(append(args, launchArgs...), "--", workerBin, "--replan-bytes", strconv.Itoa(bytes), "--stop-file", stop)
+		ls = append(ls, h.Launch(i, args...))
 	}
 	all := func() string {
 		var b strings.Builder
@@ -213,12 +214,30 @@ func TestReplanOffALinkSlowedMidJob(t *testing.T) {
 	}
 }
 
+// The same over libp2p, whose sockets the transport cannot reach: the
+// job reads its connections' TCP_INFO by address from the kernel.
+func TestReplanOverLibp2p(t *testing.T) {
+	r := replanScenario(t, 1, "--transport", "libp2p")
+	t.Log(r)
+	if r.replans != 1 || r.replansAfterUndo != 1 {
+		t.Errorf("%d re-plans by the move and %d after the link recovered, want 1 and 1", r.replans, r.replansAfterUndo)
+	}
+	if adjacent(r.newRing, r.slowA, r.slowB) {
+		t.Errorf("the new ring %v still uses the slowed link %s-%s", r.newRing, r.slowA, r.slowB)
+	}
+}
+
 // BenchmarkReplan reports the scenario's figures: the all-reduce time
 // after the move over a fresh probe-and-solve's (target: within 10%),
 // and how long the move took (target: 30 s).
-func BenchmarkReplan(b *testing.B) {
+func BenchmarkReplan(b *testing.B) { benchReplan(b) }
+
+// BenchmarkReplanOverLibp2p: the same over libp2p.
+func BenchmarkReplanOverLibp2p(b *testing.B) { benchReplan(b, "--transport", "libp2p") }
+
+func benchReplan(b *testing.B, launchArgs ...string) {
 	for range b.N {
-		r := replanScenario(b, 1)
+		r := replanScenario(b, 1, launchArgs...)
 		b.Log(r)
 		b.ReportMetric(r.after/r.fresh, "replanned/fresh")
 		b.ReportMetric(r.slowed/r.after, "slowed/replanned")

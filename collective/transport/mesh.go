@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -172,6 +173,27 @@ type Socketer interface {
 func (m *Mesh) Sockets(p int) []syscall.Conn {
 	if s, ok := m.Link(p).(Socketer); ok {
 		return s.Sockets()
+	}
+	return nil
+}
+
+// ConnEnds are the two addresses of one TCP connection, this rank's end
+// first.
+type ConnEnds struct{ Local, Remote netip.AddrPort }
+
+// Ender is implemented by links whose TCP connection lives inside a
+// library that keeps its socket to itself (libp2p's), so that the layer
+// above can find the connection by its addresses instead
+// (topology.ReadTCPInfoByAddr) and read what the kernel measured of it.
+type Ender interface {
+	Ends() []ConnEnds
+}
+
+// Ends returns the addresses of the TCP connections of the link to peer
+// p where the link has them (Ender), else nil.
+func (m *Mesh) Ends(p int) []ConnEnds {
+	if e, ok := m.Link(p).(Ender); ok {
+		return e.Ends()
 	}
 	return nil
 }

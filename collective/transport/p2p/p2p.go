@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/ringo-ml/ringo/collective/transport"
 )
@@ -196,6 +199,31 @@ func (t *Transport) ConnSecurity(p int) protocol.ID {
 	return ""
 }
 
+// Ends returns the addresses of the TCP connection under the link's
+// streams (both streams share it), or nil where they are not TCP over IP.
+func (l *link) Ends() []transport.ConnEnds {
+	c := l.data.Conn()
+	local, err1 := tcpAddrPort(c.LocalMultiaddr())
+	remote, err2 := tcpAddrPort(c.RemoteMultiaddr())
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	return []transport.ConnEnds{{Local: local, Remote: remote}}
+}
+
+// tcpAddrPort turns /ip4|ip6/.../tcp/port into an address and port.
+func tcpAddrPort(a ma.Multiaddr) (netip.AddrPort, error) {
+	na, err := manet.ToNetAddr(a)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	t, ok := na.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("%s is not a TCP address", a)
+	}
+	return t.AddrPort(), nil
+}
+
 func (l *link) Addr() string               { return l.addr }
 func (l *link) Control() transport.Control { return controlStream{l.ctrl} }
 func (l *link) PeerLeft()                  {}
@@ -306,4 +334,5 @@ var (
 	_ transport.Peeker    = (*Transport)(nil)
 	_ transport.Addresser = (*Transport)(nil)
 	_ transport.Link      = (*link)(nil)
+	_ transport.Ender     = (*link)(nil)
 )
