@@ -2,6 +2,7 @@ package diloco
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"slices"
@@ -86,6 +87,13 @@ type Federation struct {
 	// GiveUp is how many syncs in a row a site may miss before the others
 	// stop waiting for it, until it says it is back (0: 3).
 	GiveUp int
+	// Key signs this site's deltas, and SiteKeys, one per site in Sites
+	// order, check everyone's (sign.go): a delta is then taken only from
+	// the site it is posted for, for that sync and place, not from any
+	// holder of the store's token. Both or neither, and the same SiteKeys
+	// at every site.
+	Key      ed25519.PrivateKey
+	SiteKeys []ed25519.PublicKey
 }
 
 // partBytes caps one value on the board: etcd's default request limit is
@@ -114,7 +122,7 @@ func (f *Federation) validate(places int) error {
 		}
 		seen[s] = true
 	}
-	return nil
+	return f.validateKeys()
 }
 
 // boardExchange is one rank's side of the federation.
@@ -143,13 +151,14 @@ func (b *boardExchange) join(ctx context.Context) error {
 	for _, c := range []struct{ what, key, val string }{
 		{"sites", b.Prefix + "/sites", strings.Join(b.Sites, ",")},
 		{"ranks per site", b.Prefix + "/places", strconv.Itoa(b.places)},
+		{"site keys", b.Prefix + "/site-keys", siteKeysFingerprint(b.SiteKeys)},
 	} {
 		cur, _, err := b.Board.CompareAndSwap(ctx, c.key, nil, []byte(c.val))
 		if err != nil {
 			return fmt.Errorf("federation: site %q: registering its %s: %w", b.Sites[b.Site], c.what, err)
 		}
 		if string(cur) != c.val {
-			return fmt.Errorf("federation: site %q has %s %s, the federation %s: every site must list the same sites and have the same number of ranks", b.Sites[b.Site], c.what, c.val, cur)
+			return fmt.Errorf("federation: site %q has %s %s, the federation %s: every site must list the same sites (and site keys) and have the same number of ranks", b.Sites[b.Site], c.what, c.val, cur)
 		}
 	}
 	return nil
@@ -172,7 +181,12 @@ const decidedBell = 1 << 32
 // replaces its message.
 func (b *boardExchange) post(ctx context.Context, step int64, msg []byte) error {
 	k := b.msgKey(step, b.Site, b.place)
-	val := append([]byte{inlineTag}, msg...)
+	sig := b.sign(step, msg)
+	inline, parted := byte(inlineTag), byte(partsTag)
+	if sig != nil {
+		inline, parted = signedInlineTag, signedPartsTag
+	}
+	val := append(append([]byte{inline}, sig...), msg...)
 	if len(msg) > partBytes {
 		parts := 0
 		for off := 0; off < len(msg); off += partBytes {
@@ -181,7 +195,7 @@ func (b *boardExchange) post(ctx context.Context, step int64, msg []byte) error 
 			}
 			parts++
 		}
-		val = append([]byte{partsTag}, strconv.Itoa(parts)...)
+		val = append(append([]byte{parted}, sig...), strconv.Itoa(parts)...)
 	}
 	if _, swapped, err := b.Board.CompareAndSwap(ctx, k, nil, val); err != nil {
 		return err
@@ -223,28 +237,59 @@ func (b *boardExchange) fetch(ctx context.Context, step int64, members []int, fr
 	}
 	for i, v := range vals {
 		what := fmt.Sprintf("the delta of site %q (place %d) for the sync of step %d", b.Sites[members[i]], b.place, step)
-		switch {
-		case len(v) > 0 && v[0] == inlineTag:
-			vals[i] = v[1:]
-		case len(v) > 0 && v[0] == partsTag:
-			parts, err := strconv.Atoi(string(v[1:]))
-			if err != nil || parts < 1 {
-				return nil, fmt.Errorf("%s: part count %q is not a positive number", what, v[1:])
-			}
-			var msg []byte
-			for j := range parts {
-				p, err := b.Board.Get(ctx, keys[i]+"/"+strconv.Itoa(j))
-				if err != nil {
-					return nil, fmt.Errorf("%s, part %d of %d: %w", what, j, parts, err)
-				}
-				msg = append(msg, p...)
-			}
-			vals[i] = msg
-		default:
-			return nil, fmt.Errorf("%s: not a message on the board (%d bytes)", what, len(v))
+		m, err := parseMessage(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
+		msg := m.inline
+		for j := range m.parts {
+			p, err := b.Board.Get(ctx, keys[i]+"/"+strconv.Itoa(j))
+			if err != nil {
+				return nil, fmt.Errorf("%s, part %d of %d: %w", what, j, m.parts, err)
+			}
+			msg = append(msg, p...)
+		}
+		if err := b.verify(step, members[i], msg, m.sig); err != nil {
+			return nil, err
+		}
+		vals[i] = msg
 	}
 	return vals, nil
+}
+
+// message is a message's key on the board, parsed: the message itself
+// (inline) or the number of its parts, and its signature (nil: none).
+type message struct {
+	inline []byte
+	parts  int
+	sig    []byte
+}
+
+func parseMessage(v []byte) (message, error) {
+	if len(v) == 0 {
+		return message{}, errors.New("not a message on the board (empty)")
+	}
+	var m message
+	tag, rest := v[0], v[1:]
+	if tag == signedInlineTag || tag == signedPartsTag {
+		if len(rest) < ed25519.SignatureSize {
+			return m, fmt.Errorf("a signed message of %d bytes, too short for its signature", len(v))
+		}
+		m.sig, rest = rest[:ed25519.SignatureSize], rest[ed25519.SignatureSize:]
+	}
+	switch tag {
+	case inlineTag, signedInlineTag:
+		m.inline = rest
+	case partsTag, signedPartsTag:
+		parts, err := strconv.Atoi(string(rest))
+		if err != nil || parts < 1 {
+			return m, fmt.Errorf("part count %q is not a positive number", rest)
+		}
+		m.parts = parts
+	default:
+		return m, fmt.Errorf("not a message on the board (%d bytes)", len(v))
+	}
+	return m, nil
 }
 
 func (b *boardExchange) keep() int {
@@ -268,11 +313,9 @@ func (b *boardExchange) prune(ctx context.Context, step int64, members []int) {
 		k := b.msgKey(old, b.Site, b.place)
 		if v, err := b.Board.Get(ctx, k); err == nil { // else gone, or this site was not there for it
 			b.Board.Delete(ctx, k)
-			if len(v) > 0 && v[0] == partsTag {
-				parts, _ := strconv.Atoi(string(v[1:]))
-				for i := range parts {
-					b.Board.Delete(ctx, k+"/"+strconv.Itoa(i))
-				}
+			m, _ := parseMessage(v)
+			for i := range m.parts {
+				b.Board.Delete(ctx, k+"/"+strconv.Itoa(i))
 			}
 		}
 		if b.place != 0 || len(members) == 0 || members[0] != b.Site || b.markPruned(ctx, old) != nil {

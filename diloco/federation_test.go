@@ -2,6 +2,7 @@ package diloco
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"math"
 	"slices"
@@ -58,6 +59,44 @@ type fedRun struct {
 	stall     map[int]stallAt
 	stopAfter map[int]int
 	keep      int // Federation.Keep
+	// signed gives every site a key (siteKeys); forge, if set, is a
+	// holder of the store's token who overwrites each message site b posts,
+	// right after it is posted, with what forge returns (nil: leaves it).
+	signed bool
+	forge  func(key string, genuine []byte) []byte
+}
+
+// siteKeys returns n sites' keys, the same on every call.
+func siteKeys(n int) ([]ed25519.PrivateKey, []ed25519.PublicKey) {
+	priv, pub := make([]ed25519.PrivateKey, n), make([]ed25519.PublicKey, n)
+	for i := range n {
+		seed := make([]byte, ed25519.SeedSize)
+		seed[0] = byte(i + 1)
+		priv[i] = ed25519.NewKeyFromSeed(seed)
+		pub[i] = priv[i].Public().(ed25519.PublicKey)
+	}
+	return priv, pub
+}
+
+// forger is a site's Board with an attacker beside it: once the site's
+// rank has posted a message, the attacker, on its own connection to the
+// store, overwrites it.
+type forger struct {
+	Board
+	attacker Board
+	forge    func(key string, genuine []byte) []byte
+}
+
+func (f forger) CompareAndSwap(ctx context.Context, key string, old, new []byte) ([]byte, bool, error) {
+	cur, swapped, err := f.Board.CompareAndSwap(ctx, key, old, new)
+	if err == nil && swapped && strings.Contains(key, "/msg/") {
+		if v := f.forge(key, new); v != nil {
+			if err := f.attacker.Set(ctx, key, v); err != nil {
+				return nil, false, err
+			}
+		}
+	}
+	return cur, swapped, err
 }
 
 type stallAt struct {
@@ -99,6 +138,13 @@ func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
 		s := rank / r.local
 		fed := b.federation(sites, s)
 		fed.Keep = r.keep
+		if r.signed {
+			priv, pub := siteKeys(r.sites)
+			fed.Key, fed.SiteKeys = priv[s], pub
+		}
+		if r.forge != nil && s == 1 {
+			fed.Board = forger{fed.Board, b.dial(), r.forge}
+		}
 		wg.Go(func() {
 			ctx := context.Background()
 			inner := siteComms[rank]
@@ -154,6 +200,66 @@ func TestFederationMatchesCrossSiteGroup(t *testing.T) {
 	}
 	if st := got.stats[0]; st.Syncs != 6 || st.Partial != 0 || st.WireBytes == 0 {
 		t.Errorf("stats %+v: want 6 syncs, none partial, bytes sent", st)
+	}
+	// Signed, the same.
+	signed := trainFederated(t, newBoard(t), fedRun{run: base, signed: true})
+	signed.check(t)
+	for i, v := range signed.params[0] {
+		if math.Float32bits(v) != math.Float32bits(cross.params[0][i]) {
+			t.Fatalf("parameter %d: %v with signed deltas, %v over the cross-site group", i, v, cross.params[0][i])
+		}
+	}
+}
+
+// With site keys, a delta that its site did not sign for that sync and
+// place is refused by every rank, which names the site: one that a
+// holder of the store's token wrote over the site's (unsigned, or signed
+// by another key), and the site's own delta of an earlier sync moved to
+// a later one.
+func TestFederationRefusesForgedDeltas(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every = 5
+	base := run{sites: 2, local: 2, steps: 10, batch: 8, lr: 0.5, outer: &cfg}
+	other := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	var mu sync.Mutex
+	first := map[string][]byte{} // site b's genuine messages of step 5, by place
+	for _, tc := range []struct {
+		name  string
+		forge func(key string, genuine []byte) []byte
+		step  int64 // the sync refused
+		why   string
+	}{
+		{"unsigned", func(_ string, g []byte) []byte {
+			return append([]byte{inlineTag}, g[1+ed25519.SignatureSize:]...)
+		}, 5, "not signed"},
+		{"another key", func(key string, g []byte) []byte {
+			step, _ := strconv.ParseInt(strings.Split(key, "/")[4], 10, 64)
+			x := &boardExchange{Federation: Federation{Prefix: "/fed/test", Sites: []string{"a", "b"}, Site: 1, Key: other, SiteKeys: []ed25519.PublicKey{nil, nil}}}
+			x.place, _ = strconv.Atoi(key[strings.LastIndex(key, "/")+1:])
+			msg := g[1+ed25519.SignatureSize:]
+			return append(append([]byte{signedInlineTag}, x.sign(step, msg)...), msg...)
+		}, 5, "is not that of the site's key"},
+		{"replayed", func(key string, g []byte) []byte {
+			mu.Lock()
+			defer mu.Unlock()
+			place := key[strings.LastIndex(key, "/")+1:]
+			if strings.Contains(key, "/sync/5/") {
+				first[place] = g
+				return nil
+			}
+			return first[place] // step 10 gets step 5's
+		}, 10, "is not that of the site's key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := trainFederated(t, newBoard(t), fedRun{run: base, signed: true, forge: tc.forge})
+			for rank, err := range res.errs {
+				var f *ForgedError
+				if !errors.As(err, &f) || f.Site != "b" || f.Step != tc.step || f.Place != rank%2 || !strings.Contains(err.Error(), tc.why) {
+					t.Errorf("rank %d: %v; want site b's delta for place %d of the sync of step %d refused (%s)", rank, err, rank%2, tc.step, tc.why)
+				}
+			}
+			t.Log(res.errs[0])
+		})
 	}
 }
 
@@ -299,6 +405,36 @@ func TestFederationRefusesMismatchedSites(t *testing.T) {
 	}
 	if _, err := New(nil, nil, Config{Every: 1, LR: 1, Precision: F32, Deadline: time.Second}); err == nil || !strings.Contains(err.Error(), "only a federation") {
 		t.Errorf("a deadline without a federation: %v", err)
+	}
+	// Site keys: every site the same, and this site's key among them.
+	priv, pub := siteKeys(2)
+	signed := b.federation([]string{"a", "b"}, 0)
+	signed.Prefix, signed.Key, signed.SiteKeys = "/fed/signed", priv[0], pub
+	if _, err := NewFederated(ctx, nil, signed, cfg, make([]float32, 4)); err != nil {
+		t.Fatal(err)
+	}
+	unsigned := b.federation([]string{"a", "b"}, 1)
+	unsigned.Prefix = "/fed/signed"
+	if _, err := NewFederated(ctx, nil, unsigned, cfg, make([]float32, 4)); err == nil || !strings.Contains(err.Error(), `site "b" has site keys none, the federation sha256:`) {
+		t.Errorf("a site without keys in a federation with them: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		key  ed25519.PrivateKey
+		keys []ed25519.PublicKey
+		want string
+	}{
+		{"key only", priv[1], nil, "a key but no site keys"},
+		{"site keys only", nil, pub, "site keys but no key of its own"},
+		{"another site's key", priv[0], pub, `site "b"'s key is ed25519:`},
+		{"too few keys", priv[1], pub[:1], "1 site keys for 2 sites"},
+		{"short key", priv[1], []ed25519.PublicKey{pub[0], pub[1][:8]}, "not an Ed25519 public key's 32"},
+	} {
+		f := b.federation([]string{"a", "b"}, 1)
+		f.Key, f.SiteKeys = tc.key, tc.keys
+		if _, err := NewFederated(ctx, nil, f, cfg, make([]float32, 4)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
 	}
 	for _, f := range []Federation{
 		{Board: b.dial(), NotFound: rendezvous.ErrNotFound, Prefix: "/p", Sites: []string{"a", "a"}},

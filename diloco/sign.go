@@ -1,0 +1,119 @@
+package diloco
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+)
+
+// Signed deltas. With Federation.SiteKeys every message on the board
+// carries an Ed25519 signature by its site's key over the federation's
+// prefix, the sync's step, the site's name, the place and the message,
+// so that a delta is taken only from the site it is posted for, for that
+// sync and place: the store's token lets its holders write any key, and
+// without signatures one of them could post for any site, or move a
+// site's delta from one sync to another.
+//
+// A signed message's key holds 's', the signature and the message, or,
+// for one larger than partBytes, 'q', the signature and the number of
+// parts (the signature covers the whole message, not each part).
+const (
+	signedInlineTag = 's'
+	signedPartsTag  = 'q'
+)
+
+// ForgedError is the error for a delta on the board that the site it is
+// posted for did not sign for that sync and place: written by another
+// holder of the store's token, moved from another sync or place, or
+// damaged. Every rank that reads it refuses it, so no rank averages it.
+type ForgedError struct {
+	Site  string
+	Place int
+	Step  int64
+	Why   string
+}
+
+func (e *ForgedError) Error() string {
+	return fmt.Sprintf("federation: the delta of site %q (place %d) for the sync of step %d is refused: %s", e.Site, e.Place, e.Step, e.Why)
+}
+
+// signedBytes is what a site signs for one message.
+func (b *boardExchange) signedBytes(step int64, site, place int, msg []byte) []byte {
+	var buf bytes.Buffer
+	buf.Grow(64 + len(b.Prefix) + len(msg))
+	for _, f := range []string{"ringo federation delta v1", b.Prefix, strconv.FormatInt(step, 10), b.Sites[site], strconv.Itoa(place)} {
+		buf.WriteString(f)
+		buf.WriteByte(0)
+	}
+	buf.Write(msg)
+	return buf.Bytes()
+}
+
+// sign returns the signature to store with this rank's msg for the sync
+// of step, or nil in a federation without site keys.
+func (b *boardExchange) sign(step int64, msg []byte) []byte {
+	if b.SiteKeys == nil {
+		return nil
+	}
+	return ed25519.Sign(b.Key, b.signedBytes(step, b.Site, b.place, msg))
+}
+
+// verify checks msg, read for site at this place in the sync of step,
+// against the signature stored with it (nil: none was).
+func (b *boardExchange) verify(step int64, site int, msg, sig []byte) error {
+	forged := func(why string) error { return &ForgedError{Site: b.Sites[site], Place: b.place, Step: step, Why: why} }
+	switch {
+	case b.SiteKeys == nil && sig != nil:
+		return forged("it is signed, but this federation has no site keys")
+	case b.SiteKeys == nil:
+		return nil
+	case sig == nil:
+		return forged("it is not signed, and every site's delta must be signed by its key")
+	case !ed25519.Verify(b.SiteKeys[site], b.signedBytes(step, site, b.place, msg), sig):
+		return forged(fmt.Sprintf("its signature is not that of the site's key %s for this sync and place (forged by another holder of the store's token, moved from another sync, or damaged)", keyName(b.SiteKeys[site])))
+	}
+	return nil
+}
+
+// keyName is a short, stable name for a public key in messages.
+func keyName(k ed25519.PublicKey) string { return "ed25519:" + hex.EncodeToString(k[:8]) }
+
+// siteKeysFingerprint names the federation's site keys for join, which
+// checks that every site has the same ("none" without them).
+func siteKeysFingerprint(keys []ed25519.PublicKey) string {
+	if keys == nil {
+		return "none"
+	}
+	h := sha256.New()
+	for _, k := range keys {
+		h.Write(k)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// validateKeys checks Key and SiteKeys: both or neither, one public key
+// per site, and Key the one listed for this site.
+func (f *Federation) validateKeys() error {
+	switch {
+	case f.Key == nil && f.SiteKeys == nil:
+		return nil
+	case f.Key == nil || f.SiteKeys == nil:
+		return fmt.Errorf("federation: site %q has %s: give both this site's key and every site's public key, or neither", f.Sites[f.Site], map[bool]string{true: "a key but no site keys", false: "site keys but no key of its own"}[f.Key != nil])
+	case len(f.Key) != ed25519.PrivateKeySize:
+		return fmt.Errorf("federation: site %q: its key has %d bytes, not an Ed25519 private key's %d", f.Sites[f.Site], len(f.Key), ed25519.PrivateKeySize)
+	case len(f.SiteKeys) != len(f.Sites):
+		return fmt.Errorf("federation: %d site keys for %d sites %v: want one per site, in the same order", len(f.SiteKeys), len(f.Sites), f.Sites)
+	}
+	for i, k := range f.SiteKeys {
+		if len(k) != ed25519.PublicKeySize {
+			return fmt.Errorf("federation: the key of site %q has %d bytes, not an Ed25519 public key's %d", f.Sites[i], len(k), ed25519.PublicKeySize)
+		}
+	}
+	if pub := f.Key.Public().(ed25519.PublicKey); !pub.Equal(f.SiteKeys[f.Site]) {
+		return fmt.Errorf("federation: site %q's key is %s, but the site keys list %s for it", f.Sites[f.Site], keyName(pub), keyName(f.SiteKeys[f.Site]))
+	}
+	return nil
+}
