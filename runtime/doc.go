@@ -23,7 +23,9 @@
 // Replan (replan.go; the Trainer calls it every ReplanEvery steps) moves
 // the ring while the job runs. The launcher's probe at formation
 // (--topology probe) reaches the workers as RINGO_TOPOLOGY_FILE; at each
-// call every rank reads TCP_INFO of its sockets to the other hosts, the
+// call every rank reads TCP_INFO of its connections to the other hosts
+// (of the sockets where the transport has them, else by address through
+// sock_diag: libp2p keeps its sockets to itself), the
 // ranks all-gather those counters, and each feeds the same
 // topology.Live, so all reach the same decision; a move is a
 // collective.Reorderer call at that step boundary, checked for agreement.

@@ -18,7 +18,8 @@ import (
 // Re-planning: the launcher probes the links between nodes when the job
 // forms (--topology probe) and orders ranks along the best ring; it hands
 // that matrix to the workers. While training runs, Replan reads what the
-// kernel measured of the job's own TCP sockets, folds it into the matrix
+// kernel measured of the job's own TCP connections (by socket, or by
+// address where libp2p keeps the socket), folds it into the matrix
 // (topology.Live) and, where another order of the hosts is predicted
 // faster by the margin in windows in a row, moves the ring at that step
 // boundary (collective.Reorderer): no restart, no new connections.

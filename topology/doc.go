@@ -31,6 +31,10 @@
 // link the ring left keeps its last measured rate, so a recovered link
 // does not pull the ring back and forth.
 //
+// ReadTCPInfo reads TCP_INFO of a socket; ReadTCPInfoByAddr asks the
+// kernel for the same by the connection's addresses (sock_diag, as ss(8)
+// does), for connections whose socket a library keeps (libp2p's).
+//
 // # Hosts file (version 1)
 //
 // The hosts that Place (and ringo topo place --hosts) may use, as a JSON
