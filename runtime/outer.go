@@ -182,6 +182,16 @@ func (g *Group) newFederation(ctx context.Context) (*Sites, diloco.Federation, e
 		return nil, fed, err
 	}
 	fed = diloco.Federation{Board: board, NotFound: rendezvous.ErrNotFound, Prefix: "/ringo/federation/" + id, Sites: names, Site: site}
+	if ident, peers := os.Getenv(EnvFederationIdentity), os.Getenv(EnvFederationPeers); ident != "" || peers != "" {
+		if ident == "" || peers == "" {
+			s.Close()
+			return nil, fed, fmt.Errorf("federation: rank %d: %s=%q and %s=%q: give both (ringo launch --federation-identity and --federation-peers) or neither", g.Rank(), EnvFederationIdentity, ident, EnvFederationPeers, peers)
+		}
+		if fed.Key, fed.SiteKeys, err = FederationKeys(ident, peers, names, site); err != nil {
+			s.Close()
+			return nil, fed, fmt.Errorf("rank %d: %w", g.Rank(), err)
+		}
+	}
 	return s, fed, nil
 }
 
@@ -222,6 +232,8 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 		}
 		if o, err = diloco.NewFederated(ctx, s.Site, fed, cfg, params...); err != nil {
 			err = fmt.Errorf("rank %d: %w", g.Rank(), err)
+		} else if fed.Key != nil && s.Site.Rank() == 0 {
+			fmt.Fprintf(os.Stderr, "ringo: site %q signs its deltas with its identity and takes only deltas signed by their site's\n", g.Site)
 		}
 	} else {
 		if s, err = g.NewSites(ctx); err != nil {
@@ -240,6 +252,7 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 func (o *Outer) Step(ctx context.Context, step int64) error {
 	err := o.Outer.Step(ctx, step)
 	o.reportAbsences()
+	o.reportForged(err)
 	return err
 }
 
@@ -247,13 +260,26 @@ func (o *Outer) Step(ctx context.Context, step int64) error {
 func (o *Outer) Sync(ctx context.Context, step int64) error {
 	err := o.Outer.Sync(ctx, step)
 	o.reportAbsences()
+	o.reportForged(err)
 	return err
+}
+
+// reportForged audits a delta refused for its signature
+// (diloco.ForgedError): a holder of the store's token wrote it, not the
+// site it names. Every rank that read it records it, with its place.
+func (o *Outer) reportForged(err error) {
+	var f *diloco.ForgedError
+	if !errors.As(err, &f) {
+		return
+	}
+	o.audit.Record("outer.delta_refused", map[string]any{"site": o.Names[o.Index], "rank": o.rank, "step": f.Step, "from_site": f.Site, "place": f.Place, "why": f.Why})
 }
 
 // CatchUp is diloco.Outer's CatchUp, and reports the syncs some site
 // missed (this one, while it was down).
 func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 	to, err := o.Outer.CatchUp(ctx, step)
+	o.reportForged(err)
 	if err == nil && to > step && o.Site.Rank() == 0 {
 		fmt.Fprintf(os.Stderr, "ringo: site %q caught up from step %d to step %d: replayed the outer syncs the other sites took without it\n", o.Names[o.Index], step, to)
 	}

@@ -42,6 +42,7 @@ type launchFlags struct {
 	masterAddr, tokenFile, localAddr, auditLog                                string
 	metricsAddr, logFormat, tlsCert, tlsKey, tlsCA, topology, transport, site string
 	federation, federationSites, federationID                                 string
+	federationIdentity, federationPeers                                       string
 	nodeRank, maxRestarts, masterPort, replanEvery                            int
 	standalone                                                                bool
 	monitor, hang, lastCall, joinTimeout, nodeTimeout                         secondsFlag
@@ -100,6 +101,8 @@ func newLaunchFlags(cfg *launch.Config) (*flag.FlagSet, *launchFlags) {
 	fs.StringVar(&f.federation, "federation", "", "make this job one site of a federation of jobs that meet in the store at HOST:PORT (ringo store) or etcd://HOST:PORT[,...]: each site fails and restarts on its own, and the outer syncs go ahead without a site that is late or down (see --outer-deadline of the trainer); needs --site, --federation-sites and --token-file")
 	fs.StringVar(&f.federationSites, "federation-sites", "", "with --federation: every site, comma-separated, in the same order at every site")
 	fs.StringVar(&f.federationID, "federation-id", "default", "with --federation: the federation's name, so that several can share a store")
+	fs.StringVar(&f.federationIdentity, "federation-identity", "", "with --federation: this site's identity FILE (an Ed25519 key, made there if missing; its peer ID is logged): the site signs its deltas with it; needs --federation-peers")
+	fs.StringVar(&f.federationPeers, "federation-peers", "", "with --federation-identity: every site's peer ID, as site=PEERID,site=PEERID,...; a site's deltas are taken only when its identity signed them")
 	fs.StringVar(&f.topology, "topology", "", "probe: measure the links between nodes at every (re)formation and order ranks along the ring that avoids the slowest; Go workers then re-plan from what their TCP sockets measure (see --replan-every)")
 	fs.IntVar(&f.replanEvery, "replan-every", 0, "with --topology probe: a Go worker's Trainer checks the ring against its measured links every N steps and moves it, without a restart, off links that slowed (0: the default, 20; -1: never)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "this node's certificate (PEM) for mutual TLS on the rendezvous store")
@@ -208,6 +211,7 @@ func (f *launchFlags) apply(cfg *launch.Config, given map[string]bool) error {
 	cfg.LogDir, cfg.Host, cfg.AuditLog, cfg.MetricsAddr = f.logDir, f.localAddr, f.auditLog, f.metricsAddr
 	cfg.Topology, cfg.Transport, cfg.Site, cfg.ReplanEvery = f.topology, f.transport, f.site, f.replanEvery
 	cfg.Federation, cfg.FederationID = f.federation, f.federationID
+	cfg.FederationIdentity, cfg.FederationPeers = f.federationIdentity, f.federationPeers
 	if f.federationSites != "" {
 		cfg.FederationSites = strings.Split(f.federationSites, ",")
 	}

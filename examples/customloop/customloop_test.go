@@ -21,6 +21,7 @@ import (
 	"github.com/ringo-ml/ringo/device/cuda/cudatest"
 	"github.com/ringo-ml/ringo/internal/proctest"
 	"github.com/ringo-ml/ringo/internal/tlstest"
+	ringo "github.com/ringo-ml/ringo/runtime"
 	"github.com/ringo-ml/ringo/runtime/rendezvous/etcdtest"
 )
 
@@ -393,7 +394,7 @@ func TestFederatedSiteDiesAndRejoins(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Process.Kill(); store.Wait() })
-		federatedSiteDiesAndRejoins(t, dir, tok, addr, nil)
+		federatedSiteDiesAndRejoins(t, dir, tok, addr, nil, false)
 
 		// A site without the federation's token is refused, and the
 		// store audits it.
@@ -412,9 +413,11 @@ func TestFederatedSiteDiesAndRejoins(t *testing.T) {
 			t.Errorf("the store's audit log has no store.refused event:\n%s", b)
 		}
 	})
-	t.Run("etcd", func(t *testing.T) {
+	// In etcd, with the sites signing their deltas (--federation-identity,
+	// --federation-peers).
+	t.Run("etcd-signed", func(t *testing.T) {
 		dir := t.TempDir()
-		federatedSiteDiesAndRejoins(t, dir, writeToken(t, dir), "etcd://"+etcdtest.Start(t, ""), nil)
+		federatedSiteDiesAndRejoins(t, dir, writeToken(t, dir), "etcd://"+etcdtest.Start(t, ""), nil, true)
 	})
 	// Over mutual TLS: the store and every site hold certificates of one
 	// CA (the store refusing a client without one is rendezvous's test).
@@ -429,7 +432,7 @@ func TestFederatedSiteDiesAndRejoins(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Process.Kill(); store.Wait() })
-		federatedSiteDiesAndRejoins(t, dir, tok, addr, []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA})
+		federatedSiteDiesAndRejoins(t, dir, tok, addr, []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}, false)
 	})
 }
 
@@ -441,8 +444,32 @@ func writeToken(t *testing.T, dir string) string {
 	return tok
 }
 
-func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string, extra []string) {
+// signed gives each site an identity and every site the others' peer
+// IDs; a site launched with an identity the peers do not list for it is
+// refused before its workers start.
+func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string, extra []string, signed bool) {
 	sites := []string{"a", "b", "c"}
+	identity := map[string][]string{}
+	if signed {
+		var peers []string
+		for _, s := range sites {
+			id, _, err := ringo.EnsureIdentity(filepath.Join(dir, s+".identity"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			peers = append(peers, s+"="+id.String())
+		}
+		for _, s := range sites {
+			identity[s] = []string{"--federation-identity", filepath.Join(dir, s+".identity"), "--federation-peers", strings.Join(peers, ",")}
+		}
+		// Site a with site b's identity.
+		out, err := exec.Command(ringoBin, "launch", "--nproc-per-node", "1", "--token-file", tok, "--site", "a",
+			"--federation", storeAddr, "--federation-sites", "a,b,c", "--federation-identity", filepath.Join(dir, "b.identity"),
+			"--federation-peers", strings.Join(peers, ","), "--", loopBin).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), `site "a"'s identity`) || !strings.Contains(string(out), "but the federation's peers list") {
+			t.Errorf("a site launched with another site's identity: %v\n%s", err, out)
+		}
+	}
 	args := []string{"--batch", "48", "--epochs", "3", "--save-every", "10", "--step-time", "10ms",
 		"--outer-every", "10", "--outer-topk", "0.25", "--outer-deadline", "1s"}
 	metricsA := proctest.FreeAddr(t)
@@ -454,7 +481,7 @@ func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string, extra
 		cmdArgs := append(append([]string{"launch"}, metrics...), "--nproc-per-node", "2", "--max-restarts", "0", "--token-file", tok,
 			"--site", site, "--federation", storeAddr, "--federation-sites", strings.Join(sites, ","), "--federation-id", "test",
 			"--audit-log", filepath.Join(dir, site+".audit"))
-		cmdArgs = append(append(cmdArgs, extra...), "--", loopBin, "--data", dataDir,
+		cmdArgs = append(append(append(cmdArgs, extra...), identity[site]...), "--", loopBin, "--data", dataDir,
 			"--ckpt", filepath.Join(dir, "ck-"+site), "--dump", filepath.Join(dir, site+".params"))
 		cmd := exec.Command(ringoBin, append(cmdArgs, args...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // to kill the whole site
@@ -513,6 +540,9 @@ func federatedSiteDiesAndRejoins(t *testing.T, dir, tok, storeAddr string, extra
 	last, _ := strconv.Atoi(steps[len(steps)-1][1])
 	if last >= 190 {
 		t.Errorf("site c was still missing from the sync of step %d: it never rejoined\n%s", last, all)
+	}
+	if signed && (!strings.Contains(outs["a"].String(), "peer ID") || !strings.Contains(outs["a"].String(), `site "a" signs its deltas`)) {
+		t.Errorf("site a's launcher did not say its peer ID, or its workers that they sign:\n%s", outs["a"].String())
 	}
 	audit, err := os.ReadFile(filepath.Join(dir, "a.audit"))
 	if err != nil || !strings.Contains(string(audit), `"outer.site_missing"`) || !strings.Contains(string(audit), `"missing":["c"]`) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -87,6 +88,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		a.cfg.AuditLog = abs
 	}
+	if err := a.prepareSiteIdentity(); err != nil {
+		return err
+	}
 	if err := a.openStore(ctx); err != nil {
 		return err
 	}
@@ -107,6 +111,34 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	a.audit.Record("launch.exit", outcome)
 	return err
+}
+
+// prepareSiteIdentity makes this site's identity where the file is
+// missing, says its peer ID, and checks, before any worker starts, that
+// --federation-peers lists that peer ID for this site.
+func (a *agent) prepareSiteIdentity() error {
+	if a.cfg.FederationIdentity == "" {
+		return nil
+	}
+	abs, err := filepath.Abs(a.cfg.FederationIdentity)
+	if err != nil {
+		return err
+	}
+	a.cfg.FederationIdentity = abs
+	id, created, err := ringo.EnsureIdentity(abs)
+	if err != nil {
+		return fmt.Errorf("--federation-identity: %w", err)
+	}
+	if created {
+		a.logf("made site %q's identity %s: peer ID %s (list it as %s=%s in every site's --federation-peers)", a.cfg.Site, abs, id, a.cfg.Site, id)
+	} else {
+		a.logf("site %q's identity %s: peer ID %s", a.cfg.Site, abs, id)
+	}
+	site := slices.Index(a.cfg.FederationSites, a.cfg.Site)
+	if _, _, err := ringo.FederationKeys(abs, a.cfg.FederationPeers, a.cfg.FederationSites, site); err != nil {
+		return fmt.Errorf("--federation-peers: %w", err)
+	}
+	return nil
 }
 
 func (a *agent) close() {
@@ -385,6 +417,9 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 		set[ringo.EnvFederation] = a.cfg.Federation
 		set[ringo.EnvFederationSites] = strings.Join(a.cfg.FederationSites, ",")
 		set[ringo.EnvFederationID] = a.cfg.FederationID
+		if a.cfg.FederationIdentity != "" {
+			set[ringo.EnvFederationIdentity], set[ringo.EnvFederationPeers] = a.cfg.FederationIdentity, a.cfg.FederationPeers
+		}
 		if a.cfg.TLS.Enabled() {
 			// The sites' store takes the same certificates as the job's.
 			set[ringo.EnvFederationTLSCert], set[ringo.EnvFederationTLSKey], set[ringo.EnvFederationTLSCA] = a.cfg.TLS.Cert, a.cfg.TLS.Key, a.cfg.TLS.CA

@@ -86,6 +86,12 @@ type Config struct {
 	// reach the store over mutual TLS with the job's TLS files when given.
 	Federation, FederationID string
 	FederationSites          []string
+	// FederationIdentity is this site's identity file (made there if
+	// missing) and FederationPeers every site's peer ID
+	// (site=PEERID,...): with them the sites sign their deltas and take
+	// a site's only when its identity signed it (runtime.FederationKeys).
+	// Both or neither.
+	FederationIdentity, FederationPeers string
 	// Topology "probe" measures the links between nodes at every
 	// (re)formation and orders the nodes along the ring that avoids the
 	// slowest; "" keeps the rendezvous order.
@@ -162,6 +168,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--site %q: want a label of at most 128 bytes on one line", c.Site)
 	case c.Federation != "" && !slices.Contains(c.FederationSites, c.Site):
 		return fmt.Errorf("--federation %s: --site %q must be one of --federation-sites %q", c.Federation, c.Site, strings.Join(c.FederationSites, ","))
+	case (c.FederationIdentity != "" || c.FederationPeers != "") && c.Federation == "":
+		return errors.New("--federation-identity and --federation-peers are for a site of a federation: give --federation too")
+	case (c.FederationIdentity == "") != (c.FederationPeers == ""):
+		return fmt.Errorf("--federation-identity %q and --federation-peers %q: give both (this site's identity, and every site's peer ID) or neither", c.FederationIdentity, c.FederationPeers)
 	case c.Federation != "" && c.TokenFile == "":
 		return fmt.Errorf("--federation %s needs --token-file: the sites reach their store with the job token, the same file at every site", c.Federation)
 	case c.Transport != "" && c.Transport != "tcp" && c.Transport != "shm" && c.Transport != "mix" && c.Transport != "libp2p":

@@ -256,6 +256,10 @@ func TestBadConfig(t *testing.T) {
 		{func(c *Config) {
 			c.Federation, c.FederationSites, c.Site, c.TokenFile = "127.0.0.1:1", []string{"a", "b"}, "a", ""
 		}, "--federation 127.0.0.1:1 needs --token-file"},
+		{func(c *Config) { c.FederationIdentity, c.FederationPeers = "a.identity", "a=x" }, "give --federation too"},
+		{func(c *Config) {
+			c.Federation, c.FederationSites, c.Site, c.TokenFile, c.FederationIdentity = "127.0.0.1:1", []string{"a", "b"}, "a", "job.token", "a.identity"
+		}, "give both (this site's identity, and every site's peer ID) or neither"},
 	} {
 		c := base
 		tc.mod(&c)
