@@ -57,9 +57,14 @@ func (c TCPCounts) MeanRTT() time.Duration {
 // kernel). Close detaches them.
 type TCPCounters struct {
 	counts *ebpf.Map
-	progs  []*ebpf.Program
-	links  []link.Link
-	rttErr error
+	// conns holds the same counters per connection (Links); nil where
+	// the kernel's BTF does not say where a socket keeps its addresses,
+	// or the map could not be made (connsErr says why).
+	conns    *ebpf.Map
+	connsErr error
+	progs    []*ebpf.Program
+	links    []link.Link
+	rttErr   error
 }
 
 // The per-CPU value the programs add to: one slot per CPU, so the hot
@@ -104,7 +109,24 @@ func StartTCPCounters() (*TCPCounters, error) {
 		return nil, unavailable("creating a BPF map", err)
 	}
 	c := &TCPCounters{counts: m}
-	if err := c.attach("tcp_retransmit_skb", retransmitProgram(m.FD()), "Apache-2.0"); err != nil {
+	// Per connection, where the kernel says where a socket keeps its
+	// addresses; reading them needs bpf_probe_read_kernel, so the
+	// retransmit counter is GPL-compatible too then.
+	conn := connNone
+	if addrs, err := sockAddrOffsets(); err != nil {
+		c.connsErr = fmt.Errorf("no per-connection counters: %w", err)
+	} else if cm, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "ringo_tcp_conns", Type: ebpf.LRUHash, KeySize: connKeySize, ValueSize: 24, MaxEntries: maxConns,
+	}); err != nil {
+		c.connsErr = fmt.Errorf("no per-connection counters: creating their BPF map: %w", err)
+	} else {
+		c.conns, conn = cm, connCounter{fd: cm.FD(), addrs: addrs}
+	}
+	license := "Apache-2.0"
+	if c.conns != nil {
+		license = "Dual MIT/GPL"
+	}
+	if err := c.attach("tcp_retransmit_skb", retransmitProgram(m.FD(), conn), license); err != nil {
 		c.Close()
 		return nil, unavailable("tracepoint tcp_retransmit_skb", err)
 	}
@@ -114,8 +136,8 @@ func StartTCPCounters() (*TCPCounters, error) {
 		off = -1
 	}
 	// bpf_probe_read_kernel, which reads the RTT, is for GPL-compatible
-	// programs only; this one is a dozen instructions built below.
-	if err := c.attach("tcp_probe", probeProgram(m.FD(), off), "Dual MIT/GPL"); err != nil {
+	// programs only; this one is a few dozen instructions built below.
+	if err := c.attach("tcp_probe", probeProgram(m.FD(), off, conn), "Dual MIT/GPL"); err != nil {
 		c.rttErr = fmt.Errorf("tracepoint tcp_probe not attached: %w", err)
 	}
 	return c, nil
@@ -167,6 +189,9 @@ func (c *TCPCounters) Close() error {
 	}
 	c.links, c.progs = nil, nil
 	errs = append(errs, c.counts.Close())
+	if c.conns != nil {
+		errs = append(errs, c.conns.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -192,19 +217,30 @@ var exit = asm.Instructions{
 // retransmitProgram counts calls: counts.Retransmits++. The add is atomic
 // although the slot is per-CPU, because a softirq can run the tcp_probe
 // program on this CPU in the middle of it.
-func retransmitProgram(mapFD int) asm.Instructions {
-	insns := lookupCounts(mapFD)
+func retransmitProgram(mapFD int, conn connCounter) asm.Instructions {
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord), // r6 = args[0] = sk
+	}
+	insns = append(insns, lookupCounts(mapFD)...)
 	insns = append(insns,
 		asm.Mov.Imm(asm.R1, 1),
 		asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, offRetransmits),
 	)
+	insns = append(insns, conn.entry()...)
+	if conn.fd >= 0 {
+		insns = append(insns,
+			asm.Mov.Imm(asm.R1, 1),
+			asm.AddAtomic.Mem(asm.R8, asm.R1, asm.DWord, offRetransmits),
+		)
+	}
 	return append(insns, exit...)
 }
 
 // probeProgram counts tcp_probe(struct sock *sk, struct sk_buff *skb)
 // and, when srttOff >= 0, adds sk's tcp_sock.srtt_us >> 3 (the kernel
-// keeps it scaled by 8) to counts.SRTTSumUS.
-func probeProgram(mapFD, srttOff int) asm.Instructions {
+// keeps it scaled by 8) to counts.SRTTSumUS; the same to sk's entry of
+// the per-connection counters.
+func probeProgram(mapFD, srttOff int, conn connCounter) asm.Instructions {
 	insns := asm.Instructions{
 		asm.LoadMem(asm.R6, asm.R1, 0, asm.DWord), // r6 = args[0] = sk
 	}
@@ -213,6 +249,7 @@ func probeProgram(mapFD, srttOff int) asm.Instructions {
 		asm.Mov.Reg(asm.R7, asm.R0), // r7 survives the helper call below
 		asm.Mov.Imm(asm.R1, 1),
 		asm.AddAtomic.Mem(asm.R7, asm.R1, asm.DWord, offSegments),
+		asm.Mov.Imm(asm.R9, 0), // the RTT in µs, for the connection's entry
 	)
 	if srttOff >= 0 {
 		insns = append(insns,
@@ -226,7 +263,16 @@ func probeProgram(mapFD, srttOff int) asm.Instructions {
 			asm.JNE.Imm(asm.R0, 0, "exit"),
 			asm.LoadMem(asm.R1, asm.RFP, -16, asm.Word),
 			asm.RSh.Imm(asm.R1, 3),
+			asm.Mov.Reg(asm.R9, asm.R1),
 			asm.AddAtomic.Mem(asm.R7, asm.R1, asm.DWord, offSRTTSum),
+		)
+	}
+	insns = append(insns, conn.entry()...)
+	if conn.fd >= 0 {
+		insns = append(insns,
+			asm.Mov.Imm(asm.R1, 1),
+			asm.AddAtomic.Mem(asm.R8, asm.R1, asm.DWord, offSegments),
+			asm.AddAtomic.Mem(asm.R8, asm.R9, asm.DWord, offSRTTSum),
 		)
 	}
 	return append(insns, exit...)

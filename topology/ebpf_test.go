@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +21,11 @@ import (
 func startCounters(t *testing.T) *TCPCounters {
 	t.Helper()
 	c, err := StartTCPCounters()
+	// As root, a program the kernel refuses for what it is (not for
+	// permissions) is a bug in the program, not a machine without eBPF.
+	if errors.Is(err, ErrEBPFUnavailable) && os.Geteuid() == 0 && strings.Contains(err.Error(), "loading the program") && !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("StartTCPCounters as root: %v", err)
+	}
 	if errors.Is(err, ErrEBPFUnavailable) {
 		t.Skipf("skipped: %v", err)
 	}
@@ -216,4 +222,55 @@ func TestSRTTOffset(t *testing.T) {
 		t.Fatalf("tcp_sock.srtt_us at byte %d: implausible", off)
 	}
 	t.Logf("tcp_sock.srtt_us is at byte %d", off)
+}
+
+// Each end of a connection has its own entry in the per-connection
+// counters, under its own addresses: the segments it received and its
+// RTT; and under a lossy link the sender's entry counts its retransmits.
+func TestTCPCountersPerConnection(t *testing.T) {
+	c := startCounters(t)
+	if err := c.ConnsErr(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	cl, sv := tcpPair(t)
+	pump(t, cl, sv, 4<<20)
+	pump(t, sv, cl, 4<<20)
+	conns, err := c.Conns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, end := range []*net.TCPConn{cl, sv} {
+		k := TCPConn{Local: end.LocalAddr().(*net.TCPAddr).AddrPort(), Remote: end.RemoteAddr().(*net.TCPAddr).AddrPort()}
+		got, ok := conns[k]
+		t.Logf("%s -> %s: %+v (mean RTT %v)", k.Local, k.Remote, got, got.MeanRTT())
+		if !ok || got.Segments == 0 {
+			t.Errorf("no segments counted for %s -> %s, which received 4 MiB (%d connections counted)", k.Local, k.Remote, len(conns))
+		}
+		if c.RTTErr() == nil && (got.MeanRTT() <= 0 || got.MeanRTT() > 10*time.Second) {
+			t.Errorf("%s -> %s: mean RTT %v", k.Local, k.Remote, got.MeanRTT())
+		}
+	}
+	// The system-wide counters hold at least what one connection counted.
+	all, _ := c.Read()
+	if k := (TCPConn{Local: cl.LocalAddr().(*net.TCPAddr).AddrPort(), Remote: cl.RemoteAddr().(*net.TCPAddr).AddrPort()}); all.Segments < conns[k].Segments {
+		t.Errorf("system-wide %d segments, fewer than one connection's %d", all.Segments, conns[k].Segments)
+	}
+
+	lc, ls := lossyLoopback(t)
+	deadline := time.Now().Add(20 * time.Second)
+	k := TCPConn{Local: lc.LocalAddr().(*net.TCPAddr).AddrPort(), Remote: lc.RemoteAddr().(*net.TCPAddr).AddrPort()}
+	var got TCPCounts
+	for got.Retransmits == 0 && time.Now().Before(deadline) {
+		pump(t, lc, ls, 4<<20)
+		conns, err := c.Conns()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = conns[k]
+	}
+	info, _ := ReadTCPInfo(lc)
+	t.Logf("lossy loopback, the sender %s -> %s: %+v; TCP_INFO says %d retransmitted", k.Local, k.Remote, got, info.Retransmits)
+	if got.Retransmits == 0 {
+		t.Errorf("the sender's entry counted no retransmits on a link dropping 1 in 16 packets (TCP_INFO: %d)", info.Retransmits)
+	}
 }
