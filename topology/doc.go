@@ -31,6 +31,11 @@
 // link the ring left keeps its last measured rate, so a recovered link
 // does not pull the ring back and forth.
 //
+// StartTCPCounters attaches eBPF programs to the TCP tracepoints that
+// count retransmits, received segments and their RTT, for the whole
+// machine (Read) and per connection under its addresses (Conns), for
+// every program's sockets.
+//
 // ReadTCPInfo reads TCP_INFO of a socket; ReadTCPInfoByAddr asks the
 // kernel for the same by the connection's addresses (sock_diag, as ss(8)
 // does), for connections whose socket a library keeps (libp2p's).

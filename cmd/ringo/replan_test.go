@@ -212,6 +212,21 @@ func TestReplanOffALinkSlowedMidJob(t *testing.T) {
 			t.Errorf("the metrics lack %q", want)
 		}
 	}
+	// Where the launcher runs the eBPF counters, it counts its node's
+	// connections to each other node, whatever made them.
+	if strings.Contains(r.metrics, "ringo_tcp_retransmits_total") {
+		peer := regexp.MustCompile(`ringo_tcp_peer_segments_received_total\{peer="([^"]+)"\} (\d+)`)
+		got := peer.FindAllStringSubmatch(r.metrics, -1)
+		busy := 0
+		for _, m := range got {
+			if n, _ := strconv.Atoi(m[2]); n > 0 {
+				busy++
+			}
+		}
+		if len(got) != 3 || busy == 0 {
+			t.Errorf("node 0's launcher counts segments from %d peers (%d with traffic), want 3 peers, some with traffic:\n%v", len(got), busy, got)
+		}
+	}
 }
 
 // The same over libp2p, whose sockets the transport cannot reach: the

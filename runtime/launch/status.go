@@ -3,6 +3,7 @@ package launch
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -133,10 +134,46 @@ func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 	if b.tcp != nil {
 		if now, err := b.tcp.Read(); err == nil {
 			d := now.Sub(b.tcp0)
-			snap.TCP = &observe.TCPCounters{Retransmits: d.Retransmits, Segments: d.Segments, MeanRTTSeconds: d.MeanRTT().Seconds()}
+			snap.TCP = &observe.TCPCounters{Retransmits: d.Retransmits, Segments: d.Segments, MeanRTTSeconds: d.MeanRTT().Seconds(),
+				Peers: b.tcpPeers(a.cfg.Host, r)}
 		}
 	}
 	b.srv.Update(snap)
+}
+
+// tcpPeers sums the per-connection eBPF counters of this node's
+// connections (from host) to each other node of round r. The counters'
+// map is this launcher's, made when it started, so they count since
+// then.
+func (b *board) tcpPeers(host string, r *rendezvous.Round) []observe.TCPPeer {
+	me, err := netip.ParseAddr(host)
+	if err != nil || len(r.Nodes) < 2 {
+		return nil
+	}
+	conns, err := b.tcp.Conns()
+	if err != nil {
+		return nil
+	}
+	var out []observe.TCPPeer
+	for i, n := range r.Nodes {
+		addr, err := netip.ParseAddr(n.Host)
+		if err != nil || i == r.NodeRank {
+			continue
+		}
+		p := observe.TCPPeer{NodeRank: i, Host: n.Host}
+		var sum topology.TCPCounts
+		for c, v := range conns {
+			if c.Local.Addr() == me.Unmap() && c.Remote.Addr() == addr.Unmap() {
+				p.Connections++
+				sum.Retransmits += v.Retransmits
+				sum.Segments += v.Segments
+				sum.SRTTSumUS += v.SRTTSumUS
+			}
+		}
+		p.Retransmits, p.Segments, p.MeanRTTSeconds = sum.Retransmits, sum.Segments, sum.MeanRTT().Seconds()
+		out = append(out, p)
+	}
+	return out
 }
 
 // status is a worker's row of the snapshot.

@@ -61,6 +61,9 @@ var (
 	dTCPRetrans = desc("tcp_retransmits_total", "TCP segments this machine retransmitted since the launcher started (eBPF tracepoint tcp_retransmit_skb).")
 	dTCPSegs    = desc("tcp_segments_received_total", "TCP segments this machine received since the launcher started (eBPF tracepoint tcp_probe).")
 	dTCPRTT     = desc("tcp_srtt_seconds", "Smoothed TCP round-trip time averaged over the segments received (eBPF tcp_probe).")
+	dPeerRetr   = desc("tcp_peer_retransmits_total", "TCP segments this machine retransmitted to each other node of the job, from any program (eBPF, per connection).", "peer")
+	dPeerSegs   = desc("tcp_peer_segments_received_total", "TCP segments this machine received from each other node of the job, from any program (eBPF, per connection).", "peer")
+	dPeerRTT    = desc("tcp_peer_srtt_seconds", "Smoothed TCP round-trip time to each other node of the job, averaged over the segments received (eBPF, per connection).", "peer")
 
 	dReplans   = desc("topology_replans_total", "Times the job moved its ring off links it measured slower, without a restart.")
 	dRingBW    = desc("topology_ring_bottleneck_bytes_per_second", "The slowest link of the ring in use, as the job last measured it.")
@@ -83,7 +86,7 @@ var (
 	allDescs = []*prometheus.Desc{dInfo, dWorkersUp, dWorkers, dGeneration, dWorld, dNodes, dRestarts, dStart,
 		dStep, dBeat, dStepDur, dStepTime, dCollCalls, dCollBytes, dCollBus, dCollSec, dCollBusbw,
 		dSamples, dDataBytes, dStall, dLoader, dStallR, dSaves, dSaveSec, dSaveBytes, dLoads, dLoadSec, dCkptStep, dCkptTime,
-		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dReplans, dRingBW, dLinkBW, dLinkRTT, dLinkRetr, dReplanGot,
+		dGPUUtil, dGPUMemUtil, dGPUMemUsed, dGPUMemTot, dGPUTemp, dGPUPower, dGPUSMClk, dGPUMemClk, dTCPRetrans, dTCPSegs, dTCPRTT, dPeerRetr, dPeerSegs, dPeerRTT, dReplans, dRingBW, dLinkBW, dLinkRTT, dLinkRetr, dReplanGot,
 		dOuterSyncs, dOuterPartial, dOuterMissed, dOuterWaits, dOuterBytes, dOuterRatio, dOuterLast, dAlert, dAlerts}
 )
 
@@ -223,6 +226,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ctr(dTCPSegs, float64(t.Segments))
 		if t.Segments > 0 {
 			g(dTCPRTT, t.MeanRTTSeconds)
+		}
+		for _, p := range t.Peers {
+			ctr(dPeerRetr, float64(p.Retransmits), p.Host)
+			ctr(dPeerSegs, float64(p.Segments), p.Host)
+			if p.Segments > 0 {
+				g(dPeerRTT, p.MeanRTTSeconds, p.Host)
+			}
 		}
 	}
 

@@ -26,6 +26,10 @@ func TestMetrics(t *testing.T) {
 	s.run(srv, 10*time.Second)
 	snap := s.tick(500 * time.Millisecond)
 	snap.LastCheckpoint = &Checkpoint{Step: 40, Dir: "/ckpt/step-40", Time: s.now.Add(-time.Second)}
+	snap.TCP = &TCPCounters{Retransmits: 9, Segments: 1000, MeanRTTSeconds: 0.002, Peers: []TCPPeer{
+		{NodeRank: 1, Host: "10.0.0.2", Connections: 2, Retransmits: 7, Segments: 600, MeanRTTSeconds: 0.003},
+		{NodeRank: 2, Host: "10.0.0.3"}, // no traffic yet: no RTT
+	}}
 	srv.Update(snap)
 
 	mfs, text := scrape(t, srv)
@@ -67,7 +71,15 @@ func TestMetrics(t *testing.T) {
 		{"ringo_gpu_power_watts", "gpu=0", 540},
 		{"ringo_alerts_firing", "alert=straggler", 0},
 		{"ringo_alerts_firing", "alert=data_stall", 0},
+		{"ringo_tcp_retransmits_total", "", 9},
+		{"ringo_tcp_peer_retransmits_total", "peer=10.0.0.2", 7},
+		{"ringo_tcp_peer_segments_received_total", "peer=10.0.0.2", 600},
+		{"ringo_tcp_peer_srtt_seconds", "peer=10.0.0.2", 0.003},
+		{"ringo_tcp_peer_segments_received_total", "peer=10.0.0.3", 0},
 	})
+	if m := metric(mfs, "ringo_tcp_peer_srtt_seconds", "peer=10.0.0.3"); m != nil {
+		t.Errorf("a peer without segments has an RTT: %v", m)
+	}
 	if m := metric(mfs, "ringo_gpu_power_watts", "gpu=1"); m != nil {
 		t.Errorf("GPU 1's power is device.Unknown but exported as %v", m)
 	}

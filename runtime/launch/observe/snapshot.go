@@ -68,6 +68,21 @@ type TCPCounters struct {
 	Retransmits    uint64  `json:"retransmits"`
 	Segments       uint64  `json:"segments"`         // segments received (tcp_probe)
 	MeanRTTSeconds float64 `json:"mean_rtt_seconds"` // smoothed RTT averaged over those segments
+	// Peers are the same counters for this machine's connections to each
+	// other node of the job, whatever program made them (a PyTorch
+	// worker's as well as ringo's), in node-rank order.
+	Peers []TCPPeer `json:"peers,omitempty"`
+}
+
+// TCPPeer is TCPCounters for the connections from this node to one other
+// node of the job.
+type TCPPeer struct {
+	NodeRank       int     `json:"node_rank"`
+	Host           string  `json:"host"`
+	Connections    int     `json:"connections"`
+	Retransmits    uint64  `json:"retransmits"`
+	Segments       uint64  `json:"segments"`
+	MeanRTTSeconds float64 `json:"mean_rtt_seconds"`
 }
 
 // Rank is one local worker.
