@@ -233,7 +233,7 @@ func (g *Group) NewOuter(ctx context.Context, cfg diloco.Config, params ...[]flo
 		if o, err = diloco.NewFederated(ctx, s.Site, fed, cfg, params...); err != nil {
 			err = fmt.Errorf("rank %d: %w", g.Rank(), err)
 		} else if fed.Key != nil && s.Site.Rank() == 0 {
-			fmt.Fprintf(os.Stderr, "ringo: site %q signs its deltas with its identity and takes only deltas signed by their site's\n", g.Site)
+			fmt.Fprintf(os.Stderr, "ringo: site %q signs its deltas with its identity, and takes a site's deltas only when that site signed them\n", g.Site)
 		}
 	} else {
 		if s, err = g.NewSites(ctx); err != nil {

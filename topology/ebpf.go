@@ -57,7 +57,7 @@ func (c TCPCounts) MeanRTT() time.Duration {
 // kernel). Close detaches them.
 type TCPCounters struct {
 	counts *ebpf.Map
-	// conns holds the same counters per connection (Links); nil where
+	// conns holds the same counters per connection (Conns); nil where
 	// the kernel's BTF does not say where a socket keeps its addresses,
 	// or the map could not be made (connsErr says why).
 	conns    *ebpf.Map
@@ -126,21 +126,43 @@ func StartTCPCounters() (*TCPCounters, error) {
 	if c.conns != nil {
 		license = "Dual MIT/GPL"
 	}
-	if err := c.attach("tcp_retransmit_skb", retransmitProgram(m.FD(), conn), license); err != nil {
+	err = c.attach("tcp_retransmit_skb", retransmitProgram(m.FD(), conn), license)
+	if err != nil && c.conns != nil {
+		// A kernel that refuses the longer program still gets the
+		// machine's counters.
+		c.dropConns(err)
+		conn = connNone
+		err = c.attach("tcp_retransmit_skb", retransmitProgram(m.FD(), conn), "Apache-2.0")
+	}
+	if err != nil {
 		c.Close()
 		return nil, unavailable("tracepoint tcp_retransmit_skb", err)
 	}
-	off, err := srttOffset()
-	if err != nil {
-		c.rttErr = fmt.Errorf("no RTT (segments are still counted): %w", err)
+	off, oerr := srttOffset()
+	if oerr != nil {
+		c.rttErr = fmt.Errorf("no RTT (segments are still counted): %w", oerr)
 		off = -1
 	}
 	// bpf_probe_read_kernel, which reads the RTT, is for GPL-compatible
 	// programs only; this one is a few dozen instructions built below.
-	if err := c.attach("tcp_probe", probeProgram(m.FD(), off, conn), "Dual MIT/GPL"); err != nil {
+	err = c.attach("tcp_probe", probeProgram(m.FD(), off, conn), "Dual MIT/GPL")
+	if err != nil && c.conns != nil {
+		c.dropConns(err)
+		err = c.attach("tcp_probe", probeProgram(m.FD(), off, connNone), "Dual MIT/GPL")
+	}
+	if err != nil {
 		c.rttErr = fmt.Errorf("tracepoint tcp_probe not attached: %w", err)
 	}
 	return c, nil
+}
+
+// dropConns gives up the per-connection counters for why. A program
+// attached already with them goes on adding to their map, which nobody
+// reads.
+func (c *TCPCounters) dropConns(why error) {
+	c.connsErr = fmt.Errorf("no per-connection counters: the kernel refused the programs that count them: %w", why)
+	c.conns.Close()
+	c.conns = nil
 }
 
 func (c *TCPCounters) attach(tracepoint string, insns asm.Instructions, license string) error {
