@@ -155,23 +155,27 @@ func (b *board) tcpPeers(host string, r *rendezvous.Round) []observe.TCPPeer {
 		return nil
 	}
 	var out []observe.TCPPeer
+	var sums []topology.TCPCounts
+	peer := map[netip.Addr]int{} // a node's address -> its index in out
 	for i, n := range r.Nodes {
-		addr, err := netip.ParseAddr(n.Host)
-		if err != nil || i == r.NodeRank {
+		if addr, err := netip.ParseAddr(n.Host); err == nil && i != r.NodeRank {
+			peer[addr.Unmap()] = len(out)
+			out = append(out, observe.TCPPeer{NodeRank: i, Host: n.Host})
+			sums = append(sums, topology.TCPCounts{})
+		}
+	}
+	for c, v := range conns {
+		k, ok := peer[c.Remote.Addr()]
+		if !ok || c.Local.Addr() != me.Unmap() {
 			continue
 		}
-		p := observe.TCPPeer{NodeRank: i, Host: n.Host}
-		var sum topology.TCPCounts
-		for c, v := range conns {
-			if c.Local.Addr() == me.Unmap() && c.Remote.Addr() == addr.Unmap() {
-				p.Connections++
-				sum.Retransmits += v.Retransmits
-				sum.Segments += v.Segments
-				sum.SRTTSumUS += v.SRTTSumUS
-			}
-		}
-		p.Retransmits, p.Segments, p.MeanRTTSeconds = sum.Retransmits, sum.Segments, sum.MeanRTT().Seconds()
-		out = append(out, p)
+		out[k].Connections++
+		sums[k].Retransmits += v.Retransmits
+		sums[k].Segments += v.Segments
+		sums[k].SRTTSumUS += v.SRTTSumUS
+	}
+	for k, s := range sums {
+		out[k].Retransmits, out[k].Segments, out[k].MeanRTTSeconds = s.Retransmits, s.Segments, s.MeanRTT().Seconds()
 	}
 	return out
 }
