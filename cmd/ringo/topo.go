@@ -175,9 +175,19 @@ func topoShow(ctx context.Context, args []string) error {
 		return usageErr(fs, "show takes a MATRIX.json file or --metrics-addr, not both")
 	case *live != "":
 		v, err := fetchLiveView(ctx, *live)
+		peers := fetchPeers(ctx, *live)
+		var none *noLiveView
+		if errors.As(err, &none) && peers != nil {
+			// A job without Go workers that re-plan (a PyTorch script, say)
+			// still has the kernel's counts of its links.
+			fmt.Printf("no live matrix: %s\n\n", none.why)
+			printPeers(peers)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
+		defer printPeers(peers)
 		m, ring = v.Matrix, v.Ring
 		fmt.Printf("live matrix of the job at %s: %d hosts, %d windows observed, probed %s\n\n", *live, m.Size(), v.Windows, m.Time.Format("2006-01-02 15:04:05 MST"))
 		if err := topology.WriteTable(os.Stdout, m); err != nil {
@@ -287,6 +297,68 @@ func topoProbe(ctx context.Context, args []string) error {
 	return perr
 }
 
+// noLiveView is fetchLiveView's error for a launcher whose job has no
+// live view.
+type noLiveView struct{ why string }
+
+func (e *noLiveView) Error() string { return e.why }
+
+// linkCounts is what topo show reads of a launcher's /status.json: the
+// kernel's counts of its node's connections to each other node.
+type linkCounts struct {
+	Host     string `json:"host"`
+	NodeRank int    `json:"node_rank"`
+	TCP      *struct {
+		Peers []struct {
+			NodeRank       int     `json:"node_rank"`
+			Host           string  `json:"host"`
+			Connections    int     `json:"connections"`
+			Retransmits    uint64  `json:"retransmits"`
+			Segments       uint64  `json:"segments"`
+			MeanRTTSeconds float64 `json:"mean_rtt_seconds"`
+		} `json:"peers"`
+	} `json:"tcp"`
+}
+
+// fetchPeers reads the launcher's per-peer TCP counters, or nil where it
+// has none (no eBPF, one node) or cannot be asked.
+func fetchPeers(ctx context.Context, addr string) *linkCounts {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status.json", nil)
+	if err != nil {
+		return nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var c linkCounts
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&c) != nil || c.TCP == nil || len(c.TCP.Peers) == 0 {
+		return nil
+	}
+	return &c
+}
+
+// printPeers prints the per-peer counters, if any.
+func printPeers(c *linkCounts) {
+	if c == nil {
+		return
+	}
+	fmt.Printf("\nthe links of node %d (%s), as its kernel counted every program's connections (eBPF):\n", c.NodeRank, c.Host)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "peer\tnode\tconnections\tsmoothed RTT\tsegments received\tretransmits")
+	for _, p := range c.TCP.Peers {
+		rtt := "-"
+		if p.Segments > 0 {
+			rtt = time.Duration(p.MeanRTTSeconds * float64(time.Second)).Round(time.Microsecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%d\n", p.Host, p.NodeRank, p.Connections, rtt, p.Segments, p.Retransmits)
+	}
+	tw.Flush()
+}
+
 // fetchLiveView asks a launcher's metrics server for its job's live view
 // of the links.
 func fetchLiveView(ctx context.Context, addr string) (*topology.LiveView, error) {
@@ -305,6 +377,9 @@ func fetchLiveView(ctx context.Context, addr string) (*topology.LiveView, error)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", url, err)
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, &noLiveView{fmt.Sprintf("%s: %s", url, strings.TrimSpace(string(body)))}
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -256,6 +257,16 @@ func TestTopoShowLive(t *testing.T) {
 	mux.HandleFunc("/bad/topology.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(`{"ring":[0,0,1],"matrix":` + string(mustJSON(t, m)) + `}`))
 	})
+	// The launcher's kernel counters of its node's links (eBPF), served
+	// with a live view, and by a launcher whose job has none.
+	status := `{"host":"10.0.0.1","node_rank":0,"tcp":{"retransmits":9,"segments":900,"peers":[` +
+		`{"node_rank":1,"host":"10.0.0.2","connections":2,"retransmits":7,"segments":600,"mean_rtt_seconds":0.0031},` +
+		`{"node_rank":2,"host":"10.0.0.3","connections":0,"retransmits":0,"segments":0,"mean_rtt_seconds":0}]}}`
+	mux.HandleFunc("/status.json", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(status)) })
+	mux.HandleFunc("/nolive/topology.json", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "this job has no live topology", http.StatusNotFound)
+	})
+	mux.HandleFunc("/nolive/status.json", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(status)) })
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
@@ -264,10 +275,18 @@ func TestTopoShowLive(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	for _, want := range []string{"9 windows observed", "ring in use: 10.0.0.1 -> 10.0.0.3 -> 10.0.0.2", "re-planned at step 30", "ring 10.0.0.1 -> 10.0.0.3 -> 10.0.0.2 (was 10.0.0.1 -> 10.0.0.2 -> 10.0.0.3)", "48 MB/s measured (+300%)"} {
+	peerRow := regexp.MustCompile(`10\.0\.0\.2 +1 +2 +3\.1ms +600 +7`)
+	for _, want := range []string{"9 windows observed", "ring in use: 10.0.0.1 -> 10.0.0.3 -> 10.0.0.2", "re-planned at step 30", "ring 10.0.0.1 -> 10.0.0.3 -> 10.0.0.2 (was 10.0.0.1 -> 10.0.0.2 -> 10.0.0.3)", "48 MB/s measured (+300%)", "as its kernel counted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+	if !peerRow.MatchString(out) {
+		t.Errorf("output lacks the row of peer 10.0.0.2 (2 connections, 3.1ms, 600 segments, 7 retransmits):\n%s", out)
+	}
+	out, err = topo(t, "show", "--metrics-addr", addr+"/nolive")
+	if err != nil || !strings.Contains(out, "no live matrix: ") || !peerRow.MatchString(out) {
+		t.Errorf("a job without a live view but with the kernel's counts: %v\n%s", err, out)
 	}
 	for _, c := range []struct{ addr, want string }{
 		{"127.0.0.1:1", "is the job running with --metrics-addr 127.0.0.1:1"},
