@@ -155,7 +155,10 @@ beside rank order's; --png draws the bandwidth as a heat map with the ring.
 With --metrics-addr (a launcher's, of a job started with --topology probe)
 it prints the running job's live matrix instead: the probe's figures with
 every link the job's own traffic crossed replaced by the rate TCP measured,
-the ring of hosts in use and each time the job moved it.
+the ring of hosts in use and each time the job moved it; and, where the
+launcher runs as root, its node's links as the kernel counted them (eBPF:
+RTT, segments, retransmits of every program's connections to each other
+node), which a job without a live matrix (a PyTorch script) has too.
 
 Flags:
 `
