@@ -87,11 +87,12 @@ type Federation struct {
 	// GiveUp is how many syncs in a row a site may miss before the others
 	// stop waiting for it, until it says it is back (0: 3).
 	GiveUp int
-	// Key signs this site's deltas, and SiteKeys, one per site in Sites
-	// order, check everyone's (sign.go): a delta is then taken only from
-	// the site it is posted for, for that sync and place, not from any
-	// holder of the store's token. Both or neither, and the same SiteKeys
-	// at every site.
+	// Key signs this site's deltas and its proposals of a sync's
+	// members, and SiteKeys, one per site in Sites order, check
+	// everyone's (sign.go): a delta is then taken only from the site it
+	// is posted for, for that sync and place, and members only from a
+	// site, not from any holder of the store's token. Both or neither,
+	// and the same SiteKeys at every site.
 	Key      ed25519.PrivateKey
 	SiteKeys []ed25519.PublicKey
 }
@@ -379,11 +380,25 @@ func (b *boardExchange) members(ctx context.Context, step int64) ([]int, bool, e
 	} else if err != nil {
 		return nil, false, err
 	}
-	m, err := parseMembers(v, len(b.Sites))
+	m, err := b.parseMembers(step, v)
 	if err != nil {
-		return nil, false, fmt.Errorf("the members of the sync of step %d: %w", step, err)
+		return nil, false, err
 	}
 	return m, true, nil
+}
+
+// parseMembers reads the members of the sync of step from their key's
+// value, checking its signature in a federation with site keys.
+func (b *boardExchange) parseMembers(step int64, v []byte) ([]int, error) {
+	list, err := b.verifyMembers(step, v)
+	if err != nil {
+		return nil, err
+	}
+	m, err := parseMembers(list, len(b.Sites))
+	if err != nil {
+		return nil, fmt.Errorf("the members of the sync of step %d: %w", step, err)
+	}
+	return m, nil
 }
 
 func parseMembers(v []byte, sites int) ([]int, error) {
@@ -508,7 +523,7 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 			for i, s := range complete {
 				v[i] = strconv.Itoa(s)
 			}
-			cur, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, []byte(strings.Join(v, ",")))
+			cur, swapped, err := b.Board.CompareAndSwap(ctx, b.key(step, "members"), nil, b.signMembers(step, []byte(strings.Join(v, ","))))
 			if err != nil {
 				return nil, false, err
 			}
@@ -524,9 +539,9 @@ func (b *boardExchange) decide(ctx context.Context, step int64, posted time.Time
 					return nil, false, b.tooFarBehind(step, at)
 				}
 			}
-			m, err := parseMembers(cur, len(b.Sites))
+			m, err := b.parseMembers(step, cur)
 			if err != nil {
-				return nil, false, fmt.Errorf("the members of the sync of step %d: %w", step, err)
+				return nil, false, err
 			}
 			// Wake the ranks waiting on the bell: the proposer rings it,
 			// and so does a rank that finds another's proposal before the

@@ -64,6 +64,9 @@ type fedRun struct {
 	// right after it is posted, with what forge returns (nil: leaves it).
 	signed bool
 	forge  func(key string, genuine []byte) []byte
+	// preset is written to the board before the sites start, as a holder
+	// of the store's token would (key relative to the prefix).
+	preset map[string][]byte
 }
 
 // siteKeys returns n sites' keys, the same on every call.
@@ -131,6 +134,11 @@ func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
 			siteComms[s*r.local+j] = c
 		}
 	}
+	for k, v := range r.preset {
+		if err := b.dial().Set(context.Background(), "/fed/test/"+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
 	res := fedResult{result: result{params: make([][]float32, n), stats: make([]Stats, n), errs: make([]error, n)},
 		absences: make([][]Absence, n), saved: make([]siteState, n)}
 	var wg sync.WaitGroup
@@ -181,6 +189,34 @@ func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
 	}
 	wg.Wait()
 	return res
+}
+
+// With site keys, a sync's members that no site signed are refused by
+// every rank: a holder of the store's token cannot decide a sync without
+// some sites.
+func TestFederationRefusesForgedMembers(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every = 5
+	base := run{sites: 2, local: 2, steps: 10, batch: 8, lr: 0.5, outer: &cfg}
+	x := &boardExchange{Federation: Federation{Prefix: "/fed/test", Sites: []string{"a", "b"}, Key: ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)), SiteKeys: []ed25519.PublicKey{nil, nil}}}
+	for _, tc := range []struct {
+		name, members, why string
+	}{
+		{"unsigned", "0", `"0" is not signed by a site`},
+		{"another key", string(x.signMembers(5, []byte("0"))), `they say site "a" proposed them, but its key`},
+		{"no signature", "0;1", "does not end with a site's index and signature"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := trainFederated(t, newBoard(t), fedRun{run: base, signed: true, preset: map[string][]byte{"sync/5/members": []byte(tc.members)}})
+			for rank, err := range res.errs {
+				var f *ForgedError
+				if !errors.As(err, &f) || f.Site != "" || f.Step != 5 || !strings.Contains(err.Error(), tc.why) || !strings.Contains(err.Error(), "the members of the sync of step 5 are refused") {
+					t.Errorf("rank %d: %v; want the members of the sync of step 5 refused (%s)", rank, err, tc.why)
+				}
+			}
+			t.Log(res.errs[0])
+		})
+	}
 }
 
 // With every site in time, the board computes what the cross-site group

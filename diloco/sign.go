@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Signed deltas. With Federation.SiteKeys every message on the board
@@ -29,6 +30,10 @@ const (
 // posted for did not sign for that sync and place: written by another
 // holder of the store's token, moved from another sync or place, or
 // damaged. Every rank that reads it refuses it, so no rank averages it.
+//
+// It is also the error for a sync's members that no site signed (Site
+// empty, Place -1): a token holder could otherwise decide a sync without
+// some sites.
 type ForgedError struct {
 	Site  string
 	Place int
@@ -37,6 +42,9 @@ type ForgedError struct {
 }
 
 func (e *ForgedError) Error() string {
+	if e.Site == "" {
+		return fmt.Sprintf("federation: the members of the sync of step %d are refused: %s", e.Step, e.Why)
+	}
 	return fmt.Sprintf("federation: the delta of site %q (place %d) for the sync of step %d is refused: %s", e.Site, e.Place, e.Step, e.Why)
 }
 
@@ -116,4 +124,48 @@ func (f *Federation) validateKeys() error {
 		return fmt.Errorf("federation: site %q's key is %s, but the site keys list %s for it", f.Sites[f.Site], keyName(pub), keyName(f.SiteKeys[f.Site]))
 	}
 	return nil
+}
+
+// Signed members: the proposal of a sync's members is the list, then
+// membersSigSep, the proposer's site index, membersSigSep and its
+// signature (hex) over the prefix, the step and the list.
+const membersSigSep = ";"
+
+func (b *boardExchange) membersBytes(step int64, list []byte) []byte {
+	return []byte("ringo federation members v1\x00" + b.Prefix + "\x00" + strconv.FormatInt(step, 10) + "\x00" + string(list))
+}
+
+// signMembers returns the value to propose list as the members of the
+// sync of step: list itself, or signed in a federation with site keys.
+func (b *boardExchange) signMembers(step int64, list []byte) []byte {
+	if b.SiteKeys == nil {
+		return list
+	}
+	sig := ed25519.Sign(b.Key, b.membersBytes(step, list))
+	return []byte(string(list) + membersSigSep + strconv.Itoa(b.Site) + membersSigSep + hex.EncodeToString(sig))
+}
+
+// verifyMembers returns the list of a members value, after checking, in
+// a federation with site keys, that a site signed it for this sync.
+func (b *boardExchange) verifyMembers(step int64, v []byte) ([]byte, error) {
+	list, rest, signed := strings.Cut(string(v), membersSigSep)
+	forged := func(why string) error { return &ForgedError{Place: -1, Step: step, Why: why} }
+	switch {
+	case b.SiteKeys == nil && signed:
+		return nil, forged("they are signed, but this federation has no site keys")
+	case b.SiteKeys == nil:
+		return v, nil
+	case !signed:
+		return nil, forged(fmt.Sprintf("%q is not signed by a site", v))
+	}
+	who, sigHex, ok := strings.Cut(rest, membersSigSep)
+	site, err := strconv.Atoi(who)
+	sig, herr := hex.DecodeString(sigHex)
+	if !ok || err != nil || site < 0 || site >= len(b.SiteKeys) || herr != nil {
+		return nil, forged(fmt.Sprintf("%q does not end with a site's index and signature", v))
+	}
+	if !ed25519.Verify(b.SiteKeys[site], b.membersBytes(step, []byte(list)), sig) {
+		return nil, forged(fmt.Sprintf("they say site %q proposed them, but its key %s did not sign them for this sync", b.Sites[site], keyName(b.SiteKeys[site])))
+	}
+	return []byte(list), nil
 }

@@ -264,15 +264,19 @@ func (o *Outer) Sync(ctx context.Context, step int64) error {
 	return err
 }
 
-// reportForged audits a delta refused for its signature
-// (diloco.ForgedError): a holder of the store's token wrote it, not the
-// site it names. Every rank that read it records it, with its place.
+// reportForged audits a delta, or a sync's members, refused for its
+// signature (diloco.ForgedError): a holder of the store's token wrote it,
+// not the site it names. Every rank that read it records it.
 func (o *Outer) reportForged(err error) {
 	var f *diloco.ForgedError
 	if !errors.As(err, &f) {
 		return
 	}
-	o.audit.Record("outer.delta_refused", map[string]any{"site": o.Names[o.Index], "rank": o.rank, "step": f.Step, "from_site": f.Site, "place": f.Place, "why": f.Why})
+	what := "delta"
+	if f.Site == "" {
+		what = "members"
+	}
+	o.audit.Record("outer.delta_refused", map[string]any{"site": o.Names[o.Index], "rank": o.rank, "step": f.Step, "what": what, "from_site": f.Site, "place": f.Place, "why": f.Why})
 }
 
 // CatchUp is diloco.Outer's CatchUp, and reports the syncs some site

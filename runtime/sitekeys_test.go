@@ -86,7 +86,7 @@ func TestForgedDeltaIsAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n := strings.Count(string(b), "\n"); n != 1 || !strings.Contains(string(b), `"outer.delta_refused"`) ||
-		!strings.Contains(string(b), `"from_site":"b"`) || !strings.Contains(string(b), `"step":5`) {
+		!strings.Contains(string(b), `"from_site":"b"`) || !strings.Contains(string(b), `"what":"delta"`) || !strings.Contains(string(b), `"step":5`) {
 		t.Fatalf("audit log (%d lines), want one outer.delta_refused naming site b and step 5:\n%s", n, b)
 	}
 	if _, err := audit.Verify(path); err != nil {
