@@ -87,3 +87,39 @@ func TestReadTCPInfoByAddrNoSuchConn(t *testing.T) {
 		t.Fatalf("an IPv4 to IPv6 pair: got %v, want an error saying the families differ", err)
 	}
 }
+
+// BenchmarkReadTCPInfo: TCP_INFO of one connection by getsockopt on its
+// socket, and by address through sock_diag (what Replan pays per libp2p
+// peer at each check).
+func BenchmarkReadTCPInfo(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	b.Run("getsockopt", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := ReadTCPInfo(c.(*net.TCPConn)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	local, remote := addrPorts(c)
+	b.Run("sock_diag", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := ReadTCPInfoByAddr(local, remote); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
