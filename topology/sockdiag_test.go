@@ -19,6 +19,7 @@ func TestReadTCPInfoByAddr(t *testing.T) {
 		// A dual-stack listener: the accepted end is an IPv6 socket with
 		// v4-mapped addresses, though both ends say 127.0.0.1.
 		{"dual-stack", "[::]:0"},
+		{"ipv6", "[::1]:0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln, err := net.Listen("tcp", tc.listen)
@@ -27,7 +28,11 @@ func TestReadTCPInfoByAddr(t *testing.T) {
 			}
 			defer ln.Close()
 			port := ln.Addr().(*net.TCPAddr).Port
-			c, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)).String())
+			to := netip.MustParseAddr("127.0.0.1")
+			if tc.name == "ipv6" {
+				to = netip.IPv6Loopback()
+			}
+			c, err := net.Dial("tcp", netip.AddrPortFrom(to, uint16(port)).String())
 			if err != nil {
 				t.Fatal(err)
 			}
