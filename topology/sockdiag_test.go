@@ -97,24 +97,10 @@ func TestReadTCPInfoByAddrNoSuchConn(t *testing.T) {
 // socket, and by address through sock_diag (what Replan pays per libp2p
 // peer at each check).
 func BenchmarkReadTCPInfo(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	c, _ := tcpPair(b)
 	b.Run("getsockopt", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := ReadTCPInfo(c.(*net.TCPConn)); err != nil {
+			if _, err := ReadTCPInfo(c); err != nil {
 				b.Fatal(err)
 			}
 		}

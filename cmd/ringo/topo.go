@@ -13,6 +13,7 @@ import (
 	"time"
 
 	worker "github.com/ringo-ml/ringo/runtime"
+	"github.com/ringo-ml/ringo/runtime/launch/observe"
 	"github.com/ringo-ml/ringo/topology"
 )
 
@@ -309,18 +310,9 @@ func (e *noLiveView) Error() string { return e.why }
 // linkCounts is what topo show reads of a launcher's /status.json: the
 // kernel's counts of its node's connections to each other node.
 type linkCounts struct {
-	Host     string `json:"host"`
-	NodeRank int    `json:"node_rank"`
-	TCP      *struct {
-		Peers []struct {
-			NodeRank       int     `json:"node_rank"`
-			Host           string  `json:"host"`
-			Connections    int     `json:"connections"`
-			Retransmits    uint64  `json:"retransmits"`
-			Segments       uint64  `json:"segments"`
-			MeanRTTSeconds float64 `json:"mean_rtt_seconds"`
-		} `json:"peers"`
-	} `json:"tcp"`
+	Host     string               `json:"host"`
+	NodeRank int                  `json:"node_rank"`
+	TCP      *observe.TCPCounters `json:"tcp"`
 }
 
 // fetchPeers reads the launcher's per-peer TCP counters, or nil where it
