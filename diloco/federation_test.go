@@ -210,7 +210,7 @@ func TestFederationRefusesForgedMembers(t *testing.T) {
 			res := trainFederated(t, newBoard(t), fedRun{run: base, signed: true, preset: map[string][]byte{"sync/5/members": []byte(tc.members)}})
 			for rank, err := range res.errs {
 				var f *ForgedError
-				if !errors.As(err, &f) || f.Site != "" || f.Step != 5 || !strings.Contains(err.Error(), tc.why) || !strings.Contains(err.Error(), "the members of the sync of step 5 are refused") {
+				if !errors.As(err, &f) || f.Site != "" || f.Step != 5 || !strings.Contains(err.Error(), tc.why) || !strings.Contains(err.Error(), "the members of the sync of step 5 are refused") || !strings.Contains(err.Error(), "give the store and every site new credentials") {
 					t.Errorf("rank %d: %v; want the members of the sync of step 5 refused (%s)", rank, err, tc.why)
 				}
 			}
@@ -290,7 +290,7 @@ func TestFederationRefusesForgedDeltas(t *testing.T) {
 			res := trainFederated(t, newBoard(t), fedRun{run: base, signed: true, forge: tc.forge})
 			for rank, err := range res.errs {
 				var f *ForgedError
-				if !errors.As(err, &f) || f.Site != "b" || f.Step != tc.step || f.Place != rank%2 || !strings.Contains(err.Error(), tc.why) {
+				if !errors.As(err, &f) || f.Site != "b" || f.Step != tc.step || f.Place != rank%2 || !strings.Contains(err.Error(), tc.why) || !strings.Contains(err.Error(), "--federation-peers") {
 					t.Errorf("rank %d: %v; want site b's delta for place %d of the sync of step %d refused (%s)", rank, err, rank%2, tc.step, tc.why)
 				}
 			}

@@ -42,10 +42,19 @@ type ForgedError struct {
 }
 
 func (e *ForgedError) Error() string {
+	what := fmt.Sprintf("the delta of site %q (place %d) for the sync of step %d is", e.Site, e.Place, e.Step)
 	if e.Site == "" {
-		return fmt.Sprintf("federation: the members of the sync of step %d are refused: %s", e.Step, e.Why)
+		what = fmt.Sprintf("the members of the sync of step %d are", e.Step)
 	}
-	return fmt.Sprintf("federation: the delta of site %q (place %d) for the sync of step %d is refused: %s", e.Site, e.Place, e.Step, e.Why)
+	return fmt.Sprintf("federation: %s refused: %s; %s", what, e.Why, e.fix())
+}
+
+// fix says what the operator should do about the refusal. The sites
+// agreed on their keys when they joined (join compares a fingerprint), so
+// a message the keys refuse was written by someone else who can write to
+// the store.
+func (e *ForgedError) fix() string {
+	return "whoever wrote it can write to the store without being a site: give the store and every site new credentials (ringo store's --token-file, or etcd's), and check that every site's --federation-peers lists the sites' own peer IDs"
 }
 
 // signedBytes is what a site signs for one message.
