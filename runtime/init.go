@@ -62,6 +62,7 @@ func (g *Group) Heartbeat(step int64) { g.beat.set(step) }
 // Close leaves the collective group.
 func (g *Group) Close() error {
 	g.beat.close()
+	g.replan.close()
 	return g.Comm.Close()
 }
 

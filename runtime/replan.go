@@ -46,6 +46,9 @@ type replanner struct {
 	hosts  int
 	live   *topology.Live
 	hostOf []int // each rank's node, learnt at the first Replan
+	// diag asks the kernel about connections by address (libp2p's),
+	// opened at the first such question and kept for the next checks.
+	diag *topology.SockDiag
 
 	mu      sync.Mutex // guards what report reads, below
 	ring    []int
@@ -126,13 +129,28 @@ func (g *Group) linkInfo(peer int) []topology.TCPInfo {
 		}
 	}
 	if e, ok := g.tr.(ender); ok && len(out) == 0 {
-		for _, c := range e.Ends(peer) {
-			if info, err := topology.ReadTCPInfoByAddr(c.Local, c.Remote); err == nil {
+		ends := e.Ends(peer)
+		if len(ends) > 0 && g.replan.diag == nil {
+			d, err := topology.OpenSockDiag()
+			if err != nil {
+				return nil // the window goes without this link's counters
+			}
+			g.replan.diag = d
+		}
+		for _, c := range ends {
+			if info, err := g.replan.diag.TCPInfo(c.Local, c.Remote); err == nil {
 				out = append(out, info)
 			}
 		}
 	}
 	return out
+}
+
+// close releases what the re-planner holds open.
+func (p *replanner) close() {
+	if p != nil && p.diag != nil {
+		p.diag.Close()
+	}
 }
 
 // Replan is a step-boundary check of the ring against what the job's

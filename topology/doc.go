@@ -38,7 +38,8 @@
 //
 // ReadTCPInfo reads TCP_INFO of a socket; ReadTCPInfoByAddr asks the
 // kernel for the same by the connection's addresses (sock_diag, as ss(8)
-// does), for connections whose socket a library keeps (libp2p's).
+// does), for connections whose socket a library keeps (libp2p's); a
+// SockDiag keeps the netlink socket open for a caller that asks often.
 //
 // # Hosts file (version 1)
 //

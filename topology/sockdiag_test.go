@@ -1,10 +1,16 @@
 package topology
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func addrPorts(c net.Conn) (local, remote netip.AddrPort) {
@@ -93,9 +99,61 @@ func TestReadTCPInfoByAddrNoSuchConn(t *testing.T) {
 	}
 }
 
+// One SockDiag answers question after question, from several goroutines
+// at once, each with its own connection's counters; closed, it says so.
+func TestSockDiagReused(t *testing.T) {
+	d, err := OpenSockDiag()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 4 {
+		c, s := tcpPair(t)
+		pump(t, c, s, (i+1)<<16)
+		pump(t, s, c, 1)
+		wg.Go(func() {
+			for range 50 {
+				got, err := d.TCPInfo(addrPorts(c))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if got.BytesAcked < uint64(i+1)<<16 || got.BytesAcked > uint64(i+1)<<16+1 {
+					t.Errorf("connection %d: acked %d bytes, sent %d: another connection's answer?", i, got.BytesAcked, (i+1)<<16)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := tcpPair(t)
+	if _, err := d.TCPInfo(addrPorts(c)); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("after Close: %v, want an error saying the socket is closed", err)
+	}
+}
+
+// A reply to another question (one that timed out before its reply came)
+// is passed over; the one to this question is read.
+func TestSockDiagReplyMatchesQuestion(t *testing.T) {
+	errMsg := func(seq uint32, errno syscall.Errno) syscall.NetlinkMessage {
+		data := binary.NativeEndian.AppendUint32(nil, uint32(-int32(errno)))
+		return syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: unix.NLMSG_ERROR, Seq: seq}, Data: data}
+	}
+	if _, done, _ := diagReply([]syscall.NetlinkMessage{errMsg(6, unix.ENOENT)}, 7); done {
+		t.Fatal("a reply to question 6 was taken as the answer to question 7")
+	}
+	_, done, err := diagReply([]syscall.NetlinkMessage{errMsg(6, unix.EPERM), errMsg(7, unix.ENOENT)}, 7)
+	if !done || !errors.Is(err, ErrNoSuchConn) {
+		t.Fatalf("question 7's reply: done %v, %v; want ErrNoSuchConn", done, err)
+	}
+}
+
 // BenchmarkReadTCPInfo: TCP_INFO of one connection by getsockopt on its
 // socket, and by address through sock_diag (what Replan pays per libp2p
-// peer at each check).
+// peer at each check): a socket opened per question, and one kept open.
 func BenchmarkReadTCPInfo(b *testing.B) {
 	c, _ := tcpPair(b)
 	b.Run("getsockopt", func(b *testing.B) {
@@ -109,6 +167,18 @@ func BenchmarkReadTCPInfo(b *testing.B) {
 	b.Run("sock_diag", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := ReadTCPInfoByAddr(local, remote); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("sock_diag-open", func(b *testing.B) {
+		d, err := OpenSockDiag()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer d.Close()
+		for b.Loop() {
+			if _, err := d.TCPInfo(local, remote); err != nil {
 				b.Fatal(err)
 			}
 		}
