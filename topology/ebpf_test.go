@@ -12,8 +12,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/ringo-ml/ringo/internal/netnstest"
 	"golang.org/x/sys/unix"
+
+	"github.com/ringo-ml/ringo/internal/netnstest"
+	"github.com/ringo-ml/ringo/internal/tcptest"
 )
 
 // startCounters starts the counters or skips the test, in one line, where
@@ -59,7 +61,7 @@ func TestTCPCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, sv := tcpPair(t)
+	cl, sv := tcptest.Pair(t)
 	pump(t, cl, sv, 4<<20)
 	pump(t, sv, cl, 4<<20)
 	after, err := c.Read()
@@ -235,7 +237,7 @@ func TestTCPCountersPerConnection(t *testing.T) {
 		}
 		t.Skipf("skipped: %v", err)
 	}
-	cl, sv := tcpPair(t)
+	cl, sv := tcptest.Pair(t)
 	pump(t, cl, sv, 4<<20)
 	pump(t, sv, cl, 4<<20)
 	conns, err := c.Conns()

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringo-ml/ringo/internal/tcptest"
 )
 
 func addrPorts(c net.Conn) (local, remote netip.AddrPort) {
@@ -82,7 +84,7 @@ func TestReadTCPInfoByAddr(t *testing.T) {
 }
 
 func TestReadTCPInfoByAddrNoSuchConn(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := tcptest.Pair(t)
 	local, remote := addrPorts(c)
 	c.Close()
 	s.Close()
@@ -108,7 +110,7 @@ func TestSockDiagReused(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for i := range 4 {
-		c, s := tcpPair(t)
+		c, s := tcptest.Pair(t)
 		pump(t, c, s, (i+1)<<16)
 		pump(t, s, c, 1)
 		wg.Go(func() {
@@ -129,7 +131,7 @@ func TestSockDiagReused(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c, _ := tcpPair(t)
+	c, _ := tcptest.Pair(t)
 	if _, err := d.TCPInfo(addrPorts(c)); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("after Close: %v, want an error saying the socket is closed", err)
 	}
@@ -155,7 +157,7 @@ func TestSockDiagReplyMatchesQuestion(t *testing.T) {
 // socket, and by address through sock_diag (what Replan pays per libp2p
 // peer at each check): a socket opened per question, and one kept open.
 func BenchmarkReadTCPInfo(b *testing.B) {
-	c, _ := tcpPair(b)
+	c, _ := tcptest.Pair(b)
 	b.Run("getsockopt", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := ReadTCPInfo(c); err != nil {

@@ -8,27 +8,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-)
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/ringo-ml/ringo/internal/tcptest"
+)
 
 // pump sends n bytes from c to s and waits for them to arrive.
 func pump(t *testing.T, c, s net.Conn, n int) {
@@ -47,7 +29,7 @@ func pump(t *testing.T, c, s net.Conn, n int) {
 }
 
 func TestReadTCPInfo(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := tcptest.Pair(t)
 	before, err := ReadTCPInfo(c)
 	if err != nil {
 		t.Fatal(err)

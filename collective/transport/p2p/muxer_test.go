@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+
+	"github.com/ringo-ml/ringo/internal/tcptest"
 )
 
 // slowPipe is a pair of loopback TCP connections joined by a relay that
@@ -15,25 +17,8 @@ import (
 // round trip of about twice delay.
 func slowPipe(t *testing.T, delay time.Duration) (net.Conn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	dial := func() (net.Conn, net.Conn) {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(); s.Close() })
-		return c, s
-	}
-	a, relayA := dial()
-	relayB, b := dial()
+	a, relayA := tcptest.Pair(t)
+	relayB, b := tcptest.Pair(t)
 	relay := func(dst, src net.Conn) {
 		type chunk struct {
 			at   time.Time
