@@ -77,12 +77,17 @@ type call struct {
 type group struct {
 	tr     transport.Transport
 	poller transport.Poller // tr, if it can poll; else nil
-	rank   int
-	size   int
-	cfg    Config
-	ring   []int       // ring[p] is the rank at ring position p
-	pos    int         // this rank's position
-	hier   *hierLayout // nil: no hierarchy (hier.go)
+	// inPlace is tr, if it can hand some peers' payloads over where they
+	// lie (shared memory); else nil. A reduction from such a peer reads
+	// its data there instead of from a copy in scratch (inplace.go).
+	inPlace transport.InPlaceReceiver
+	piece   inPlaceReduce
+	rank    int
+	size    int
+	cfg     Config
+	ring    []int       // ring[p] is the rank at ring position p
+	pos     int         // this rank's position
+	hier    *hierLayout // nil: no hierarchy (hier.go)
 	// hasHier is hier != nil, which no Reorder changes (the layout's
 	// shape comes from the hosts, not the order): calls read it before
 	// their turn, when hier may be changing.
@@ -176,6 +181,8 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 		recvKick:  make(chan struct{}, 1),
 	}
 	g.poller, _ = tr.(transport.Poller)
+	g.inPlace, _ = tr.(transport.InPlaceReceiver)
+	g.piece.fn = g.piece.reduce // bound once: a method value made per call would allocate
 	if g.hier, err = newHierLayout(cfg.Hosts, tr, ring, g.rank); err != nil {
 		return nil, err
 	}
@@ -638,6 +645,17 @@ func (g *group) runRecvs(s *schedule, hdr *transport.Header, dt DType, op Op, wo
 		// than the socket buffers and then receive over the same bytes
 		// (recursive doubling of a large buffer): each send waits for the
 		// peer to read, and each read would wait for its own send.
+		if x.kind == xRecvReduce && g.canReduceInPlace(x) && g.sendsDone.Load() >= x.dep {
+			// Nothing left to wait for: reduce straight from the peer's
+			// ring into work (the wait above is what forbids this while
+			// sends still read those bytes).
+			if err := g.recvReduceInPlace(x, hdr, dt, op, work, deadline); err != nil {
+				return err
+			}
+			g.recvsDone.Store(int32(i + 1))
+			kick(g.sendKick)
+			continue
+		}
 		if x.kind == xRecvReduce {
 			if err := g.recvInto(x.peer, hdr, x.step, scratch[:x.n], deadline); err != nil {
 				return err
@@ -669,6 +687,9 @@ func (g *group) recvXfer(x *xfer, hdr *transport.Header, dt DType, op Op, work, 
 	if x.kind != xRecvReduce {
 		return g.recvInto(x.peer, hdr, x.step, work[x.off:x.off+x.n], deadline)
 	}
+	if g.canReduceInPlace(x) {
+		return g.recvReduceInPlace(x, hdr, dt, op, work, deadline)
+	}
 	if err := g.recvInto(x.peer, hdr, x.step, scratch[:x.n], deadline); err != nil {
 		return err
 	}
@@ -679,11 +700,15 @@ func (g *group) recvXfer(x *xfer, hdr *transport.Header, dt DType, op Op, work, 
 // combineInto reduces a received message (in) into its bytes of work, in
 // the operand order the schedule gave.
 func (g *group) combineInto(x *xfer, dt DType, op Op, work, in []byte) {
-	w := work[x.off : x.off+x.n]
+	combineOrdered(x.recvFirst, dt, op, work[x.off:x.off+x.n], in)
+}
+
+// combineOrdered reduces in into w: in as the left operand where recvFirst.
+func combineOrdered(recvFirst bool, dt DType, op Op, w, in []byte) {
 	if op == Avg {
 		op = Sum
 	}
-	if x.recvFirst {
+	if recvFirst {
 		reduceBytes(dt, op, w, in, w)
 	} else {
 		reduceBytes(dt, op, w, w, in)

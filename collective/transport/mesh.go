@@ -55,6 +55,12 @@ type Link interface {
 	Close()
 }
 
+// InPlaceLink is implemented by links that can hand a payload to a
+// function where it lies (InPlaceReceiver). Mesh has checked the length.
+type InPlaceLink interface {
+	RecvPayloadFunc(fn func(off int, part []byte), deadline time.Time) error
+}
+
 // Control is a link's control channel: a net.Conn, a unix socket or a
 // libp2p stream.
 type Control interface {
@@ -100,8 +106,8 @@ const goodbyeWait = time.Second
 const maxControl = 1 << 16
 
 // Mesh is a Transport made of one Link per peer, each of whatever
-// transport reaches that peer best. It implements Transport, Peeker and
-// Addresser.
+// transport reaches that peer best. It implements Transport, Peeker,
+// Addresser and InPlaceReceiver (for the peers whose links do).
 type Mesh struct {
 	rank, size int
 	peers      []*meshPeer // nil for this rank
@@ -414,6 +420,37 @@ func (m *Mesh) RecvPayload(p int, buf []byte, deadline time.Time) error {
 	}
 	pr.inOK = false
 	if err := pr.link.RecvPayload(buf, deadline); err != nil {
+		return m.linkError(pr, "receive", err)
+	}
+	return nil
+}
+
+// InPlace says whether peer p's link hands payloads over where they lie
+// (InPlaceReceiver).
+func (m *Mesh) InPlace(p int) bool {
+	if p < 0 || p >= m.size || m.peers[p] == nil {
+		return false
+	}
+	_, ok := m.peers[p].link.(InPlaceLink)
+	return ok
+}
+
+// RecvPayloadFunc hands the payload of the message whose header RecvHeader
+// just returned for p to fn where it lies (InPlaceReceiver).
+func (m *Mesh) RecvPayloadFunc(p, n int, fn func(off int, part []byte), deadline time.Time) error {
+	pr, err := m.peer(p)
+	if err != nil {
+		return err
+	}
+	il, ok := pr.link.(InPlaceLink)
+	if !ok {
+		return fmt.Errorf("transport: rank %d: the link to rank %d cannot hand payloads over in place", m.rank, p)
+	}
+	if !pr.inOK || uint64(n) != pr.inN {
+		return fmt.Errorf("transport: rank %d: payload of %d bytes asked from rank %d, header said %d", m.rank, n, p, pr.inN)
+	}
+	pr.inOK = false
+	if err := il.RecvPayloadFunc(fn, deadline); err != nil {
 		return m.linkError(pr, "receive", err)
 	}
 	return nil

@@ -78,6 +78,23 @@ type Poller interface {
 	Poll(on bool)
 }
 
+// InPlaceReceiver is implemented by transports whose links to some peers
+// can hand a received payload to a function where it lies (shared
+// memory: in the ring the peer wrote it to) instead of copying it into a
+// buffer first. A reduction reads it from there into its accumulator: one
+// pass over the bytes instead of a copy and a pass.
+type InPlaceReceiver interface {
+	// InPlace says whether peer's payloads can be received with
+	// RecvPayloadFunc.
+	InPlace(peer int) bool
+	// RecvPayloadFunc is RecvPayload for such a peer: n must equal the
+	// header's Length, and fn is handed the payload piece by piece, in
+	// order, off being each piece's offset in the payload. A piece is
+	// valid only until fn returns; its length and offset are multiples of
+	// 8 bytes but for the payload's end.
+	RecvPayloadFunc(peer, n int, fn func(off int, part []byte), deadline time.Time) error
+}
+
 // Peeker is implemented by transports that can show the header of a
 // message that has arrived without consuming it. After a timeout, the layer
 // above looks at what the other peers sent: a message of the same call

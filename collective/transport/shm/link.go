@@ -144,6 +144,19 @@ func (l *link) RecvPayload(buf []byte, deadline time.Time) error {
 	return l.consume(buf, nil, deadline)
 }
 
+// RecvPayloadFunc is RecvPayload without the copy (transport.InPlaceLink):
+// it hands fn the payload where it lies in the shared ring, piece by
+// piece in order, and frees each piece's slots once fn returns. Pieces
+// end where a batch or the ring's end does, at offsets that are
+// multiples of 8 in the payload (hdrArea, the slots and batchBytes are).
+func (l *link) RecvPayloadFunc(fn func(off int, part []byte), deadline time.Time) error {
+	if err := l.enter(); err != nil {
+		return err
+	}
+	defer l.leave()
+	return l.consume(nil, fn, deadline)
+}
+
 // PeekHeader returns the header of the next message if it has already
 // arrived, without consuming it. A faulted link can still show what has
 // arrived: this is for explaining a failure.

@@ -76,7 +76,6 @@ type Offer struct {
 // and the waits inside a pipelined collective are short.
 type Transport struct {
 	*transport.Mesh
-	links []*link
 }
 
 // Join forms the group: it blocks until every rank has joined or ctx
@@ -107,11 +106,10 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.links = make([]*link, cfg.Size)
 	tl := make([]transport.Link, cfg.Size)
 	for p, l := range links {
 		if l != nil {
-			t.links[p], tl[p] = l, l
+			tl[p] = l
 		}
 	}
 	t.Mesh = transport.NewMesh(cfg.Rank, cfg.Size, tl, transport.MeshConfig{OnFault: cfg.OnFault})
@@ -223,33 +221,4 @@ func (e *Endpoint) Links(ctx context.Context, tab *transport.Table, peers []int)
 		return nil, err
 	}
 	return links, nil
-}
-
-// RecvPayloadFunc is RecvPayload without the copy: it hands fn the payload
-// of the message whose header RecvHeader just returned where it lies in
-// the shared ring, piece by piece in order (off is each piece's offset in
-// the payload), and frees each piece's slots once fn returns. fn must not
-// keep part. n must equal the header's Length. It lets a reduction read
-// the peer's data straight out of the ring instead of from a copy.
-func (t *Transport) RecvPayloadFunc(p int, n int, fn func(off int, part []byte), deadline time.Time) error {
-	if p < 0 || p >= len(t.links) || t.links[p] == nil {
-		return fmt.Errorf("shm: rank %d has no peer %d", t.Rank(), p)
-	}
-	if f := t.Fault(); f != nil {
-		return f
-	}
-	l := t.links[p]
-	err := l.enter()
-	if err == nil {
-		if !l.pend || uint64(n) != l.pendLen {
-			l.leave()
-			return fmt.Errorf("shm: rank %d: payload of %d bytes asked from rank %d, header said %d", t.Rank(), n, p, l.pendLen)
-		}
-		err = l.consume(nil, fn, deadline)
-		l.leave()
-	}
-	if err != nil {
-		return t.LinkError(p, "receive", err)
-	}
-	return nil
 }
