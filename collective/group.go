@@ -81,7 +81,6 @@ type group struct {
 	// lie (shared memory); else nil. A reduction from such a peer reads
 	// its data there instead of from a copy in scratch (inplace.go).
 	inPlace transport.InPlaceReceiver
-	piece   inPlaceReduce
 	rank    int
 	size    int
 	cfg     Config
@@ -110,6 +109,7 @@ type group struct {
 	cache   map[schedKey]*schedule
 	scratch []byte
 	work    []byte
+	piece   inPlaceReduce // the reduction in place under way (inplace.go)
 	// Headers live here rather than on the stack: handed to a Transport
 	// (an interface), a stack variable would escape and cost an
 	// allocation per message.

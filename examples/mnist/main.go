@@ -26,6 +26,7 @@ import (
 type config struct {
 	model, data, ckpt, compress string
 	epochs, batch, evalBatch    int
+	hidden                      int
 	loaderWorkers               int
 	lr                          float64
 	seed                        uint64
@@ -40,6 +41,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("mnist", flag.ContinueOnError)
 	diloco.AddFlags(fs, &c.outer)
 	fs.StringVar(&c.model, "model", "cnn", "cnn or mlp")
+	fs.IntVar(&c.hidden, "hidden", defaultHidden, "units of the model's dense hidden layer")
 	fs.StringVar(&c.data, "data", "data/mnist", "dataset root holding train/ and test/ (a directory or a URL prefix)")
 	fs.IntVar(&c.epochs, "epochs", 5, "epochs to train (counting those a restored checkpoint already did)")
 	fs.IntVar(&c.batch, "batch", 64, "global batch size, split evenly among the workers")
@@ -60,8 +62,8 @@ func parseFlags(args []string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if c.epochs < 0 || c.batch < 1 || c.evalBatch < 1 || c.lr <= 0 || c.saveEvery < 0 || c.verifyEvery < 0 {
-		return c, errors.New("--epochs, --batch, --eval-batch, --lr, --save-every and --verify-every must be positive (or 0 where that means off)")
+	if c.epochs < 0 || c.batch < 1 || c.evalBatch < 1 || c.hidden < 1 || c.lr <= 0 || c.saveEvery < 0 || c.verifyEvery < 0 {
+		return c, errors.New("--epochs, --batch, --eval-batch, --hidden, --lr, --save-every and --verify-every must be positive (or 0 where that means off)")
 	}
 	if c.compress == "none" {
 		c.compress = ""
@@ -149,7 +151,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	n, err := newNet(c.model, local, c.evalBatch, c.seed)
+	n, err := newNet(c.model, c.hidden, local, c.evalBatch, c.seed)
 	if err != nil {
 		return err
 	}

@@ -94,7 +94,7 @@ func TestTrainingReducesLoss(t *testing.T) {
 	for _, kind := range []string{"cnn", "mlp"} {
 		t.Run(kind, func(t *testing.T) {
 			const batch, steps = 16, 10
-			n, err := newNet(kind, batch, 40, 1)
+			n, err := newNet(kind, defaultHidden, batch, 40, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,11 +137,11 @@ func TestGradientIsMeanOverBatch(t *testing.T) {
 	data := digitsOf(t, 2, 3)
 	for _, kind := range []string{"cnn", "mlp"} {
 		t.Run(kind, func(t *testing.T) {
-			two, err := newNet(kind, 2, 1, 5)
+			two, err := newNet(kind, defaultHidden, 2, 1, 5)
 			if err != nil {
 				t.Fatal(err)
 			}
-			one, err := newNet(kind, 1, 1, 5)
+			one, err := newNet(kind, defaultHidden, 1, 1, 5)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -186,7 +186,7 @@ func TestGradientIsMeanOverBatch(t *testing.T) {
 
 func TestAdamFirstStep(t *testing.T) {
 	p := &param{name: "w", shape: []int{3}}
-	n, _ := newNet("mlp", 1, 1, 1)
+	n, _ := newNet("mlp", defaultHidden, 1, 1, 1)
 	p.w = n.params[1].w // any float32 tensor; use fc1.b's
 	w := p.data()
 	before := append([]float32(nil), w...)

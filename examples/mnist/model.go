@@ -13,10 +13,12 @@ import (
 // Layer sizes. The CNN: conv 3×3 1→convC1, ReLU, 2×2 max-pool; conv 3×3
 // convC1→convC2, ReLU, 2×2 max-pool; dense convC2·7·7→hidden, ReLU;
 // dense hidden→10. The MLP: dense 784→hidden, ReLU, dense hidden→10.
+// hidden is --hidden, defaultHidden unless set: a wide MLP has many
+// parameters for its computation, the case where synchronising less often
+// pays most (BENCHMARKS.md, training across sites).
 const (
 	convC1, convC2 = 16, 32
-	cnnHidden      = 128
-	mlpHidden      = 128
+	defaultHidden  = 128
 	classes        = 10
 )
 
@@ -60,8 +62,12 @@ type net struct {
 	evm       G.VM
 }
 
-// newNet builds model kind ("cnn" or "mlp") with weights drawn from seed.
-func newNet(kind string, batch, evalBatch int, seed uint64) (n *net, err error) {
+// newNet builds model kind ("cnn" or "mlp") with a dense hidden layer of
+// hidden units and weights drawn from seed.
+func newNet(kind string, hidden, batch, evalBatch int, seed uint64) (n *net, err error) {
+	if hidden < 1 {
+		return nil, fmt.Errorf("model %q: a hidden layer of %d units: want at least 1", kind, hidden)
+	}
 	n = &net{kind: kind, batch: batch, evalBatch: evalBatch}
 	rng := rand.New(rand.NewPCG(seed, 0x77656967687473))
 	add := func(name string, fanIn int, bias bool, shape ...int) {
@@ -90,14 +96,14 @@ func newNet(kind string, batch, evalBatch int, seed uint64) (n *net, err error) 
 		add("conv1.b", 0, true, 1, convC1, 1, 1)
 		add("conv2.w", 9*convC1, false, convC2, convC1, 3, 3)
 		add("conv2.b", 0, true, 1, convC2, 1, 1)
-		add("fc1.w", convC2*7*7, false, convC2*7*7, cnnHidden)
-		add("fc1.b", 0, true, 1, cnnHidden)
-		add("fc2.w", cnnHidden, false, cnnHidden, classes)
+		add("fc1.w", convC2*7*7, false, convC2*7*7, hidden)
+		add("fc1.b", 0, true, 1, hidden)
+		add("fc2.w", hidden, false, hidden, classes)
 		add("fc2.b", 0, true, 1, classes)
 	case "mlp":
-		add("fc1.w", pixels, false, pixels, mlpHidden)
-		add("fc1.b", 0, true, 1, mlpHidden)
-		add("fc2.w", mlpHidden, false, mlpHidden, classes)
+		add("fc1.w", pixels, false, pixels, hidden)
+		add("fc1.b", 0, true, 1, hidden)
+		add("fc2.w", hidden, false, hidden, classes)
 		add("fc2.b", 0, true, 1, classes)
 	default:
 		return nil, fmt.Errorf("model %q: want cnn or mlp", kind)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -141,47 +142,81 @@ func TestAcrossShapedSites(t *testing.T) {
 
 // BenchmarkAcrossSites trains on the real digits (make data) across two
 // sites of two workers on a wide-area link (50 ms round trips, 1% loss,
-// 100 Mbit/s): syncs every 20 steps with bfloat16 top-25% deltas for 5
-// epochs, then the per-step all-reduce until its test accuracy reaches
-// 0.95, reporting the time to 0.95 and the bytes that crossed between the
-// sites per step.
+// 100 Mbit/s): syncs every 20 steps with bfloat16 top-25% deltas, then
+// the per-step all-reduce until its test accuracy reaches 0.95, reporting
+// the time to 0.95 and the bytes that crossed between the sites per step.
+// Two models: the demo's CNN (207K parameters), whose steps on two cores
+// cost more computation than its all-reduce costs on the link, and the
+// same CNN with a dense layer of 2048 units (3.2M parameters), whose
+// all-reduce outweighs its computation, as a large model's does.
 func BenchmarkAcrossSites(b *testing.B) {
 	data, _ := filepath.Abs("../../data/mnist")
 	if _, err := os.Stat(filepath.Join(data, "train")); err != nil {
 		b.Skip("skipped: no real digits in data/mnist; run make data")
 	}
 	s := wideAreaSites(b)
-	const epochs = 5
-	common := []string{"--epochs", strconv.Itoa(epochs), "--verify-every", "20"}
+	for _, m := range []struct {
+		name   string
+		epochs int
+		args   []string
+		plain  bool // the every-20 run without overlap too; else the per-step one in bfloat16 too
+	}{
+		{"cnn-128", 5, nil, true},
+		// With the per-step all-reduce in bfloat16 too, half the bytes
+		// of float32, which a user would try on such a link.
+		{"cnn-2048", 3, []string{"--hidden", "2048"}, false},
+	} {
+		b.Run(m.name, func(b *testing.B) { acrossSites(b, s, data, m.epochs, m.plain, m.args) })
+	}
+}
+
+// acrossSites is one model's BenchmarkAcrossSites: epochs of the every-20
+// runs, and the plain every-20 run beside the overlapped one (plain) or,
+// without it, the per-step all-reduce in bfloat16 beside the float32 one.
+func acrossSites(b *testing.B, s sites, data string, epochs int, plain bool, model []string) {
+	common := append([]string{"--epochs", strconv.Itoa(epochs), "--verify-every", "20"}, model...)
+	runs := []struct {
+		name string
+		args []string
+	}{
+		{"every-20", []string{"--outer-every", "20", "--outer-topk", "0.25"}},
+		// The exchange overlapping the next 5 inner steps.
+		{"every-20-overlap", []string{"--outer-every", "20", "--outer-topk", "0.25", "--outer-delay", "5"}},
+	}
+	if !plain {
+		runs = runs[1:]
+	}
 	for range b.N {
 		var first time.Duration
 		var bytesPerStep float64
 		var steps int
-		for i, tc := range []struct {
-			name string
-			args []string
-		}{
-			{"every-20", []string{"--outer-every", "20", "--outer-topk", "0.25"}},
-			// The exchange overlapping the next 5 inner steps.
-			{"every-20-overlap", []string{"--outer-every", "20", "--outer-topk", "0.25", "--outer-delay", "5"}},
-		} {
-			dl := runSites(b, s, 29520+i, data, false, append(common, tc.args...)...)
+		for i, tc := range runs {
+			dl := runSites(b, s, 29520+i, data, false, slices.Concat(common, tc.args)...)
 			acc, n := dl.final(b)
 			b.Logf("%s: final accuracy %.4f, 0.95 reached at %v (epoch %d), %d steps in %v, %.0f bytes across sites per step",
 				tc.name, acc, dl.firstAt.Round(100*time.Millisecond), dl.epochs, n, dl.took.Round(100*time.Millisecond), float64(dl.crossed)/float64(n))
+			if dl.firstAt == 0 {
+				b.Fatalf("%s: never reached 0.95\n%s", tc.name, dl.out)
+			}
 			if i == 0 {
 				first, bytesPerStep, steps = dl.firstAt, float64(dl.crossed)/float64(n), n
 			}
 		}
 		// The per-step all-reduce is stopped once it reaches 0.95: its
 		// remaining epochs would add nothing to the comparison.
-		ps := runSites(b, s, 29529, data, true, common...)
-		if ps.firstAt == 0 {
-			b.Fatalf("per-step: never reached 0.95\n%s", ps.out)
+		perStep := func(name string, port int, args ...string) {
+			ps := runSites(b, s, port, data, true, slices.Concat(common, args)...)
+			if ps.firstAt == 0 {
+				b.Fatalf("%s: never reached 0.95\n%s", name, ps.out)
+			}
+			psSteps := ps.epochs * steps / epochs
+			b.Logf("%s: 0.95 reached at %v (epoch %d, %d steps), %.0f bytes across sites per step; %s is %.2fx faster to 0.95 and sends %.0fx fewer bytes per step",
+				name, ps.firstAt.Round(100*time.Millisecond), ps.epochs, psSteps, float64(ps.crossed)/float64(psSteps), runs[0].name,
+				ps.firstAt.Seconds()/first.Seconds(), (float64(ps.crossed)/float64(psSteps))/bytesPerStep)
 		}
-		psSteps := ps.epochs * steps / epochs
-		b.Logf("per-step: 0.95 reached at %v (epoch %d, %d steps), %.0f bytes across sites per step; every-20 is %.2fx faster to 0.95 and sends %.0fx fewer bytes per step",
-			ps.firstAt.Round(100*time.Millisecond), ps.epochs, psSteps, float64(ps.crossed)/float64(psSteps),
-			ps.firstAt.Seconds()/first.Seconds(), (float64(ps.crossed)/float64(psSteps))/bytesPerStep)
+		perStep("per-step", 29529)
+		if !plain {
+			perStep("per-step, bfloat16", 29530, "--compress", "bf16")
+		}
 	}
 }
