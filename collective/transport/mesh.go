@@ -411,18 +411,28 @@ func (m *Mesh) RecvHeader(p int, h *Header, deadline time.Time) error {
 }
 
 func (m *Mesh) RecvPayload(p int, buf []byte, deadline time.Time) error {
-	pr, err := m.peer(p)
+	pr, err := m.payloadFrom(p, len(buf))
 	if err != nil {
 		return err
 	}
-	if !pr.inOK || uint64(len(buf)) != pr.inN {
-		return fmt.Errorf("transport: rank %d: payload of %d bytes asked from rank %d, header said %d", m.rank, len(buf), p, pr.inN)
-	}
-	pr.inOK = false
 	if err := pr.link.RecvPayload(buf, deadline); err != nil {
 		return m.linkError(pr, "receive", err)
 	}
 	return nil
+}
+
+// payloadFrom checks that a payload of n bytes is what the header just
+// read from p announced, and marks it taken.
+func (m *Mesh) payloadFrom(p, n int) (*meshPeer, error) {
+	pr, err := m.peer(p)
+	if err != nil {
+		return nil, err
+	}
+	if !pr.inOK || uint64(n) != pr.inN {
+		return nil, fmt.Errorf("transport: rank %d: payload of %d bytes asked from rank %d, header said %d", m.rank, n, p, pr.inN)
+	}
+	pr.inOK = false
+	return pr, nil
 }
 
 // InPlace says whether peer p's link hands payloads over where they lie
@@ -438,19 +448,14 @@ func (m *Mesh) InPlace(p int) bool {
 // RecvPayloadFunc hands the payload of the message whose header RecvHeader
 // just returned for p to fn where it lies (InPlaceReceiver).
 func (m *Mesh) RecvPayloadFunc(p, n int, fn func(off int, part []byte), deadline time.Time) error {
-	pr, err := m.peer(p)
+	if !m.InPlace(p) {
+		return fmt.Errorf("transport: rank %d: the link to rank %d cannot hand payloads over in place (ask InPlace first)", m.rank, p)
+	}
+	pr, err := m.payloadFrom(p, n)
 	if err != nil {
 		return err
 	}
-	il, ok := pr.link.(InPlaceLink)
-	if !ok {
-		return fmt.Errorf("transport: rank %d: the link to rank %d cannot hand payloads over in place", m.rank, p)
-	}
-	if !pr.inOK || uint64(n) != pr.inN {
-		return fmt.Errorf("transport: rank %d: payload of %d bytes asked from rank %d, header said %d", m.rank, n, p, pr.inN)
-	}
-	pr.inOK = false
-	if err := il.RecvPayloadFunc(fn, deadline); err != nil {
+	if err := pr.link.(InPlaceLink).RecvPayloadFunc(fn, deadline); err != nil {
 		return m.linkError(pr, "receive", err)
 	}
 	return nil
