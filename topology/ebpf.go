@@ -35,12 +35,18 @@ type TCPCounts struct {
 	// smoothed RTT in microseconds; see MeanRTT. 0 when the kernel's BTF
 	// did not say where tcp_sock keeps it.
 	SRTTSumUS uint64
+	// BytesAcked is, per connection only (Conns), the bytes it sent that
+	// its peer acknowledged (tcp_sock.bytes_acked) as of the last
+	// segment it received: a connection that sends gets acknowledgements,
+	// so this keeps up with it. 0 in Read's machine-wide sums, and where
+	// the kernel's BTF did not say where tcp_sock keeps it.
+	BytesAcked uint64
 }
 
 // Sub returns the counts accumulated since prev, to turn two reads into
 // the rate of an interval.
 func (c TCPCounts) Sub(prev TCPCounts) TCPCounts {
-	return TCPCounts{c.Retransmits - prev.Retransmits, c.Segments - prev.Segments, c.SRTTSumUS - prev.SRTTSumUS}
+	return TCPCounts{c.Retransmits - prev.Retransmits, c.Segments - prev.Segments, c.SRTTSumUS - prev.SRTTSumUS, c.BytesAcked - prev.BytesAcked}
 }
 
 // MeanRTT is the smoothed RTT averaged over arriving segments: busy
@@ -62,6 +68,7 @@ type TCPCounters struct {
 	// or the map could not be made (connsErr says why).
 	conns    *ebpf.Map
 	connsErr error
+	ackedErr error // why BytesAcked stays 0 where connections are counted
 	progs    []*ebpf.Program
 	links    []link.Link
 	rttErr   error
@@ -116,11 +123,16 @@ func StartTCPCounters() (*TCPCounters, error) {
 	if addrs, err := sockAddrOffsets(); err != nil {
 		c.connsErr = fmt.Errorf("no per-connection counters: %w", err)
 	} else if cm, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "ringo_tcp_conns", Type: ebpf.LRUHash, KeySize: connKeySize, ValueSize: 24, MaxEntries: maxConns,
+		Name: "ringo_tcp_conns", Type: ebpf.LRUHash, KeySize: connKeySize, ValueSize: connValueSize, MaxEntries: maxConns,
 	}); err != nil {
 		c.connsErr = fmt.Errorf("no per-connection counters: creating their BPF map: %w", err)
 	} else {
-		c.conns, conn = cm, connCounter{fd: cm.FD(), addrs: addrs}
+		c.conns, conn = cm, connCounter{fd: cm.FD(), addrs: addrs, acked: -1}
+		if off, err := tcpSockOffset("bytes_acked"); err == nil {
+			conn.acked = off
+		} else {
+			c.ackedErr = fmt.Errorf("no bytes acknowledged per connection: %w", err)
+		}
 	}
 	license := "Apache-2.0"
 	if c.conns != nil {
@@ -138,7 +150,7 @@ func StartTCPCounters() (*TCPCounters, error) {
 		c.Close()
 		return nil, unavailable("tracepoint tcp_retransmit_skb", err)
 	}
-	off, oerr := srttOffset()
+	off, oerr := tcpSockOffset("srtt_us")
 	if oerr != nil {
 		c.rttErr = fmt.Errorf("no RTT (segments are still counted): %w", oerr)
 		off = -1
@@ -146,6 +158,11 @@ func StartTCPCounters() (*TCPCounters, error) {
 	// bpf_probe_read_kernel, which reads the RTT, is for GPL-compatible
 	// programs only; this one is a few dozen instructions built below.
 	err = c.attach("tcp_probe", probeProgram(m.FD(), off, conn), "Dual MIT/GPL")
+	if err != nil && conn.acked >= 0 {
+		c.ackedErr = fmt.Errorf("no bytes acknowledged per connection: the kernel refused the program that stores them: %w", err)
+		conn.acked = -1
+		err = c.attach("tcp_probe", probeProgram(m.FD(), off, conn), "Dual MIT/GPL")
+	}
 	if err != nil && c.conns != nil {
 		c.dropConns(err)
 		err = c.attach("tcp_probe", probeProgram(m.FD(), off, connNone), "Dual MIT/GPL")
@@ -296,14 +313,31 @@ func probeProgram(mapFD, srttOff int, conn connCounter) asm.Instructions {
 			asm.AddAtomic.Mem(asm.R8, asm.R1, asm.DWord, offSegments),
 			asm.AddAtomic.Mem(asm.R8, asm.R9, asm.DWord, offSRTTSum),
 		)
+		if conn.acked >= 0 {
+			// A plain store of the latest value: two CPUs racing on one
+			// connection's segments can leave the older of two close
+			// values, which the next segment mends.
+			insns = append(insns,
+				asm.Mov.Reg(asm.R1, asm.RFP),
+				asm.Add.Imm(asm.R1, stackAcked),
+				asm.Mov.Imm(asm.R2, 8),
+				asm.Mov.Reg(asm.R3, asm.R6),
+				asm.Add.Imm(asm.R3, int32(conn.acked)),
+				asm.FnProbeReadKernel.Call(),
+				asm.JNE.Imm(asm.R0, 0, "exit"),
+				asm.LoadMem(asm.R1, asm.RFP, stackAcked, asm.DWord),
+				asm.StoreMem(asm.R8, offBytesAcked, asm.R1, asm.DWord),
+			)
+		}
 	}
 	return append(insns, exit...)
 }
 
-// srttOffset finds tcp_sock.srtt_us in this kernel's BTF: struct layouts
-// change between kernels and configs, and there is no clang here to do
-// CO-RE relocations, so the offset is looked up at start.
-func srttOffset() (int, error) {
+// tcpSockOffset finds a member of tcp_sock (srtt_us, bytes_acked) in
+// this kernel's BTF: struct layouts change between kernels and configs,
+// and there is no clang here to do CO-RE relocations, so the offset is
+// looked up at start.
+func tcpSockOffset(name string) (int, error) {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return 0, fmt.Errorf("kernel BTF: %w", err)
@@ -312,9 +346,9 @@ func srttOffset() (int, error) {
 	if err := spec.TypeByName("tcp_sock", &tcpSock); err != nil {
 		return 0, fmt.Errorf("kernel BTF: %w", err)
 	}
-	off, ok := memberOffset(tcpSock.Members, "srtt_us")
+	off, ok := memberOffset(tcpSock.Members, name)
 	if !ok {
-		return 0, errors.New("kernel BTF: struct tcp_sock has no srtt_us")
+		return 0, fmt.Errorf("kernel BTF: struct tcp_sock has no %s", name)
 	}
 	return off, nil
 }

@@ -213,17 +213,20 @@ func loopbackUp() error {
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
-func TestSRTTOffset(t *testing.T) {
-	// The offset comes from the running kernel's BTF, readable without
-	// root; a wrong one would show as nonsense RTTs in TestTCPCounters.
-	off, err := srttOffset()
-	if err != nil {
-		t.Skipf("skipped: %v", err)
+func TestTCPSockOffsets(t *testing.T) {
+	// The offsets come from the running kernel's BTF, readable without
+	// root; a wrong one would show as nonsense RTTs or byte counts in
+	// TestTCPCounters and TestTCPCountersPerConnection.
+	for _, name := range []string{"srtt_us", "bytes_acked"} {
+		off, err := tcpSockOffset(name)
+		if err != nil {
+			t.Skipf("skipped: %v", err)
+		}
+		if off <= 0 || off > 4096 {
+			t.Fatalf("tcp_sock.%s at byte %d: implausible", name, off)
+		}
+		t.Logf("tcp_sock.%s is at byte %d", name, off)
 	}
-	if off <= 0 || off > 4096 {
-		t.Fatalf("tcp_sock.srtt_us at byte %d: implausible", off)
-	}
-	t.Logf("tcp_sock.srtt_us is at byte %d", off)
 }
 
 // Each end of a connection has its own entry in the per-connection
@@ -240,6 +243,12 @@ func TestTCPCountersPerConnection(t *testing.T) {
 	cl, sv := tcptest.Pair(t)
 	pump(t, cl, sv, 4<<20)
 	pump(t, sv, cl, 4<<20)
+	// A few one-byte round trips: an entry holds bytes_acked as it was
+	// when its latest segment arrived, before that segment's ACK counted.
+	for range 3 {
+		pump(t, cl, sv, 1)
+		pump(t, sv, cl, 1)
+	}
 	conns, err := c.Conns()
 	if err != nil {
 		t.Fatal(err)
@@ -254,6 +263,14 @@ func TestTCPCountersPerConnection(t *testing.T) {
 		if c.RTTErr() == nil && (got.MeanRTT() <= 0 || got.MeanRTT() > 10*time.Second) {
 			t.Errorf("%s -> %s: mean RTT %v", k.Local, k.Remote, got.MeanRTT())
 		}
+		// Each end sent 4 MiB and 3 bytes, all but the last acknowledged
+		// by segments it received before its last one.
+		if c.AckedErr() == nil && (got.BytesAcked < 4<<20 || got.BytesAcked > 4<<20+64) {
+			t.Errorf("%s -> %s sent 4 MiB; its entry says %d bytes acknowledged", k.Local, k.Remote, got.BytesAcked)
+		}
+	}
+	if err := c.AckedErr(); err != nil {
+		t.Errorf("as root, no bytes acknowledged per connection: %v", err)
 	}
 	// The system-wide counters hold at least what one connection counted.
 	all, _ := c.Read()

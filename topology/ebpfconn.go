@@ -33,8 +33,21 @@ const (
 // programs use before it (-4 for the array's key, -16 for the RTT).
 const (
 	stackConnKey   = -64 // connKeySize bytes
-	stackConnValue = -96 // 24 bytes of zeros, for a new entry
+	stackConnValue = -96 // connValueSize bytes of zeros, for a new entry
+	stackAcked     = -24 // 8 bytes: the connection's bytes_acked
 )
+
+// connValueSize is the per-connection value: tcpConnValue.
+const connValueSize = 32
+
+// tcpConnValue is a connection's entry: the system-wide counters' fields
+// and then the connection's bytes acknowledged.
+type tcpConnValue struct {
+	Retransmits, Segments, SRTTSumUS, BytesAcked uint64
+}
+
+// offBytesAcked is tcpConnValue.BytesAcked's byte offset.
+const offBytesAcked = 24
 
 // sockAddrs are the byte offsets in struct sock (its __sk_common) of what
 // the key holds, from the kernel's BTF.
@@ -77,9 +90,10 @@ func sockAddrOffsets() (sockAddrs, error) {
 type connCounter struct {
 	fd    int
 	addrs sockAddrs
+	acked int // tcp_sock.bytes_acked's offset; < 0: unknown, not stored
 }
 
-var connNone = connCounter{fd: -1}
+var connNone = connCounter{fd: -1, acked: -1}
 
 // entry emits: r8 = this connection's entry (sk in r6), made if missing,
 // or jump to "exit" for a socket without an IPv4 peer (or where the
@@ -123,6 +137,7 @@ func (c connCounter) entry() asm.Instructions {
 		asm.StoreMem(asm.RFP, stackConnValue, asm.R1, asm.DWord),
 		asm.StoreMem(asm.RFP, stackConnValue+8, asm.R1, asm.DWord),
 		asm.StoreMem(asm.RFP, stackConnValue+16, asm.R1, asm.DWord),
+		asm.StoreMem(asm.RFP, stackConnValue+24, asm.R1, asm.DWord),
 		asm.LoadMapPtr(asm.R1, c.fd),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stackConnKey),
@@ -142,6 +157,10 @@ func (c connCounter) entry() asm.Instructions {
 // counted.
 func (c *TCPCounters) ConnsErr() error { return c.connsErr }
 
+// AckedErr says why Conns' BytesAcked stay 0 where connections are
+// counted (ConnsErr is nil), or is nil.
+func (c *TCPCounters) AckedErr() error { return c.ackedErr }
+
 // Conns returns the counters of every IPv4 TCP connection that
 // retransmitted or received a segment since the counters started (of
 // every network namespace: a connection is named by its addresses only),
@@ -152,10 +171,10 @@ func (c *TCPCounters) Conns() (map[TCPConn]TCPCounts, error) {
 	}
 	out := map[TCPConn]TCPCounts{}
 	var key [connKeySize]byte
-	var v tcpCountsValue
+	var v tcpConnValue
 	it := c.conns.Iterate()
 	for it.Next(&key, &v) {
-		out[connOf(key)] = TCPCounts{Retransmits: v.Retransmits, Segments: v.Segments, SRTTSumUS: v.SRTTSumUS}
+		out[connOf(key)] = TCPCounts{Retransmits: v.Retransmits, Segments: v.Segments, SRTTSumUS: v.SRTTSumUS, BytesAcked: v.BytesAcked}
 	}
 	// An iteration the kernel's churn of entries cut short still holds
 	// what it read: counters, not a census.
