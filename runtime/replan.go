@@ -23,6 +23,10 @@ import (
 // (topology.Live) and, where another order of the hosts is predicted
 // faster by the margin in windows in a row, moves the ring at that step
 // boundary (collective.Reorderer): no restart, no new connections.
+// Where the launcher runs eBPF (root), it also counts every program's
+// connections between the nodes (EnvLinksFile): traffic of others over a
+// link the ring leaves idle lowers that link's estimate, so the ring does
+// not move onto a link another job is filling.
 //
 // Every rank all-gathers the same counters and feeds the same Live, so
 // every rank reaches the same decision at the same call; Reorder checks
@@ -33,6 +37,17 @@ const (
 	// formed, one row per node in node-rank (GROUP_RANK) order; with it,
 	// Replan can move the ring while the job runs.
 	EnvTopologyFile = "RINGO_TOPOLOGY_FILE"
+	// EnvLinksFile names the file where the launcher keeps its eBPF
+	// counters of every program's connections from this node to each
+	// other (topology.KernelLinks), rewritten twice a second; a node's
+	// first worker hands them to Replan, which lowers the links others
+	// are using. Unset where the launcher may not load eBPF (not root).
+	EnvLinksFile = "RINGO_LINKS_FILE"
+	// EnvReplanIgnoreOthers=1 makes Replan ignore EnvLinksFile, as if the
+	// launcher had no eBPF counters: the ring may then move onto links
+	// other programs fill (for comparison, or where their traffic is
+	// known to pass before the next check).
+	EnvReplanIgnoreOthers = "RINGO_REPLAN_IGNORE_OTHERS"
 	// EnvReplanEvery is how many steps apart the Trainer calls Replan (0
 	// or unset: DefaultReplanEvery; negative: never).
 	EnvReplanEvery = "RINGO_REPLAN_EVERY"
@@ -49,6 +64,9 @@ type replanner struct {
 	// diag asks the kernel about connections by address (libp2p's),
 	// opened at the first such question and kept for the next checks.
 	diag *topology.SockDiag
+	// linksFile is the launcher's eBPF counters of this node's links
+	// (EnvLinksFile), read by the node's first worker; "" without.
+	linksFile string
 
 	mu      sync.Mutex // guards what report reads, below
 	ring    []int
@@ -57,6 +75,7 @@ type replanner struct {
 	matrix  *topology.Matrix
 	rtt     [][]float64 // µs, host to host, at the last window
 	retrans [][]uint64
+	others  [][]float64 // other programs' bytes/s over idle links; nil: no node counts them
 }
 
 // newReplanner reads the launcher's matrix, if any. The ring in use is
@@ -81,7 +100,11 @@ func newReplanner(e workerEnv, ccfg collective.Config) (*replanner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %s=%s: %w", e.rank, EnvTopologyFile, path, err)
 	}
-	return &replanner{hosts: e.nodes, live: live, ring: ring, matrix: live.Matrix()}, nil
+	p := &replanner{hosts: e.nodes, live: live, ring: ring, matrix: live.Matrix(), linksFile: os.Getenv(EnvLinksFile)}
+	if os.Getenv(EnvReplanIgnoreOthers) == "1" {
+		p.linksFile = ""
+	}
+	return p, nil
 }
 
 // replanEvery is the Trainer's cadence: cfg's, else the environment's,
@@ -172,9 +195,13 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 	}
 	// Mine: per host, of my sockets to ranks there: bytes acknowledged,
 	// busy time (the longest), smoothed RTT (the longest) and segments
-	// retransmitted.
-	const per = 4
-	mine := make([]float64, per*p.hosts)
+	// retransmitted, and how many sockets. Then, from a node's first
+	// worker, its launcher's kernel counters (kernelPart).
+	const per = 5
+	mine := make([]float64, per*p.hosts+kernelPart(p.hosts))
+	if g.LocalRank == 0 {
+		p.readKernel(mine[per*p.hosts:])
+	}
 	for peer := range g.Size() {
 		for _, info := range g.linkInfo(peer) {
 			h := p.hostOf[peer]
@@ -183,6 +210,7 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 			v[1] = max(v[1], float64(info.BusyTime))
 			v[2] = max(v[2], float64(info.RTT))
 			v[3] += float64(info.Retransmits)
+			v[4]++
 		}
 	}
 	all := make([]float64, len(mine)*g.Size())
@@ -195,20 +223,33 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 		total[i] = make([]topology.LinkWindow, p.hosts)
 		rtt[i], retrans[i] = make([]float64, p.hosts), make([]uint64, p.hosts)
 	}
+	var kernel []topology.KernelLinks
 	for r := range g.Size() {
 		v, a := all[r*len(mine):(r+1)*len(mine)], p.hostOf[r]
+		if k, ok := kernelFrom(v[per*p.hosts:], p.hosts); ok {
+			if kernel == nil {
+				kernel = make([]topology.KernelLinks, p.hosts)
+			}
+			if kernel[a].At.IsZero() {
+				kernel[a] = k
+			}
+		}
 		for b := range p.hosts {
 			x, w := v[per*b:per*b+per], &total[a][b]
 			w.Bytes += uint64(x[0])
 			w.Busy = max(w.Busy, time.Duration(x[1]))
 			rtt[a][b] = max(rtt[a][b], time.Duration(x[2]).Seconds()*1e6)
 			retrans[a][b] += uint64(x[3])
+			w.Conns += int(x[4])
 		}
 	}
-	d := p.live.Observe(total)
+	d := p.live.Observe(total, kernel)
 	p.mu.Lock()
 	p.windows++
 	p.matrix, p.rtt, p.retrans = d.Matrix, rtt, retrans
+	if kernel != nil {
+		p.others = p.live.Others()
+	}
 	if n := len(p.replans); n > 0 && p.replans[n-1].Measured == 0 && d.RingMeasured {
 		last := &p.replans[n-1]
 		last.Measured = d.Current
@@ -237,6 +278,42 @@ func (g *Group) Replan(ctx context.Context, step int64) (bool, error) {
 	p.ring = slices.Clone(d.Ring)
 	p.mu.Unlock()
 	return true, nil
+}
+
+// kernelPart is how many numbers of a rank's share of Replan's
+// all-gather carry its launcher's kernel counters: a flag (1: present),
+// the time they were read (Unix ns), then per host the bytes
+// acknowledged and the busy connections. float64 holds both counts
+// exactly up to 2^53 and the time to a quarter of a microsecond.
+func kernelPart(hosts int) int { return 2 + 2*hosts }
+
+// readKernel fills x (kernelPart numbers) from the launcher's file, or
+// leaves it zero where there is none or it cannot be read now (the next
+// window tries again).
+func (p *replanner) readKernel(x []float64) {
+	if p.linksFile == "" {
+		return
+	}
+	k, err := topology.ReadKernelLinks(p.linksFile, p.hosts)
+	if err != nil {
+		return
+	}
+	x[0], x[1] = 1, float64(k.At.UnixNano())
+	for j := range p.hosts {
+		x[2+2*j], x[3+2*j] = float64(k.BytesAcked[j]), float64(k.Busy[j])
+	}
+}
+
+// kernelFrom decodes what readKernel filled, if it did.
+func kernelFrom(x []float64, hosts int) (topology.KernelLinks, bool) {
+	if len(x) < kernelPart(hosts) || x[0] != 1 {
+		return topology.KernelLinks{}, false
+	}
+	k := topology.KernelLinks{At: time.Unix(0, int64(x[1])), BytesAcked: make([]uint64, hosts), Busy: make([]int, hosts)}
+	for j := range hosts {
+		k.BytesAcked[j], k.Busy[j] = uint64(x[2+2*j]), int(x[3+2*j])
+	}
+	return k, true
 }
 
 // gatherNodes returns every rank's node rank, checked against nodes.
@@ -275,6 +352,6 @@ func (g *Group) topologyReport() *topology.LiveView {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return &topology.LiveView{Ring: slices.Clone(p.ring), Matrix: p.matrix, RTTUS: p.rtt, Retransmits: p.retrans,
+	return &topology.LiveView{Ring: slices.Clone(p.ring), Matrix: p.matrix, RTTUS: p.rtt, Retransmits: p.retrans, Others: p.others,
 		Windows: p.windows, Replans: slices.Clone(p.replans)}
 }

@@ -1,7 +1,9 @@
 package topology
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 
@@ -39,6 +41,10 @@ func DefaultLiveConfig() LiveConfig {
 type LinkWindow struct {
 	Bytes uint64
 	Busy  time.Duration
+	// Conns is how many of the job's connections run over the link now
+	// (0: not known, taken as 1): beside others' connections, TCP gives
+	// the job about Conns of every Conns+busy shares.
+	Conns int
 }
 
 // Live keeps a running job's link estimates: the probe's matrix at the
@@ -60,9 +66,43 @@ type Live struct {
 	// window is what a link carried since, and it ends only once it
 	// carried enough to count, so a slow trickle is not lost.
 	used [][]LinkWindow
-	// fresh marks the links measured since the ring last moved.
-	fresh [][]bool
+	// fresh marks the links measured since the ring last moved, latest
+	// those measured in the latest window.
+	fresh, latest [][]bool
+	// What other programs carry over each link, from the kernel's
+	// per-connection counters (KernelLinks): kernel[i] is node i's read
+	// at its last window that counted, ours[i][j] the job's own bytes
+	// then, others[i][j] the rate of the rest (bytes/s) and busy[i][j]
+	// how many of their connections were sending.
+	kernel []KernelLinks
+	ours   [][]uint64
+	others [][]float64
+	busy   [][]int
+	conns  [][]int // the job's connections per link, at the latest window
 }
+
+// KernelLinks is what one node's kernel counted of every program's
+// connections from it to each other host (eBPF, TCPCounters.Conns), as
+// its launcher read them at At: the training job's own sockets and
+// anything else that shares the links (another job, a checkpoint upload,
+// a data loader). Live takes from them what the job's own TCP_INFO cannot
+// tell: how much of a link the job does not use others are using.
+type KernelLinks struct {
+	At time.Time `json:"at"`
+	// BytesAcked[j] is what the node's connections to host j sent that
+	// j acknowledged, summed over the connections, since the counters
+	// started.
+	BytesAcked []uint64 `json:"bytes_acked"`
+	// Busy[j] is how many of those connections were sending at the
+	// launcher's latest read (a launcher counts those that had 64 KiB or
+	// more acknowledged since its read before).
+	Busy []int `json:"busy"`
+}
+
+// minKernelWindow is the shortest interval between two reads of a node's
+// kernel counters that yields a rate: its launcher reads them twice a
+// second, and a worker's window is usually many steps.
+const minKernelWindow = 200 * time.Millisecond
 
 // Decision is Live's answer to one window.
 type Decision struct {
@@ -94,11 +134,13 @@ func NewLive(probe *Matrix, ring []int, cfg LiveConfig) (*Live, error) {
 	if cfg.Confirm < 1 {
 		cfg.Confirm = 1
 	}
-	l := &Live{cfg: cfg, probe: probe, rate: make([][]float64, n), scale: 1, ring: slices.Clone(ring), used: make([][]LinkWindow, n), fresh: make([][]bool, n)}
+	l := &Live{cfg: cfg, probe: probe, rate: make([][]float64, n), scale: 1, ring: slices.Clone(ring), used: make([][]LinkWindow, n),
+		fresh: make([][]bool, n), latest: make([][]bool, n), kernel: make([]KernelLinks, n), ours: make([][]uint64, n), others: make([][]float64, n), busy: make([][]int, n), conns: make([][]int, n)}
 	for i := range l.rate {
 		l.rate[i] = make([]float64, n)
 		l.used[i] = make([]LinkWindow, n)
-		l.fresh[i] = make([]bool, n)
+		l.fresh[i], l.latest[i] = make([]bool, n), make([]bool, n)
+		l.ours[i], l.others[i], l.busy[i], l.conns[i] = make([]uint64, n), make([]float64, n), make([]int, n), make([]int, n)
 	}
 	return l, nil
 }
@@ -115,7 +157,12 @@ func (l *Live) Adopt(ring []int) {
 	}
 }
 
-// Matrix returns the current estimate of every link.
+// Matrix returns the current estimate of every link. A link the latest
+// window did not measure, where other programs were seen sending, gets
+// what they leave of it, or, where they leave less, the share TCP would
+// give the job's connections beside theirs: bw·conns/(conns+busy). A
+// link the job measured needs neither: its rate is what the job got
+// beside them.
 func (l *Live) Matrix() *Matrix {
 	n := l.probe.Size()
 	m := NewMatrix(n)
@@ -126,30 +173,104 @@ func (l *Live) Matrix() *Matrix {
 			if i == j {
 				continue
 			}
+			bw := l.probe.Bandwidth[i][j] * l.scale
 			if r := l.rate[i][j]; r > 0 {
-				m.Bandwidth[i][j] = r
-			} else {
-				m.Bandwidth[i][j] = l.probe.Bandwidth[i][j] * l.scale
+				bw = r
 			}
+			if o := l.others[i][j]; o > 0 && !l.latest[i][j] {
+				c := float64(max(1, l.conns[i][j]))
+				bw = max(bw-o, bw*c/(c+float64(max(1, l.busy[i][j]))))
+			}
+			m.Bandwidth[i][j] = bw
 		}
 	}
 	return m
 }
 
+// Others returns what other programs were last seen sending over each
+// link, in bytes/s (0: nothing, or not known), host to host.
+func (l *Live) Others() [][]float64 {
+	out := make([][]float64, len(l.others))
+	for i, row := range l.others {
+		out[i] = slices.Clone(row)
+	}
+	return out
+}
+
+// observeKernel folds one window's kernel counters in: for each node
+// that sent them, the bytes its connections had acknowledged since its
+// last read, less what the job's own sockets (total) had, over the time
+// between the reads, is what others sent. Only links the job carried
+// little over in the window get a new figure: on the others, the job's
+// counters were read at another moment than the kernel's, and the job's
+// own rate says what the link gave it anyway.
+func (l *Live) observeKernel(total [][]LinkWindow, kernel []KernelLinks) {
+	n := l.probe.Size()
+	for i := range min(n, len(kernel)) {
+		k, prev := kernel[i], l.kernel[i]
+		if len(k.BytesAcked) != n || len(k.Busy) != n || k.At.IsZero() {
+			continue
+		}
+		if prev.At.IsZero() || k.At.Before(prev.At) {
+			l.takeKernel(i, k, total)
+			continue
+		}
+		dt := k.At.Sub(prev.At)
+		if dt < minKernelWindow {
+			continue
+		}
+		for j := range n {
+			if j == i || j >= len(total[i]) {
+				continue
+			}
+			ours := total[i][j].Bytes
+			if k.BytesAcked[j] < prev.BytesAcked[j] || ours < l.ours[i][j] {
+				continue // counters restarted: the next window says
+			}
+			dOurs := ours - l.ours[i][j]
+			if dOurs >= l.cfg.MinBytes {
+				l.others[i][j], l.busy[i][j] = 0, 0
+				continue
+			}
+			all := k.BytesAcked[j] - prev.BytesAcked[j]
+			l.others[i][j], l.busy[i][j] = float64(all-min(all, dOurs))/dt.Seconds(), k.Busy[j]
+		}
+		l.takeKernel(i, k, total)
+	}
+}
+
+// takeKernel makes k node i's latest kernel read, with the job's own
+// bytes from total beside it.
+func (l *Live) takeKernel(i int, k KernelLinks, total [][]LinkWindow) {
+	l.kernel[i] = KernelLinks{At: k.At, BytesAcked: slices.Clone(k.BytesAcked), Busy: slices.Clone(k.Busy)}
+	for j := range l.ours[i] {
+		if i < len(total) && j < len(total[i]) {
+			l.ours[i][j] = total[i][j].Bytes
+		}
+	}
+}
+
 // Observe folds what every link carried since the job started (total[i][j]:
 // host i to host j, counters that only grow) into the estimates and says
 // whether to move the ring. A link's window is what it carried since its
-// last window that counted.
-func (l *Live) Observe(total [][]LinkWindow) Decision {
+// last window that counted. kernel, where not nil, holds each node's
+// kernel counters of every program's connections (a zero KernelLinks for
+// a node without them): what others send over links the job leaves idle
+// lowers those links' estimates (see Matrix).
+func (l *Live) Observe(total [][]LinkWindow, kernel []KernelLinks) Decision {
 	n := l.probe.Size()
 	var ratios []float64
 	d := Decision{}
+	for _, row := range l.latest {
+		clear(row)
+	}
 	for i := range n {
 		for j := range n {
 			if i == j || i >= len(total) || j >= len(total[i]) {
 				continue
 			}
 			t, u := total[i][j], l.used[i][j]
+			l.conns[i][j] = t.Conns
 			if t.Bytes < u.Bytes || t.Busy < u.Busy {
 				l.used[i][j] = t // counters restarted (a new connection)
 				continue
@@ -160,7 +281,7 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 			}
 			l.used[i][j] = t
 			r := float64(x.Bytes) / x.Busy.Seconds()
-			l.rate[i][j], l.fresh[i][j] = r, true
+			l.rate[i][j], l.fresh[i][j], l.latest[i][j] = r, true, true
 			d.Measured++
 			if p := l.probe.Bandwidth[i][j]; p > 0 {
 				ratios = append(ratios, r/p)
@@ -170,6 +291,7 @@ func (l *Live) Observe(total [][]LinkWindow) Decision {
 	if len(ratios) > 0 {
 		l.scale = stats.Median(ratios)
 	}
+	l.observeKernel(total, kernel)
 	d.RingMeasured = true
 	for p, a := range l.ring {
 		b := l.ring[(p+1)%len(l.ring)]
@@ -226,6 +348,42 @@ type LiveView struct {
 	// the segments retransmitted, summed); nil before the first window.
 	RTTUS       [][]float64 `json:"rtt_us,omitempty"`
 	Retransmits [][]uint64  `json:"retransmits,omitempty"`
-	Windows     int         `json:"windows"`
-	Replans     []Replan    `json:"replans,omitempty"`
+	// Others is what other programs were last seen sending from each
+	// host to each other over links the job left idle (bytes/s, from the
+	// launchers' eBPF counters; see Live.Matrix); nil where no node had
+	// them.
+	Others  [][]float64 `json:"others_bytes_per_second,omitempty"`
+	Windows int         `json:"windows"`
+	Replans []Replan    `json:"replans,omitempty"`
+}
+
+// WriteKernelLinks saves k where a reader may be reading at any moment:
+// it writes a file beside path and renames it over path, so a reader
+// sees the old counters or the new, never half of them.
+func WriteKernelLinks(path string, k KernelLinks) error {
+	b, err := json.Marshal(k)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// ReadKernelLinks reads what WriteKernelLinks wrote, checked for n hosts.
+func ReadKernelLinks(path string, n int) (KernelLinks, error) {
+	var k KernelLinks
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return k, err
+	}
+	if err := json.Unmarshal(b, &k); err != nil {
+		return k, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(k.BytesAcked) != n || len(k.Busy) != n || k.At.IsZero() {
+		return KernelLinks{}, fmt.Errorf("%s: counters of %d and %d hosts at %v, want %d hosts", path, len(k.BytesAcked), len(k.Busy), k.At, n)
+	}
+	return k, nil
 }

@@ -14,6 +14,24 @@ type liveSim struct {
 	live  *Live
 	rate  [][]float64 // true rate, bytes/s
 	total [][]LinkWindow
+	// kernel, where not nil, is what each node's kernel counts of every
+	// program's connections: the ring's traffic and others' (others:
+	// bytes/s, busy: their connections), read once a window at at.
+	kernel []KernelLinks
+	others [][]float64
+	busy   [][]int
+	at     time.Time
+	conns  int // the job's connections on every link (0: not said)
+}
+
+// countKernel makes the sim hand Live the kernel's counters too.
+func (s *liveSim) countKernel() {
+	n := len(s.rate)
+	s.kernel, s.others, s.busy, s.at = make([]KernelLinks, n), make([][]float64, n), make([][]int, n), time.Unix(1e9, 0)
+	for i := range n {
+		s.kernel[i] = KernelLinks{BytesAcked: make([]uint64, n), Busy: make([]int, n)}
+		s.others[i], s.busy[i] = make([]float64, n), make([]int, n)
+	}
 }
 
 func newLiveSim(t *testing.T, n int, probe, actual float64) *liveSim {
@@ -49,8 +67,28 @@ func (s *liveSim) window() Decision {
 		b := ring[(p+1)%len(ring)]
 		s.total[a][b].Bytes += uint64(s.rate[a][b])
 		s.total[a][b].Busy += time.Second
+		if s.kernel != nil {
+			s.kernel[a].BytesAcked[b] += uint64(s.rate[a][b])
+		}
 	}
-	d := s.live.Observe(s.total)
+	for _, row := range s.total {
+		for j := range row {
+			row[j].Conns = s.conns
+		}
+	}
+	var kernel []KernelLinks
+	if s.kernel != nil {
+		s.at = s.at.Add(time.Second)
+		for i, k := range s.kernel {
+			for j, o := range s.others[i] {
+				k.BytesAcked[j] += uint64(o)
+				k.Busy[j] = s.busy[i][j]
+			}
+			s.kernel[i].At = s.at
+		}
+		kernel = s.kernel
+	}
+	d := s.live.Observe(s.total, kernel)
 	if d.Move {
 		s.live.Adopt(d.Ring)
 	}
@@ -92,7 +130,7 @@ func TestLiveMovesOffASlowedLink(t *testing.T) {
 	if adjacentIn(d.Ring, 1, 2) {
 		t.Fatalf("the new ring %v still uses the slow link 1-2", d.Ring)
 	}
-	if d := s.live.Observe(s.total); d.RingMeasured {
+	if d := s.live.Observe(s.total, nil); d.RingMeasured {
 		t.Fatalf("the new ring counts as measured before it carried anything: %+v", d)
 	}
 	if d := s.window(); !d.RingMeasured || d.Current != 100e6 {
@@ -106,6 +144,108 @@ func TestLiveMovesOffASlowedLink(t *testing.T) {
 	}
 	if m := s.live.Matrix(); m.Link(1, 2) != 20e6 {
 		t.Errorf("the link the ring left keeps its last measured rate, got %v", m.Link(1, 2))
+	}
+}
+
+// Another program sends over a link the ring leaves idle, the one the
+// only ring off a slowed link needs (both ways). Heavy traffic there (80 of 100 MB/s,
+// one connection) leaves the job's one connection TCP's half of it, 50
+// MB/s: no better
+// than the slowed link, so the ring stays; light traffic (30 MB/s) leaves
+// 70, and the ring moves. Without the kernel's counters it would move
+// onto the busy link either way. The ring's own links, which the job
+// measures, are not lowered by the traffic the kernel counts on them.
+func TestLiveCountsOthersTraffic(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		kernel   bool
+		others   float64
+		conns    int // the job's per link
+		move     bool
+		estimate float64 // of link 2->0 after the windows
+	}{
+		{"no kernel counters", false, 80e6, 1, true, 100e6},
+		{"heavy traffic", true, 80e6, 1, false, 50e6},
+		{"light traffic", true, 30e6, 1, true, 70e6},
+		// 3 of every 4 shares: 75 MB/s.
+		{"heavy traffic, 3 connections of the job's", true, 80e6, 3, true, 75e6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newLiveSim(t, 4, 100e6, 100e6)
+			s.conns = tc.conns
+			if tc.kernel {
+				s.countKernel()
+				s.others[2][0], s.busy[2][0] = tc.others, 1
+				s.others[0][2], s.busy[0][2] = tc.others, 1
+				// The kernel also counts what ringo's own sockets
+				// send over the ring: no traffic of others there.
+			}
+			for range 2 {
+				if d := s.window(); d.Move {
+					t.Fatalf("an even network moved: %+v", d)
+				}
+			}
+			if m := s.live.Matrix(); m.Link(0, 1) != 100e6 {
+				t.Fatalf("a ring link the job measured at 100 MB/s is estimated at %v", m.Link(0, 1))
+			}
+			s.setPair(1, 2, 50e6)
+			var moved Decision
+			for range 3 {
+				if d := s.window(); d.Move {
+					moved = d
+					break
+				}
+			}
+			if moved.Move != tc.move {
+				t.Fatalf("moved: %v, want %v (%+v)", moved.Move, tc.move, moved)
+			}
+			if moved.Move && !slices.Equal(moved.Ring, []int{0, 2, 3, 1}) && !slices.Equal(moved.Ring, []int{0, 1, 3, 2}) {
+				t.Errorf("moved to %v; the only ring off link 1-2 is 0-1-3-2", moved.Ring)
+			}
+			if got := s.live.Matrix().Link(2, 0); got < tc.estimate*0.999 || got > tc.estimate*1.001 {
+				t.Errorf("link 2->0 is estimated at %v, want %v", got, tc.estimate)
+			}
+			if tc.kernel {
+				if got := s.live.Others()[2][0]; got < tc.others*0.999 || got > tc.others*1.001 {
+					t.Errorf("others on 2->0: %v, want %v", got, tc.others)
+				}
+			}
+		})
+	}
+}
+
+// Counters that restart or reads too close together change nothing;
+// traffic that stops lifts the estimate back.
+func TestLiveKernelWindows(t *testing.T) {
+	s := newLiveSim(t, 3, 100e6, 100e6)
+	s.countKernel()
+	s.others[0][2], s.busy[0][2] = 60e6, 2 // 0->2: the ring is 0 1 2, which sends 2->0
+	s.window()
+	s.window()
+	if got := s.live.Matrix().Link(0, 2); got != 40e6 {
+		t.Fatalf("0->2 with 60 MB/s of others' traffic: %v, want 40e6", got)
+	}
+	// A node's read that came too soon after the last changes nothing.
+	k := s.kernel[0]
+	k.At = k.At.Add(50 * time.Millisecond)
+	k.BytesAcked = slices.Clone(k.BytesAcked)
+	k.BytesAcked[2] += 1e9
+	s.live.Observe(s.total, []KernelLinks{k, {}, {}})
+	if got := s.live.Others()[0][2]; got != 60e6 {
+		t.Fatalf("a read 50 ms after the last changed the rate to %v", got)
+	}
+	// Counters that went backwards (a restarted launcher) start again.
+	k.At = k.At.Add(time.Second)
+	k.BytesAcked[2] = 0
+	s.live.Observe(s.total, []KernelLinks{k, {}, {}})
+	if got := s.live.Others()[0][2]; got != 60e6 {
+		t.Fatalf("counters that went backwards gave %v", got)
+	}
+	s.kernel[0], s.at = k, k.At
+	s.others[0][2] = 0
+	s.window()
+	if got := s.live.Matrix().Link(0, 2); got != 100e6 {
+		t.Errorf("0->2 after others stopped: %v, want 100e6", got)
 	}
 }
 
@@ -157,7 +297,7 @@ func TestLiveWindowsAddUp(t *testing.T) {
 	for i := range 3 {
 		total[0][1].Bytes += 400 << 10
 		total[0][1].Busy += 10 * time.Millisecond
-		d := l.Observe(total)
+		d := l.Observe(total, nil)
 		if want := 0; i < 2 && d.Measured != want {
 			t.Fatalf("window %d counted with %d bytes", i, total[0][1].Bytes)
 		}
@@ -169,12 +309,12 @@ func TestLiveWindowsAddUp(t *testing.T) {
 		t.Errorf("rate %v, want %v", got, want)
 	}
 	total[0][1] = LinkWindow{Bytes: 100 << 10, Busy: 5 * time.Millisecond} // smaller than before
-	if d := l.Observe(total); d.Measured != 0 {
+	if d := l.Observe(total, nil); d.Measured != 0 {
 		t.Errorf("a counter that went backwards counted as a window")
 	}
 	total[0][1].Bytes += 4 << 20
 	total[0][1].Busy += 100 * time.Millisecond
-	if d := l.Observe(total); d.Measured != 1 || l.Matrix().Bandwidth[0][1] != float64(4<<20)/0.1 {
+	if d := l.Observe(total, nil); d.Measured != 1 || l.Matrix().Bandwidth[0][1] != float64(4<<20)/0.1 {
 		t.Errorf("the window after a restart: %+v, rate %v", d, l.Matrix().Bandwidth[0][1])
 	}
 	if !slices.Equal(l.Ring(), []int{0, 1}) {

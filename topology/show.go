@@ -46,6 +46,24 @@ func WriteTable(w io.Writer, m *Matrix) error {
 	return nil
 }
 
+// WriteOthers writes, where any is known, what other programs send over
+// the links a job left idle (LiveView.Others, bytes/s) as a table in
+// MB/s, rows sending to columns; nothing where none is.
+func WriteOthers(w io.Writer, m *Matrix, others [][]float64) error {
+	seen := false
+	for _, row := range others {
+		for _, v := range row {
+			seen = seen || v > 0
+		}
+	}
+	if !seen || len(others) != m.Size() {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	writeMatrixTable(tw, m, "other programs' traffic over links the job left idle (eBPF), MB/s", others, func(v float64) string { return fmt.Sprintf("%.0f", v/1e6) })
+	return tw.Flush()
+}
+
 func writeMatrixTable(w io.Writer, m *Matrix, title string, rows [][]float64, cell func(float64) string) {
 	fmt.Fprintf(w, "%s, row to column:\n", title)
 	var b strings.Builder

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	worker "github.com/ringo-ml/ringo/runtime"
 )
 
 // replanRun is what one run of the mid-job slowdown scenario measured:
@@ -81,37 +83,8 @@ func replanScenario(t testing.TB, nproc int, launchArgs ...string) replanRun {
 			h.slow(a, b, "400mbit")
 		}
 	}
-	tok := tokenFile(t)
-	logDir := t.TempDir()
-	stop := filepath.Join(t.TempDir(), "stop")
-	var ls []*launcher
-	for i := range h.Names {
-		args := []string{"--nnodes", "4", "--nproc-per-node", strconv.Itoa(nproc), "--rdzv-endpoint", h.Addrs[0] + ":29420",
-			"--rdzv-id", "replan", "--node-rank", strconv.Itoa(i), "--token-file", tok, "--rdzv-timeout", "60s",
-			"--log-dir", logDir, "--tee", "all", "--topology", "probe", "--replan-every", "2", "--max-restarts", "0",
-			"--metrics-addr", h.Addrs[i] + ":29421"}
-		args = append(append(args, launchArgs...), "--", workerBin, "--replan-bytes", strconv.Itoa(bytes), "--stop-file", stop)
-		ls = append(ls, h.Launch(i, args...))
-	}
-	all := func() string {
-		var b strings.Builder
-		for _, l := range ls {
-			b.WriteString(l.Out.String())
-		}
-		return b.String()
-	}
-	waitUntil := func(what string, within time.Duration, ok func(out string) bool) string {
-		t.Helper()
-		deadline := time.Now().Add(within)
-		for time.Now().Before(deadline) {
-			if out := all(); ok(out) {
-				return out
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		t.Fatalf("%s: not within %v:\n%s", what, within, all())
-		return ""
-	}
+	j := startReplanJob(t, h, nproc, bytes, launchArgs...)
+	tok, logDir, ls, all, waitUntil := j.tok, j.logDir, j.ls, j.all, j.waitUntil
 	lastStep := func(out string) int { _, _, n := loopSteps(out); return n }
 
 	out := waitUntil("8 steps on the probed ring", 90*time.Second, func(out string) bool { return ringOf(out) != nil && lastStep(out) >= 8 })
@@ -163,14 +136,7 @@ func replanScenario(t testing.TB, nproc int, launchArgs ...string) replanRun {
 		r.measuredGain = gain / 100
 	}
 	r.replans, r.replansAfterUndo = replans[movedAt], replans[last]
-	if err := os.WriteFile(stop, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for i, l := range ls {
-		if err := l.Wait(t, 60*time.Second); err != nil {
-			t.Fatalf("host %d: %v\n%s", i, err, l.Out.String())
-		}
-	}
+	j.finish()
 	r.before = medianOf(times, 3, slowedAt)
 	r.slowed = medianOf(times, slowedAt+2, movedAt)
 	r.after = medianOf(times, movedAt+2, movedAt+10)
@@ -178,6 +144,66 @@ func replanScenario(t testing.TB, nproc int, launchArgs ...string) replanRun {
 	h.slow(idx[r.slowA], idx[r.slowB], "100mbit")
 	r.fresh, _ = h.runJob(t, tok, logDir, "fresh", true, bytes)
 	return r
+}
+
+// replanJob is a job of the re-planning scenarios: one launcher per
+// host with --topology probe, re-planning every 2 steps, each worker
+// all-reducing bytes per step until the stop file appears.
+type replanJob struct {
+	t           testing.TB
+	tok, logDir string
+	stop        string
+	ls          []*launcher
+}
+
+func startReplanJob(t testing.TB, h *hosts, nproc, bytes int, launchArgs ...string) *replanJob {
+	j := &replanJob{t: t, tok: tokenFile(t), logDir: t.TempDir(), stop: filepath.Join(t.TempDir(), "stop")}
+	n := strconv.Itoa(len(h.Names))
+	for i := range h.Names {
+		args := []string{"--nnodes", n, "--nproc-per-node", strconv.Itoa(nproc), "--rdzv-endpoint", h.Addrs[0] + ":29420",
+			"--rdzv-id", "replan", "--node-rank", strconv.Itoa(i), "--token-file", j.tok, "--rdzv-timeout", "60s",
+			"--log-dir", j.logDir, "--tee", "all", "--topology", "probe", "--replan-every", "2", "--max-restarts", "0",
+			"--metrics-addr", h.Addrs[i] + ":29421"}
+		args = append(append(args, launchArgs...), "--", workerBin, "--replan-bytes", strconv.Itoa(bytes), "--stop-file", j.stop)
+		j.ls = append(j.ls, h.Launch(i, args...))
+	}
+	return j
+}
+
+// all is every launcher's output so far.
+func (j *replanJob) all() string {
+	var b strings.Builder
+	for _, l := range j.ls {
+		b.WriteString(l.Out.String())
+	}
+	return b.String()
+}
+
+// waitUntil polls the output until ok, failing the test after within.
+func (j *replanJob) waitUntil(what string, within time.Duration, ok func(out string) bool) string {
+	j.t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if out := j.all(); ok(out) {
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	j.t.Fatalf("%s: not within %v:\n%s", what, within, j.all())
+	return ""
+}
+
+// finish stops the workers and waits for every launcher to exit 0.
+func (j *replanJob) finish() {
+	j.t.Helper()
+	if err := os.WriteFile(j.stop, nil, 0o644); err != nil {
+		j.t.Fatal(err)
+	}
+	for i, l := range j.ls {
+		if err := l.Wait(j.t, 60*time.Second); err != nil {
+			j.t.Fatalf("host %d: %v\n%s", i, err, l.Out.String())
+		}
+	}
 }
 
 func (r replanRun) String() string {
@@ -275,5 +301,128 @@ func TestReplanHierarchical(t *testing.T) {
 	}
 	if adjacent(r.newRing, r.slowA, r.slowB) {
 		t.Errorf("the new ring %v still uses the slowed link %s-%s", r.newRing, r.slowA, r.slowB)
+	}
+}
+
+// othersRun is what one run of the scenario of links others fill
+// measured: rank 0's all-reduce times (seconds) of the 16 steps after a
+// link of the ring slowed, and the moves in them.
+type othersRun struct {
+	ring         []string
+	slowA, slowB string
+	steps        []float64
+	moves        []string // the launcher's lines
+	show         string   // ringo topo show --metrics-addr during them
+	out          func() string
+}
+
+// othersScenario: another program fills links the ring leaves idle (12
+// bulk TCP flows over each of two diagonals of the 4-host ring, one each
+// way round), and then a link of the ring slows from 400 to 200 Mbit/s.
+// Both rings off that link, one per direction, need a flooded diagonal.
+// ignore runs the workers with RINGO_REPLAN_IGNORE_OTHERS=1, as if the
+// launchers had no eBPF counters. The flows stop once the 16 steps are
+// timed, and the job goes on until stopped (finish).
+func othersScenario(t testing.TB, ignore bool) (othersRun, *replanJob) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: the launchers' eBPF counters need root")
+	}
+	if _, err := exec.LookPath("tc"); err != nil {
+		t.Skip("skipped: tc (iproute2) is not installed")
+	}
+	if ignore {
+		t.Setenv(worker.EnvReplanIgnoreOthers, "1")
+	}
+	h := newHosts(t, 4)
+	for a := range 4 {
+		for b := a + 1; b < 4; b++ {
+			h.slow(a, b, "400mbit")
+		}
+	}
+	j := startReplanJob(t, h, 1, 8<<20)
+	lastStep := func(out string) int { _, _, n := loopSteps(out); return n }
+	out := j.waitUntil("4 steps on the probed ring", 90*time.Second, func(out string) bool { return ringOf(out) != nil && lastStep(out) >= 4 })
+	r := othersRun{ring: ringOf(out), out: j.all}
+	idx := map[string]int{}
+	for i, a := range h.Addrs {
+		idx[a] = i
+	}
+	at := func(p int) int { return idx[r.ring[p%4]] }
+	var stops []func()
+	for _, d := range [][2]int{{0, 2}, {3, 1}} {
+		stops = append(stops, h.Flood(at(d[0]), at(d[1]), 12))
+	}
+	// Two windows with the flows, so that every node's counters saw them.
+	flooded := lastStep(j.all())
+	j.waitUntil("4 steps beside the flows", 60*time.Second, func(out string) bool { return lastStep(out) >= flooded+4 })
+	r.slowA, r.slowB = r.ring[0], r.ring[1]
+	h.slow(idx[r.slowA], idx[r.slowB], "200mbit")
+	slowed := lastStep(j.all())
+	j.waitUntil("10 steps after slowing "+r.slowA+"-"+r.slowB, 120*time.Second, func(out string) bool { return lastStep(out) >= slowed+10 })
+	for i := range h.Addrs {
+		if b, err := exec.Command(ringoBin, "topo", "show", "--metrics-addr", h.Addrs[i]+":29421").CombinedOutput(); err == nil && strings.Contains(string(b), "live matrix") {
+			r.show = string(b)
+			break
+		}
+	}
+	out = j.waitUntil("16 steps after slowing "+r.slowA+"-"+r.slowB, 120*time.Second, func(out string) bool { return lastStep(out) >= slowed+16 })
+	for _, stop := range stops {
+		stop()
+	}
+	times, _, _ := loopSteps(out)
+	for s := slowed + 1; s <= slowed+16; s++ {
+		r.steps = append(r.steps, times[s])
+	}
+	r.moves = replanLine.FindAllString(out, -1)
+	return r, j
+}
+
+// Beside the flows, the job's sockets (2 per peer on 2 cores, at most 4)
+// would get 2 or 4 of every 14 or 16 shares of a diagonal's 400 Mbit/s,
+// as TCP shares a link between flows: less than the slowed link's 200.
+// So the ring stays where it is. The launchers' eBPF counters are what
+// tell it; without them it moves onto a flooded diagonal, which gives it
+// less than the slowed link (BenchmarkReplanBesideOthers has both). Once
+// the flows stop, it moves.
+func TestReplanAvoidsLinksOthersFill(t *testing.T) {
+	r, j := othersScenario(t, false)
+	if len(r.moves) > 0 {
+		t.Fatalf("the ring moved onto the links the flows fill: %s", r.moves[0])
+	}
+	if !strings.Contains(r.show, "other programs' traffic over links the job left idle") {
+		t.Errorf("ringo topo show does not show the flows' traffic:\n%s", r.show)
+	}
+	out := j.waitUntil("a re-plan once the flows stopped", 60*time.Second, replanLine.MatchString)
+	m := replanLine.FindStringSubmatch(out)
+	if newRing := strings.Split(m[2], " -> "); adjacent(newRing, r.slowA, r.slowB) {
+		t.Errorf("the new ring %v still uses the slowed link %s-%s", newRing, r.slowA, r.slowB)
+	}
+	t.Logf("ring %v; %s-%s slowed beside the flows, steps %v, no move; once they stopped: %s\n%s", r.ring, r.slowA, r.slowB, r.steps, m[0], r.show)
+	j.finish()
+}
+
+// BenchmarkReplanBesideOthers times the 16 steps after the slowdown of
+// othersScenario, with the launchers' eBPF counters folded into the
+// matrix and without.
+func BenchmarkReplanBesideOthers(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		ignore bool
+	}{{"kernel-counters", false}, {"without", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				r, j := othersScenario(b, tc.ignore)
+				j.finish()
+				var sum float64
+				for _, x := range r.steps {
+					sum += x
+				}
+				sorted := slices.Sorted(slices.Values(r.steps))
+				b.ReportMetric(sum, "s/16-steps")
+				b.ReportMetric(sorted[len(sorted)/2], "s/step-median")
+				b.ReportMetric(float64(len(r.moves)), "moves")
+				b.Logf("%s: ring %v, %s-%s slowed; 16 steps %.2f s (median %.3f s), moves %d: %v", tc.name, r.ring, r.slowA, r.slowB, sum, sorted[len(sorted)/2], len(r.moves), r.moves)
+			}
+		})
 	}
 }

@@ -197,6 +197,12 @@ func topoShow(ctx context.Context, args []string) error {
 		if err := topology.WriteTable(os.Stdout, m); err != nil {
 			return err
 		}
+		if v.Others != nil {
+			fmt.Println()
+			if err := topology.WriteOthers(os.Stdout, m, v.Others); err != nil {
+				return err
+			}
+		}
 		fmt.Printf("\nring in use: %s, slowest link %s\n", hostNames(m, ring), mbps(topology.Bottleneck(m, ring)))
 		for _, p := range v.Replans {
 			fmt.Printf("re-planned at step %d (%s): ring %s (was %s); slowest link %s before, %s predicted", p.Step, p.Time.Format("15:04:05"),

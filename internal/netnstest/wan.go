@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,62 +112,33 @@ func (w *WAN) Set(l Link) error {
 	return nil
 }
 
-// openTUN makes a TUN device in namespace ns and returns its file. It
-// switches a locked thread into ns and back; should switching back fail,
-// the goroutine ends locked and its thread dies with it.
+// openTUN makes a TUN device in namespace ns (through InNS) and returns
+// its file.
 func openTUN(ns, name string) (*os.File, error) {
-	type result struct {
-		f   *os.File
-		err error
+	var fd int
+	if err := InNS(ns, func() error {
+		var err error
+		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("/dev/net/tun: %w", err)
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err == nil {
+			ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		}
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("/dev/net/tun: %w", err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := func() (*os.File, error) {
-			self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return nil, err
-			}
-			defer unix.Close(self)
-			target, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return nil, err
-			}
-			defer unix.Close(target)
-			if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-				return nil, fmt.Errorf("entering %s: %w", ns, err)
-			}
-			fd, terr := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-			if terr == nil {
-				var ifr *unix.Ifreq
-				if ifr, terr = unix.NewIfreq(name); terr == nil {
-					ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-					terr = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
-				}
-				if terr != nil {
-					unix.Close(fd)
-				}
-			}
-			if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-				if terr == nil {
-					unix.Close(fd)
-				}
-				return nil, fmt.Errorf("returning from %s: %w", ns, err)
-			}
-			runtime.UnlockOSThread()
-			if terr != nil {
-				return nil, fmt.Errorf("/dev/net/tun: %w", terr)
-			}
-			if err := unix.SetNonblock(fd, true); err != nil {
-				unix.Close(fd)
-				return nil, err
-			}
-			return os.NewFile(uintptr(fd), "tun "+ns), nil
-		}()
-		done <- result{f, err}
-	}()
-	r := <-done
-	return r.f, r.err
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "tun "+ns), nil
 }
 
 // read takes the packets host i sends into its wan0 and queues each on

@@ -20,6 +20,7 @@ import (
 	"github.com/ringo-ml/ringo/internal/auth"
 	ringo "github.com/ringo-ml/ringo/runtime"
 	"github.com/ringo-ml/ringo/runtime/rendezvous"
+	"github.com/ringo-ml/ringo/topology"
 )
 
 // Signaled is the cancel cause a caller gives Run's context when the
@@ -56,7 +57,13 @@ type agent struct {
 	p2p     *p2pFiles // this round's libp2p identities, with --transport libp2p
 	// topoFile holds this round's probed matrix in node-rank order, for
 	// the workers to re-plan from (RINGO_TOPOLOGY_FILE); "" without one.
-	topoFile    string
+	topoFile string
+	// linksFile holds the kernel's counters of this node's links, for
+	// the workers' re-planning (RINGO_LINKS_FILE); "" without one.
+	// lastAcked is each connection's bytes acknowledged at its last
+	// write, to tell which are sending.
+	linksFile   string
+	lastAcked   map[topology.TCPConn]uint64
 	replansSeen replansSeen // what noteReplans already logged
 }
 
@@ -332,6 +339,7 @@ func (a *agent) loop(ctx context.Context) error {
 				a.logf("%v; keeping the rendezvous order", err)
 			}
 		}
+		a.prepareLinksFile(round)
 		hosts := make([]string, len(round.Nodes))
 		for i, n := range round.Nodes {
 			hosts[i] = n.Host
@@ -428,6 +436,7 @@ func (a *agent) env(r *rendezvous.Round, local int) []string {
 	if a.topoFile != "" {
 		set[ringo.EnvTopologyFile] = a.topoFile
 	}
+	a.linksEnv(set)
 	if a.cfg.ReplanEvery != 0 {
 		set[ringo.EnvReplanEvery] = strconv.Itoa(a.cfg.ReplanEvery)
 	}

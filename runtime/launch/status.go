@@ -3,7 +3,6 @@ package launch
 import (
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +34,9 @@ type board struct {
 // openBoard starts the metrics server when an address is given.
 func (a *agent) openBoard() error {
 	a.board = &board{started: time.Now(), causes: map[string]int{}}
+	if a.wantsKernelCounters() {
+		a.board.startKernelCounters(a.logf)
+	}
 	if a.cfg.MetricsAddr == "" {
 		return nil
 	}
@@ -54,14 +56,6 @@ func (a *agent) openBoard() error {
 		} else {
 			host.Close()
 		}
-	}
-	// System-wide TCP counters from eBPF where allowed (root); where not,
-	// say so once and go on without them.
-	if c, err := topology.StartTCPCounters(); err == nil {
-		a.board.tcp = c
-		a.board.tcp0, _ = c.Read()
-	} else {
-		a.logf("no TCP retransmit counters: %v", err)
 	}
 	a.logf("metrics and status page on http://%s/", srv.Addr())
 	return nil
@@ -104,6 +98,7 @@ func (b *board) restarted(cause string) {
 func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 	b := a.board
 	a.noteReplans(r, ws)
+	a.writeLinks(r)
 	if b.srv == nil {
 		return
 	}
@@ -146,8 +141,7 @@ func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 // map is this launcher's, made when it started, so they count since
 // then.
 func (b *board) tcpPeers(host string, r *rendezvous.Round) []observe.TCPPeer {
-	me, err := netip.ParseAddr(host)
-	if err != nil || len(r.Nodes) < 2 {
+	if len(r.Nodes) < 2 {
 		return nil
 	}
 	conns, err := b.tcp.Conns()
@@ -156,24 +150,21 @@ func (b *board) tcpPeers(host string, r *rendezvous.Round) []observe.TCPPeer {
 	}
 	var out []observe.TCPPeer
 	var sums []topology.TCPCounts
-	peer := map[netip.Addr]int{} // a node's address -> its index in out
+	at := make([]int, len(r.Nodes)) // a node's index in out
 	for i, n := range r.Nodes {
-		if addr, err := netip.ParseAddr(n.Host); err == nil && i != r.NodeRank {
-			peer[addr.Unmap()] = len(out)
+		if i != r.NodeRank {
+			at[i] = len(out)
 			out = append(out, observe.TCPPeer{NodeRank: i, Host: n.Host})
 			sums = append(sums, topology.TCPCounts{})
 		}
 	}
-	for c, v := range conns {
-		k, ok := peer[c.Remote.Addr()]
-		if !ok || c.Local.Addr() != me.Unmap() {
-			continue
-		}
+	peerNodes(host, r, conns, func(node int, _ topology.TCPConn, v topology.TCPCounts) {
+		k := at[node]
 		out[k].Connections++
 		sums[k].Retransmits += v.Retransmits
 		sums[k].Segments += v.Segments
 		sums[k].SRTTSumUS += v.SRTTSumUS
-	}
+	})
 	for k, s := range sums {
 		out[k].Retransmits, out[k].Segments, out[k].MeanRTTSeconds = s.Retransmits, s.Segments, s.MeanRTT().Seconds()
 	}
