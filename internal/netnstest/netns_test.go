@@ -114,11 +114,17 @@ func TestMain(m *testing.M) {
 func TestShapeDropsPackets(t *testing.T) {
 	h := New(t, 2, "")
 	h.Shape(1, "1000mbit", 0.2)
-	sent0, passed0 := h.Stat(0, "rx_packets"), h.Stat(1, "tx_packets")
-	got, n := udpThrough(t, h, h.Addrs[1]+":29600")
-	sent, passed := h.Stat(0, "rx_packets")-sent0, h.Stat(1, "tx_packets")-passed0
 	// A loaded machine drops some of the sender's packets before the
-	// shaped link (its backlog queue full): the share is of what reached it.
+	// shaped link (its backlog queue full): the share is of what reached
+	// it, and a run where most never did (other tests' load; once, 11 of
+	// 2000) is run again, up to three times.
+	var got, n int
+	var sent, passed int64
+	for attempt := 0; attempt < 3 && sent < int64(n)/2+1; attempt++ {
+		sent0, passed0 := h.Stat(0, "rx_packets"), h.Stat(1, "tx_packets")
+		got, n = udpThrough(t, h, fmt.Sprintf("%s:%d", h.Addrs[1], 29610+attempt))
+		sent, passed = h.Stat(0, "rx_packets")-sent0, h.Stat(1, "tx_packets")-passed0
+	}
 	if sent < int64(n)/2 || passed < sent*70/100 || passed > sent*90/100 {
 		t.Errorf("%d of the %d packets (of %d sent) that reached the shaped link passed it, want about 80%%", passed, sent, n)
 	}
