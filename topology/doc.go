@@ -29,12 +29,15 @@
 // Observe says to move the ring when the best ring's bottleneck beats the
 // current one's by Margin (20%) in Confirm (2) observations in a row; a
 // link the ring left keeps its last measured rate, so a recovered link
-// does not pull the ring back and forth.
+// does not pull the ring back and forth. Fed each node's KernelLinks (the
+// eBPF counts of every program's connections), it also lowers a link the
+// job left idle by what others send over it, down to the share TCP would
+// give the job's sockets beside theirs.
 //
 // StartTCPCounters attaches eBPF programs to the TCP tracepoints that
 // count retransmits, received segments and their RTT, for the whole
 // machine (Read) and per connection under its addresses (Conns), for
-// every program's sockets.
+// every program's sockets; per connection also its bytes acknowledged.
 //
 // ReadTCPInfo reads TCP_INFO of a socket; ReadTCPInfoByAddr asks the
 // kernel for the same by the connection's addresses (sock_diag, as ss(8)
