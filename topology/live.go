@@ -95,7 +95,8 @@ type KernelLinks struct {
 	BytesAcked []uint64 `json:"bytes_acked"`
 	// Busy[j] is how many of those connections were sending at the
 	// launcher's latest read (a launcher counts those that had 64 KiB or
-	// more acknowledged since its read before).
+	// more acknowledged since its read before). The job's own count too,
+	// but over a link the job leaves idle they send little.
 	Busy []int `json:"busy"`
 }
 
