@@ -157,9 +157,11 @@ With --metrics-addr (a launcher's, of a job started with --topology probe)
 it prints the running job's live matrix instead: the probe's figures with
 every link the job's own traffic crossed replaced by the rate TCP measured,
 the ring of hosts in use and each time the job moved it; and, where the
-launcher runs as root, its node's links as the kernel counted them (eBPF:
-RTT, segments, retransmits of every program's connections to each other
-node), which a job without a live matrix (a PyTorch script) has too.
+launchers run as root, what other programs send over the links the job
+left idle (which lowers those links in the matrix), and this node's links
+as the kernel counted them (eBPF: RTT, segments, retransmits of every
+program's connections to each other node), which a job without a live
+matrix (a PyTorch script) has too.
 
 Flags:
 `
