@@ -297,6 +297,22 @@ func newDecoder() (*decoder, error) {
 
 func (d *decoder) close() { d.zstd.Close() }
 
+// clearCarried zeroes the values of resid that msg carries (every one,
+// unsparse; its indices, sparse), which msg has already sent. A carried
+// value that is exactly zero leaves its place as it is.
+func (d *decoder) clearCarried(resid []float32, msg []byte) error {
+	vals := make([]float32, len(resid))
+	if err := d.addTo(vals, msg); err != nil {
+		return err
+	}
+	for i, v := range vals {
+		if v != 0 {
+			resid[i] = 0
+		}
+	}
+	return nil
+}
+
 // addTo checks msg, a message of a vector of len(acc) values, and adds
 // what it carries to acc. On error acc may hold part of the message.
 func (d *decoder) addTo(acc []float32, msg []byte) error {

@@ -617,6 +617,9 @@ func (b *boardExchange) average(ctx context.Context, x *exchange, d *decoder, me
 	if err != nil {
 		return err
 	}
+	if i := slices.Index(members, b.Site); i >= 0 {
+		x.mine = msgs[i]
+	}
 	return x.mean(d, msgs, func(i int) string { return fmt.Sprintf("site %q (place %d)", b.Sites[members[i]], b.place) })
 }
 

@@ -3,6 +3,7 @@ package diloco
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"math"
 	"slices"
@@ -58,7 +59,8 @@ type fedRun struct {
 	run
 	stall     map[int]stallAt
 	stopAfter map[int]int
-	keep      int // Federation.Keep
+	saveAt    map[int]int // keep the site's state in saved after this step, and go on
+	keep      int         // Federation.Keep
 	// signed gives every site a key (siteKeys); forge, if set, is a
 	// holder of the store's token who overwrites each message site b posts,
 	// right after it is posted, with what forge returns (nil: leaves it).
@@ -175,8 +177,16 @@ func trainFederated(t *testing.T, b *board, r fedRun) fedResult {
 					res.errs[rank] = err
 					return
 				}
-				if stop, ok := r.stopAfter[s]; ok && stop == step {
+				save := func() {
 					res.saved[rank] = siteState{slices.Clone(w), slices.Clone(o.Anchor()), slices.Clone(o.Momentum()), slices.Clone(o.Residual())}
+				}
+				if at, ok := r.saveAt[s]; ok && at == step {
+					save()
+				}
+				if stop, ok := r.stopAfter[s]; ok && stop == step {
+					if _, ok := r.saveAt[s]; !ok {
+						save()
+					}
 					return
 				}
 			}
@@ -402,6 +412,94 @@ func TestFederationSiteRestartsAndCatchesUp(t *testing.T) {
 	v, err := b.dial().Get(context.Background(), "/fed/test/back/2")
 	if err != nil || string(v) != "40" {
 		t.Errorf("site c's back key: %q, %v; want 40", v, err)
+	}
+}
+
+// A site that posted its delta to a sync and went down before it saved
+// its next checkpoint is a member of that sync when it catches up from
+// the checkpoint before: what the delta carried went out once, and the
+// error feedback the checkpoint restores must not send it again. After
+// catching up, the residual is the checkpoint's with every value that
+// message carried cleared, and nothing else changed.
+func TestFederationCatchUpDoesNotResendItsDelta(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Every, cfg.Deadline, cfg.TopK = 5, 500*time.Millisecond, 0.25
+	b := newBoard(t)
+	// Site c checkpoints after the sync of step 10, posts to the sync of
+	// step 15, which goes ahead with it, and is gone after it.
+	r := fedRun{run: run{sites: 3, local: 2, steps: 30, batch: 8, lr: 0.5, outer: &cfg}, saveAt: map[int]int{2: 10}, stopAfter: map[int]int{2: 15}}
+	res := trainFederated(t, b, r)
+	for rank, err := range res.errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", rank, err)
+		}
+	}
+	sites := []string{"a", "b", "c"}
+	w := inproc.NewWorld(2)
+	resid := make([][]float32, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for j := range 2 {
+		wg.Go(func() {
+			ctx := context.Background()
+			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
+			if err != nil {
+				errs[j] = err
+				return
+			}
+			defer c.Close()
+			st := res.saved[4+j]
+			o, err := NewFederated(ctx, c, b.federation(sites, 2), cfg, slices.Clone(st.params))
+			if err != nil {
+				errs[j] = err
+				return
+			}
+			defer o.Close()
+			copy(o.Anchor(), st.anchor)
+			copy(o.Momentum(), st.mom)
+			copy(o.Residual(), st.resid)
+			if _, errs[j] = o.CatchUp(ctx, 10); errs[j] == nil {
+				resid[j] = slices.Clone(o.Residual())
+			}
+		})
+	}
+	wg.Wait()
+	d, err := newDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	for j, err := range errs {
+		if err != nil {
+			t.Fatalf("site c, rank %d: %v", j, err)
+		}
+		before := res.saved[4+j].resid
+		x := &boardExchange{Federation: b.federation(sites, 2), place: j, places: 2}
+		msgs, err := x.fetch(context.Background(), 15, []int{2}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The residual is padded to the longest shard: the message's
+		// header says this place's length.
+		sent := make([]float32, len(resid[j]))
+		if err := d.addTo(sent[:binary.LittleEndian.Uint64(msgs[0][8:])], msgs[0]); err != nil {
+			t.Fatal(err)
+		}
+		cleared := 0
+		for i, v := range resid[j] {
+			switch {
+			case sent[i] != 0 && v != 0:
+				t.Fatalf("rank %d, value %d: its sync-15 delta sent %v, and its error feedback still holds %v to send again", j, i, sent[i], v)
+			case sent[i] == 0 && math.Float32bits(v) != math.Float32bits(before[i]):
+				t.Fatalf("rank %d, value %d: not sent, yet its error feedback went from %v to %v", j, i, before[i], v)
+			case sent[i] != 0 && before[i] != 0:
+				cleared++
+			}
+		}
+		if cleared == 0 {
+			t.Errorf("rank %d: no value of the checkpoint's error feedback was sent at step 15; the test shows nothing", j)
+		}
+		t.Logf("rank %d: %d of %d values of the error feedback cleared, sent with the sync of step 15", j, cleared, len(before))
 	}
 }
 

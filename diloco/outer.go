@@ -75,9 +75,11 @@ type exchange struct {
 	sent    int64
 	err     error
 	// Over a board: the sites averaged (nil over cross: all), and, when
-	// this site was not among them, the message it posted.
+	// this site was not among them, the message it posted; mine is this
+	// site's message when it was among them.
 	members []int
 	own     []byte
+	mine    []byte
 	waited  bool // it went ahead, after the deadline, without a site it waited for
 }
 
@@ -449,6 +451,15 @@ func (o *Outer) CatchUp(ctx context.Context, step int64) (int64, error) {
 		close(x.done)
 		if err := o.fed.average(ctx, x, o.dec, members, false); err != nil {
 			return step, fmt.Errorf("diloco: catching up, the sync of step %d: %w", s, err)
+		}
+		if x.mine != nil {
+			// This site posted to this sync before it went down, from
+			// error feedback the checkpoint still holds: what that
+			// message carried went out, so it must not go out again.
+			// (The rest of the delta it came from died with the site.)
+			if err := o.dec.clearCarried(o.resid[:o.hi-o.lo], x.mine); err != nil {
+				return step, fmt.Errorf("diloco: catching up, this site's own delta of the sync of step %d: %w", s, err)
+			}
 		}
 		// Replayed, the sync moves the parameters to its global ones (no
 		// local progress to keep, as after a sync without delay).
