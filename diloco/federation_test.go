@@ -354,37 +354,12 @@ func TestFederationSiteRestartsAndCatchesUp(t *testing.T) {
 		}
 	}
 	// Site c comes back: two ranks restore their state and catch up.
-	w := inproc.NewWorld(2)
+	caught := catchUpSite(b, []string{"a", "b", "c"}, 2, res.saved[4:6], cfg, 10)
+	errs, resumed := make([]error, 2), make([]int64, 2)
 	got := make([][]float32, 2)
-	errs := make([]error, 2)
-	resumed := make([]int64, 2)
-	var wg sync.WaitGroup
-	for j := range 2 {
-		fed := b.federation([]string{"a", "b", "c"}, 2)
-		wg.Go(func() {
-			ctx := context.Background()
-			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
-			if err != nil {
-				errs[j] = err
-				return
-			}
-			defer c.Close()
-			st := res.saved[4+j]
-			p := slices.Clone(st.params)
-			o, err := NewFederated(ctx, c, fed, cfg, p)
-			if err != nil {
-				errs[j] = err
-				return
-			}
-			defer o.Close()
-			copy(o.Anchor(), st.anchor)
-			copy(o.Momentum(), st.mom)
-			copy(o.Residual(), st.resid)
-			resumed[j], errs[j] = o.CatchUp(ctx, 10)
-			got[j] = p
-		})
+	for j, c := range caught {
+		errs[j], resumed[j], got[j] = c.err, c.resumed, c.params
 	}
-	wg.Wait()
 	for j, err := range errs {
 		if err != nil {
 			t.Fatalf("site c, rank %d: %v", j, err)
@@ -415,6 +390,47 @@ func TestFederationSiteRestartsAndCatchesUp(t *testing.T) {
 	}
 }
 
+// caughtUp is what one rank of a restarted site ended with.
+type caughtUp struct {
+	err           error
+	resumed       int64
+	params, resid []float32
+}
+
+// catchUpSite restarts site (its ranks' saved states) over the board and
+// catches it up from the checkpoint of step from, one goroutine per rank.
+func catchUpSite(b *board, sites []string, site int, saved []siteState, cfg Config, from int64) []caughtUp {
+	w := inproc.NewWorld(len(saved))
+	out := make([]caughtUp, len(saved))
+	var wg sync.WaitGroup
+	for j, st := range saved {
+		fed := b.federation(sites, site)
+		wg.Go(func() {
+			ctx := context.Background()
+			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
+			if err != nil {
+				out[j].err = err
+				return
+			}
+			defer c.Close()
+			p := slices.Clone(st.params)
+			o, err := NewFederated(ctx, c, fed, cfg, p)
+			if err != nil {
+				out[j].err = err
+				return
+			}
+			defer o.Close()
+			copy(o.Anchor(), st.anchor)
+			copy(o.Momentum(), st.mom)
+			copy(o.Residual(), st.resid)
+			out[j].resumed, out[j].err = o.CatchUp(ctx, from)
+			out[j].params, out[j].resid = p, slices.Clone(o.Residual())
+		})
+	}
+	wg.Wait()
+	return out
+}
+
 // A site that posted its delta to a sync and went down before it saved
 // its next checkpoint is a member of that sync when it catches up from
 // the checkpoint before: what the delta carried went out once, and the
@@ -435,35 +451,11 @@ func TestFederationCatchUpDoesNotResendItsDelta(t *testing.T) {
 		}
 	}
 	sites := []string{"a", "b", "c"}
-	w := inproc.NewWorld(2)
-	resid := make([][]float32, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for j := range 2 {
-		wg.Go(func() {
-			ctx := context.Background()
-			c, err := collective.New(w.Transport(j), collective.DefaultConfig())
-			if err != nil {
-				errs[j] = err
-				return
-			}
-			defer c.Close()
-			st := res.saved[4+j]
-			o, err := NewFederated(ctx, c, b.federation(sites, 2), cfg, slices.Clone(st.params))
-			if err != nil {
-				errs[j] = err
-				return
-			}
-			defer o.Close()
-			copy(o.Anchor(), st.anchor)
-			copy(o.Momentum(), st.mom)
-			copy(o.Residual(), st.resid)
-			if _, errs[j] = o.CatchUp(ctx, 10); errs[j] == nil {
-				resid[j] = slices.Clone(o.Residual())
-			}
-		})
+	caught := catchUpSite(b, sites, 2, res.saved[4:6], cfg, 10)
+	errs, resid := make([]error, 2), make([][]float32, 2)
+	for j, c := range caught {
+		errs[j], resid[j] = c.err, c.resid
 	}
-	wg.Wait()
 	d, err := newDecoder()
 	if err != nil {
 		t.Fatal(err)
