@@ -169,6 +169,10 @@ func StartTCPCounters() (*TCPCounters, error) {
 	}
 	if err != nil {
 		c.rttErr = fmt.Errorf("tracepoint tcp_probe not attached: %w", err)
+		if c.ackedErr == nil {
+			// The program that stores them is the one that did not load.
+			c.ackedErr = fmt.Errorf("no bytes acknowledged per connection: %w", c.rttErr)
+		}
 	}
 	return c, nil
 }

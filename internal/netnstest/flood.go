@@ -59,6 +59,21 @@ func (h *Hosts) Flood(a, b, conns int) (stop func()) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var open []net.Conn
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			ln.Close()
+			mu.Lock()
+			for _, c := range open {
+				c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+	}
+	// Before the first flow starts, so that a Fatalf below stops those
+	// already running.
+	h.T.Cleanup(stop)
 	keep := func(c net.Conn) {
 		mu.Lock()
 		open = append(open, c)
@@ -80,7 +95,6 @@ func (h *Hosts) Flood(a, b, conns int) (stop func()) {
 			c, err = net.Dial("tcp", ln.Addr().String())
 			return err
 		}); err != nil {
-			ln.Close()
 			h.T.Fatalf("flood %d->%d: %v", a, b, err)
 		}
 		keep(c)
@@ -93,18 +107,5 @@ func (h *Hosts) Flood(a, b, conns int) (stop func()) {
 			}
 		})
 	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			ln.Close()
-			mu.Lock()
-			for _, c := range open {
-				c.Close()
-			}
-			mu.Unlock()
-			wg.Wait()
-		})
-	}
-	h.T.Cleanup(stop)
 	return stop
 }

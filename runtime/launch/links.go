@@ -56,17 +56,15 @@ func (a *agent) prepareLinksFile(r *rendezvous.Round) {
 		return
 	}
 	a.linksFile = filepath.Join(a.privDir, fmt.Sprintf("links-gen%d.json", r.Gen))
-	a.writeLinks(r)
+	conns, _ := b.tcp.Conns()
+	a.writeLinks(r, conns)
 }
 
-// writeLinks rewrites the workers' file of kernel counters.
-func (a *agent) writeLinks(r *rendezvous.Round) {
-	if a.linksFile == "" {
-		return
-	}
-	conns, err := a.board.tcp.Conns()
-	if err != nil {
-		return // the file keeps the last counters; the workers' next window waits
+// writeLinks rewrites the workers' file of kernel counters from conns
+// (the per-connection counters as just read).
+func (a *agent) writeLinks(r *rendezvous.Round, conns map[topology.TCPConn]topology.TCPCounts) {
+	if a.linksFile == "" || conns == nil {
+		return // nil: unread; the file keeps the last counters, the workers' next window waits
 	}
 	n := len(r.Nodes)
 	k := topology.KernelLinks{At: time.Now(), BytesAcked: make([]uint64, n), Busy: make([]int, n)}

@@ -98,7 +98,13 @@ func (b *board) restarted(cause string) {
 func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 	b := a.board
 	a.noteReplans(r, ws)
-	a.writeLinks(r)
+	// One read of the per-connection counters serves the workers' file
+	// and the metrics: it walks up to 16384 entries.
+	var conns map[topology.TCPConn]topology.TCPCounts
+	if b.tcp != nil && (a.linksFile != "" || b.srv != nil) {
+		conns, _ = b.tcp.Conns() // nil on error: both go without, this tick
+	}
+	a.writeLinks(r, conns)
 	if b.srv == nil {
 		return
 	}
@@ -130,22 +136,18 @@ func (a *agent) update(r *rendezvous.Round, ws []*worker) {
 		if now, err := b.tcp.Read(); err == nil {
 			d := now.Sub(b.tcp0)
 			snap.TCP = &observe.TCPCounters{Retransmits: d.Retransmits, Segments: d.Segments, MeanRTTSeconds: d.MeanRTT().Seconds(),
-				Peers: b.tcpPeers(a.cfg.Host, r)}
+				Peers: tcpPeers(a.cfg.Host, r, conns)}
 		}
 	}
 	b.srv.Update(snap)
 }
 
-// tcpPeers sums the per-connection eBPF counters of this node's
+// tcpPeers sums the per-connection eBPF counters (conns) of this node's
 // connections (from host) to each other node of round r. The counters'
 // map is this launcher's, made when it started, so they count since
 // then.
-func (b *board) tcpPeers(host string, r *rendezvous.Round) []observe.TCPPeer {
-	if len(r.Nodes) < 2 {
-		return nil
-	}
-	conns, err := b.tcp.Conns()
-	if err != nil {
+func tcpPeers(host string, r *rendezvous.Round, conns map[topology.TCPConn]topology.TCPCounts) []observe.TCPPeer {
+	if len(r.Nodes) < 2 || conns == nil {
 		return nil
 	}
 	var out []observe.TCPPeer
