@@ -82,6 +82,19 @@ type Config struct {
 	// MidBytes is the size below which AlgoAuto uses halving-doubling
 	// (from SmallBytes up) on worlds that are a power of two of at least 4.
 	MidBytes int
+	// HalvingBytes, when positive and below SmallBytes, is where
+	// halving-doubling takes over from recursive doubling on those worlds
+	// instead: its messages are half and a quarter of the buffer where
+	// recursive doubling's are the whole of it, and a message that fits
+	// the executor's inline path (64 KiB) skips the hand-off to the send
+	// lane.
+	HalvingBytes int
+	// PollBytes: calls of at most this many bytes poll for their messages
+	// (transport.Poller) on both lanes instead of sleeping between them,
+	// where a sleeping thread's wake-ups are still a large part of the
+	// time. Calls of up to 64 KiB with nothing sent beside a receive
+	// always poll.
+	PollBytes int
 	// Tuning, when set, overrides the thresholds with a table measured on
 	// this machine (`ringo bench tune`, RINGO_TUNING).
 	Tuning *Tuning
@@ -110,14 +123,23 @@ type Config struct {
 // 1 MiB, 3.29 against 3.55 ms at 2 MiB, 7.24 against 7.41 ms at 4 MiB;
 // from 8 MiB up the two were within noise, and the ring is the one whose
 // order the topology solver chooses.
+//
+// Halving-doubling starts at 128 KiB where the world allows it: at 4 ranks
+// on 2 cores it took 230-284 µs at 128 KiB against recursive doubling's
+// 410-450 (three alternating runs of `ringo bench allreduce --algo`), and
+// the two were within noise at 64 and 256 KiB. Calls of up to 2 MiB poll:
+// at 4 ranks, medians of 7 alternating runs, 0.81-0.96x the time of
+// sleeping from 32 KiB to 2 MiB, and 4 MiB and up no faster.
 func DefaultConfig() Config {
 	return Config{
-		Timeout:    5 * time.Minute,
-		Algo:       AlgoAuto,
-		SmallBytes: 512 << 10,
-		MidBytes:   8 << 20,
-		ChunkBytes: 1 << 20,
-		HierBytes:  DefaultHierBytes,
+		Timeout:      5 * time.Minute,
+		Algo:         AlgoAuto,
+		SmallBytes:   512 << 10,
+		MidBytes:     8 << 20,
+		HalvingBytes: 128 << 10,
+		PollBytes:    2 << 20,
+		ChunkBytes:   1 << 20,
+		HierBytes:    DefaultHierBytes,
 	}
 }
 
@@ -126,8 +148,8 @@ func DefaultConfig() Config {
 // recursive doubling (trees for rooted calls) below SmallBytes,
 // halving-doubling up to MidBytes on worlds that are a power of two of at
 // least 4 (where it takes fewer steps than the ring: 2·log2(n) against
-// 2(n-1); elsewhere its fold costs a whole extra transfer), and rings and
-// chains from there up.
+// 2(n-1); elsewhere its fold costs a whole extra transfer), from
+// HalvingBytes where that is lower, and rings and chains from there up.
 func (c Config) AlgoFor(bytes, n int) Algo {
 	if c.Algo != AlgoAuto {
 		return c.Algo
@@ -135,14 +157,22 @@ func (c Config) AlgoFor(bytes, n int) Algo {
 	if a, ok := c.Tuning.lookup(bytes, n); ok {
 		return a
 	}
+	halving := n >= 4 && n&(n-1) == 0
+	small := c.SmallBytes
+	if halving && c.HalvingBytes > 0 {
+		small = min(small, c.HalvingBytes)
+	}
 	switch {
-	case bytes < c.SmallBytes:
+	case bytes < small:
 		return AlgoRecursiveDoubling
-	case bytes < c.MidBytes && n >= 4 && n&(n-1) == 0:
+	case bytes < c.MidBytes && halving:
 		return AlgoHalvingDoubling
 	}
 	return AlgoRing
 }
+
+// polls says whether a call of this many bytes polls on both lanes.
+func (c Config) polls(bytes int) bool { return bytes <= c.PollBytes }
 
 // Validate reports the first field that is out of range.
 func (c Config) Validate() error {
@@ -155,8 +185,11 @@ func (c Config) Validate() error {
 	if c.HierBytes < 0 {
 		return fmt.Errorf("collective config: HierBytes %d must not be negative", c.HierBytes)
 	}
-	if c.SmallBytes < 0 || c.MidBytes < 0 {
-		return fmt.Errorf("collective config: SmallBytes %d and MidBytes %d must not be negative", c.SmallBytes, c.MidBytes)
+	if c.SmallBytes < 0 || c.MidBytes < 0 || c.HalvingBytes < 0 {
+		return fmt.Errorf("collective config: SmallBytes %d, MidBytes %d and HalvingBytes %d must not be negative", c.SmallBytes, c.MidBytes, c.HalvingBytes)
+	}
+	if c.PollBytes < 0 {
+		return fmt.Errorf("collective config: PollBytes %d must not be negative", c.PollBytes)
 	}
 	if c.ChunkBytes < 64 {
 		return fmt.Errorf("collective config: ChunkBytes %d must be at least 64", c.ChunkBytes)
@@ -169,6 +202,8 @@ const (
 	EnvAlgo          = "RINGO_ALGO"           // auto | ring | rd | hd | hier
 	EnvAlgoThreshold = "RINGO_ALGO_THRESHOLD" // bytes, e.g. 65536 or 64K
 	EnvAlgoMid       = "RINGO_ALGO_MID"       // bytes: halving-doubling below it (power-of-two worlds)
+	EnvAlgoHalving   = "RINGO_ALGO_HALVING"   // bytes: halving-doubling from it (power-of-two worlds)
+	EnvPoll          = "RINGO_POLL_BYTES"     // bytes: calls up to it poll instead of sleeping
 	EnvTuning        = "RINGO_TUNING"         // path of a tuning table (ringo bench tune)
 	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
 	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
@@ -176,8 +211,9 @@ const (
 )
 
 // FromEnv overrides c's fields from RINGO_ALGO, RINGO_ALGO_THRESHOLD,
-// RINGO_ALGO_MID, RINGO_TUNING, RINGO_CHUNK_BYTES, RINGO_HIER_THRESHOLD
-// and RINGO_TIMEOUT where they are set.
+// RINGO_ALGO_MID, RINGO_ALGO_HALVING, RINGO_POLL_BYTES, RINGO_TUNING,
+// RINGO_CHUNK_BYTES, RINGO_HIER_THRESHOLD and RINGO_TIMEOUT where they are
+// set.
 func (c Config) FromEnv() (Config, error) {
 	if v := os.Getenv(EnvAlgo); v != "" {
 		a, err := ParseAlgo(v)
@@ -186,19 +222,18 @@ func (c Config) FromEnv() (Config, error) {
 		}
 		c.Algo = a
 	}
-	if v := os.Getenv(EnvAlgoThreshold); v != "" {
-		n, err := ParseBytes(v)
-		if err != nil {
-			return c, fmt.Errorf("%s: %w", EnvAlgoThreshold, err)
+	for _, e := range []struct {
+		name string
+		to   *int
+	}{{EnvAlgoThreshold, &c.SmallBytes}, {EnvAlgoMid, &c.MidBytes}, {EnvAlgoHalving, &c.HalvingBytes},
+		{EnvPoll, &c.PollBytes}, {EnvChunk, &c.ChunkBytes}, {EnvHierThreshold, &c.HierBytes}} {
+		if v := os.Getenv(e.name); v != "" {
+			n, err := ParseBytes(v)
+			if err != nil {
+				return c, fmt.Errorf("%s: %w", e.name, err)
+			}
+			*e.to = int(n)
 		}
-		c.SmallBytes = int(n)
-	}
-	if v := os.Getenv(EnvAlgoMid); v != "" {
-		n, err := ParseBytes(v)
-		if err != nil {
-			return c, fmt.Errorf("%s: %w", EnvAlgoMid, err)
-		}
-		c.MidBytes = int(n)
 	}
 	if v := os.Getenv(EnvTuning); v != "" {
 		t, err := LoadTuning(v)
@@ -206,20 +241,6 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s: %w", EnvTuning, err)
 		}
 		c.Tuning = t
-	}
-	if v := os.Getenv(EnvChunk); v != "" {
-		n, err := ParseBytes(v)
-		if err != nil {
-			return c, fmt.Errorf("%s: %w", EnvChunk, err)
-		}
-		c.ChunkBytes = int(n)
-	}
-	if v := os.Getenv(EnvHierThreshold); v != "" {
-		n, err := ParseBytes(v)
-		if err != nil {
-			return c, fmt.Errorf("%s: %w", EnvHierThreshold, err)
-		}
-		c.HierBytes = int(n)
 	}
 	if v := os.Getenv(EnvTimeout); v != "" {
 		d, err := time.ParseDuration(v)

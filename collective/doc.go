@@ -14,18 +14,22 @@
 // transport, sends on one goroutine and receives on the caller's, so that
 // sending a chunk overlaps receiving and reducing the next. Schedules are
 // cached per call shape, so a training loop's steady state allocates
-// nothing.
+// nothing. Calls of up to Config.PollBytes (2 MiB; RINGO_POLL_BYTES) ask
+// the transport to poll on both lanes instead of sleeping between
+// messages (transport.Poller), where wake-ups are still a large part of
+// the time.
 //
 //   - All-reduce, large: ring reduce-scatter then ring all-gather, in
 //     pipelined chunks (Config.ChunkBytes); each rank sends 2(n-1)/n of the
 //     buffer, the bandwidth optimum.
 //   - All-reduce, small: recursive doubling, ceil(log2 n) exchanges; ranks
 //     beyond the largest power of two fold in first and get the result back.
-//   - All-reduce, mid (up to Config.MidBytes, 8 MiB; RINGO_ALGO_MID) on 4,
-//     8, 16 ... ranks: halving-doubling (Rabenseifner), a reduce-scatter by
-//     recursive halving then an all-gather by recursive doubling, the
-//     ring's bytes in 2·log2(n) steps. A tuning table (RINGO_TUNING,
-//     written by ringo bench tune) overrides these size bands per world.
+//   - All-reduce, mid (from Config.HalvingBytes, 128 KiB, RINGO_ALGO_HALVING,
+//     up to Config.MidBytes, 8 MiB, RINGO_ALGO_MID) on 4, 8, 16 ... ranks:
+//     halving-doubling (Rabenseifner), a reduce-scatter by recursive
+//     halving then an all-gather by recursive doubling, the ring's bytes in
+//     2·log2(n) steps. A tuning table (RINGO_TUNING, written by ringo bench
+//     tune) overrides these size bands per world.
 //   - Reduce-scatter and all-gather: the two halves of the ring.
 //   - Broadcast and reduce: binomial trees when small, pipelined chains
 //     around the ring when large.

@@ -371,11 +371,12 @@ func (g *group) execCall(ctx context.Context, c *call, seq uint64) error {
 	var err error
 	switch c.kind {
 	case opSend:
+		n := max(len(c.send), len(c.recv))
+		g.poll(n <= inlineMax || g.cfg.polls(n))
 		if c.send != nil {
 			g.sendHdr = *hdr
 			err = g.tr.Send(c.peer, &g.sendHdr, c.send, deadline)
 		} else {
-			g.poll(len(c.recv) <= inlineMax)
 			err = g.recvInto(c.peer, hdr, 0, c.recv, deadline)
 		}
 	default:
@@ -544,7 +545,7 @@ func (g *group) schedule(c *call) *schedule {
 func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []byte, deadline time.Time) error {
 	scratch := g.scratchBuf(s.scratch)
 	inline := s.maxMsg <= inlineMax || len(s.sends) == 0 || len(s.recvs) == 0
-	g.poll(inline && s.maxMsg <= inlineMax)
+	g.poll(inline && s.maxMsg <= inlineMax || g.cfg.polls(len(work)))
 	if inline {
 		for i := range s.ops {
 			x := &s.ops[i]
@@ -578,8 +579,12 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 	return serr
 }
 
-// poll asks the transport to poll while receiving, for small messages
-// that nothing else runs beside.
+// poll asks the transport to poll while it waits to receive or to send:
+// for small messages that nothing else runs beside, and for the calls up
+// to Config.PollBytes on both lanes. Both lanes poll together or neither:
+// a receive that polls with runtime.Gosched keeps Go's scheduler from
+// reaching the network poller, so a send parked there would not learn its
+// socket has room until the receive gave up polling.
 func (g *group) poll(on bool) {
 	if g.poller != nil {
 		g.poller.Poll(on)

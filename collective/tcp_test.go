@@ -89,7 +89,8 @@ func TestSteadyStateAllocatesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocation counts are noisy under -short runs")
 	}
-	for _, bytes := range []int{4 << 10, 4 << 20} {
+	// 1 MiB polls on both lanes (Config.PollBytes); 4 MiB sleeps.
+	for _, bytes := range []int{4 << 10, 1 << 20, 4 << 20} {
 		p, b0 := newPair(t, bytes)
 		for range 3 {
 			if err := p.allReduce(b0); err != nil {

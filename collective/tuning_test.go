@@ -32,10 +32,10 @@ func TestTuningPicksTheBand(t *testing.T) {
 		{4096, 6, AlgoRecursiveDoubling}, // world 4's rules steer 5..7
 		{1 << 20, 7, AlgoHalvingDoubling},
 		{100, 2, AlgoRing},
-		{4096, 2, AlgoRecursiveDoubling},       // past world 2's rules: built-in
-		{4096, 1, AlgoRecursiveDoubling},       // no rules for a world of 1: built-in
-		{1 << 20, 9, AlgoRing},                 // past world 8's rules; built-in: 9 is not a power of two
-		{128 << 10, 16, AlgoRecursiveDoubling}, // built-in, below SmallBytes
+		{4096, 2, AlgoRecursiveDoubling},      // past world 2's rules: built-in
+		{4096, 1, AlgoRecursiveDoubling},      // no rules for a world of 1: built-in
+		{1 << 20, 9, AlgoRing},                // past world 8's rules; built-in: 9 is not a power of two
+		{64 << 10, 16, AlgoRecursiveDoubling}, // built-in, below HalvingBytes
 	} {
 		if got := c.AlgoFor(tc.bytes, tc.n); got != tc.want {
 			t.Errorf("AlgoFor(%d bytes, world %d) = %v, want %v", tc.bytes, tc.n, got, tc.want)
@@ -54,6 +54,10 @@ func TestBuiltInThresholds(t *testing.T) {
 		want     Algo
 	}{
 		{4096, 4, AlgoRecursiveDoubling},
+		{64 << 10, 4, AlgoRecursiveDoubling},
+		{128 << 10, 4, AlgoHalvingDoubling}, // from HalvingBytes on powers of two
+		{128 << 10, 2, AlgoRecursiveDoubling},
+		{128 << 10, 6, AlgoRecursiveDoubling}, // below SmallBytes elsewhere
 		{1 << 20, 4, AlgoHalvingDoubling},
 		{1 << 20, 8, AlgoHalvingDoubling},
 		{1 << 20, 2, AlgoRing}, // on 2 ranks halving-doubling is the ring
@@ -63,6 +67,16 @@ func TestBuiltInThresholds(t *testing.T) {
 		if got := c.AlgoFor(tc.bytes, tc.n); got != tc.want {
 			t.Errorf("AlgoFor(%d bytes, world %d) = %v, want %v", tc.bytes, tc.n, got, tc.want)
 		}
+	}
+	// A lower SmallBytes wins over HalvingBytes; HalvingBytes 0 leaves
+	// SmallBytes alone.
+	c.SmallBytes = 32 << 10
+	if got := c.AlgoFor(64<<10, 4); got != AlgoHalvingDoubling {
+		t.Errorf("SmallBytes 32 KiB: AlgoFor(64 KiB, world 4) = %v, want hd", got)
+	}
+	c.SmallBytes, c.HalvingBytes = 512<<10, 0
+	if got := c.AlgoFor(256<<10, 4); got != AlgoRecursiveDoubling {
+		t.Errorf("HalvingBytes 0: AlgoFor(256 KiB, world 4) = %v, want rd", got)
 	}
 }
 
@@ -137,4 +151,23 @@ func FuzzParseTuning(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestThresholdsFromEnv(t *testing.T) {
+	t.Setenv(EnvAlgoHalving, "64K")
+	t.Setenv(EnvPoll, "0")
+	c, err := DefaultConfig().FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HalvingBytes != 64<<10 || c.PollBytes != 0 {
+		t.Errorf("HalvingBytes %d, PollBytes %d from %s=64K and %s=0", c.HalvingBytes, c.PollBytes, EnvAlgoHalving, EnvPoll)
+	}
+	if c.polls(1) {
+		t.Error("PollBytes 0: a call of 1 byte still polls on both lanes")
+	}
+	t.Setenv(EnvPoll, "lots")
+	if _, err := DefaultConfig().FromEnv(); err == nil || !strings.Contains(err.Error(), EnvPoll) {
+		t.Errorf("%s=lots: %v, want an error naming the variable", EnvPoll, err)
+	}
 }

@@ -88,7 +88,11 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	smallB := int64(small)
 	fs.Var(byteFlag{&smallB}, "algo-threshold", "auto uses recursive doubling / trees below this many bytes (also RINGO_ALGO_THRESHOLD)")
 	midB := int64(c.Coll.MidBytes)
-	fs.Var(byteFlag{&midB}, "algo-mid", "auto uses halving-doubling from --algo-threshold up to this many bytes on 4, 8, 16 ... ranks (also RINGO_ALGO_MID)")
+	fs.Var(byteFlag{&midB}, "algo-mid", "auto uses halving-doubling from --algo-halving up to this many bytes on 4, 8, 16 ... ranks (also RINGO_ALGO_MID)")
+	halvingB := int64(c.Coll.HalvingBytes)
+	fs.Var(byteFlag{&halvingB}, "algo-halving", "on 4, 8, 16 ... ranks auto uses halving-doubling from this many bytes, where that is below --algo-threshold (also RINGO_ALGO_HALVING)")
+	pollB := int64(c.Coll.PollBytes)
+	fs.Var(byteFlag{&pollB}, "poll-bytes", "calls of up to this many bytes poll for their messages instead of sleeping (also RINGO_POLL_BYTES)")
 	chunk := int64(c.Coll.ChunkBytes)
 	fs.Var(byteFlag{&chunk}, "chunk", "pipeline chunk of ring algorithms, bytes (also RINGO_CHUNK_BYTES)")
 	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
@@ -129,6 +133,7 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 		return usageErr(fs, "%w", err)
 	}
 	c.Coll.SmallBytes, c.Coll.MidBytes, c.Coll.ChunkBytes = int(smallB), int(midB), int(chunk)
+	c.Coll.HalvingBytes, c.Coll.PollBytes = int(halvingB), int(pollB)
 	c.StageChunk = int(stageChunk)
 	if err := c.Validate(); err != nil {
 		return usageErr(fs, "%w", err)

@@ -68,12 +68,12 @@ type Addresser interface {
 	PeerAddr(peer int) string
 }
 
-// Poller is implemented by transports that can wait for a message by
-// polling instead of sleeping. The layer above turns polling on only while
-// it waits for small messages with nothing else to do (no send running
-// beside the receive), where waking a sleeping thread would be most of the
-// latency, and off for bulk transfers, where polling takes CPU from the
-// copies.
+// Poller is implemented by transports that can wait for a message, or for
+// room to send one, by polling instead of sleeping. The layer above turns
+// polling on while it waits for small messages, and for mid-size calls
+// (collective.Config.PollBytes) whose sends and receives run side by side,
+// where waking a sleeping thread would be much of the time, and off for
+// bulk transfers, where polling takes CPU from the copies.
 type Poller interface {
 	Poll(on bool)
 }

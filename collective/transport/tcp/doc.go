@@ -15,11 +15,14 @@
 // Connections keep Go's default TCP_NODELAY and the kernel's buffer
 // autotuning (SocketBuffer pins SO_SNDBUF/SO_RCVBUF instead). A small
 // message goes out with one write or writev, header and payload together.
-// While the layer above waits for small messages with nothing else to do
-// (transport.Poller), a receive polls its socket for up to Config.Spin
-// before sleeping in Go's network poller, as MPI libraries do; SpinFor
-// polls longer when ranks outnumber cores up to twice over, and turns it
-// off beyond that.
+// While the layer above asks for polling (transport.Poller: small messages,
+// and mid-size calls), a receive polls its socket for up to Config.Spin
+// before sleeping in Go's network poller, as MPI libraries do, and so does
+// a send on the first data connection that finds its socket full: a
+// polling receive keeps Go's scheduler from reaching the network poller,
+// so a parked send would sleep until the receive gave up. SpinFor polls
+// longer when ranks outnumber cores up to twice over, and turns it off
+// beyond that.
 //
 // The control connection carries fault notices and goodbyes. A reader on
 // each one notices a peer's death (EOF without a goodbye) at once, even

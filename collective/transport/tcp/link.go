@@ -35,9 +35,8 @@ type link struct {
 	out []byte // header (+ small payload) staging for sends
 	// iov gathers header and payload for one writev; it lives here so
 	// that a send allocates nothing.
-	iov    net.Buffers
-	iovArr [2][]byte
-	in     [transport.HeaderSize]byte
+	iov [2][]byte
+	in  [transport.HeaderSize]byte
 
 	// Helpers for streams 1..k-1: one writer and one reader goroutine each.
 	wjobs []chan piece
@@ -56,6 +55,7 @@ type stream struct {
 	wdl    time.Time   // and for writes
 	reader io.Reader   // bufio over spin on stream 0, the conn itself otherwise
 	spin   *spinReader // stream 0 only
+	wspin  *spinWriter // stream 0 only
 }
 
 type piece struct {
@@ -83,6 +83,9 @@ func newLink(cfg Config, addr string, conns []net.Conn, k, stripeMin int, pollin
 			// Header and a small payload usually arrive together: one
 			// read gets both.
 			s.spin = sr
+			if s.wspin, err = newSpinWriter(c, cfg.Spin); err != nil {
+				return nil, err
+			}
 			s.reader = bufio.NewReaderSize(sr, 64<<10)
 		}
 		l.data = append(l.data, s)
@@ -180,28 +183,38 @@ func (l *link) Send(h *transport.Header, payload []byte, deadline time.Time) err
 		return err
 	}
 	h.Encode(l.out)
+	s0.wspin.armed = *l.polling
+	defer func() { s0.wspin.armed = false }()
 	striped := l.striped(len(payload))
 	switch {
 	case !striped && len(payload) <= smallWrite:
 		n := copy(l.out[transport.HeaderSize:], payload)
-		_, err := s0.c.Write(l.out[:transport.HeaderSize+n])
-		return err
+		return l.write(s0, l.out[:transport.HeaderSize+n], nil)
 	case !striped:
 		// One writev: a header alone in its own segment would wake the
 		// receiver before its payload arrives.
-		l.iovArr = [2][]byte{l.out[:transport.HeaderSize], payload}
-		l.iov = l.iovArr[:]
-		_, err := l.iov.WriteTo(s0.c)
-		l.iovArr = [2][]byte{}
-		return err
+		return l.write(s0, l.out[:transport.HeaderSize], payload)
 	}
-	if _, err := s0.c.Write(l.out[:transport.HeaderSize]); err != nil {
+	if err := l.write(s0, l.out[:transport.HeaderSize], nil); err != nil {
 		return err
 	}
 	sent := l.dispatch(l.wjobs, payload, deadline)
 	lo, hi := pieceBounds(len(payload), l.k, 0)
-	_, err := s0.c.Write(payload[lo:hi])
+	err := l.write(s0, payload[lo:hi], nil)
 	return collect(l.wdone, sent, err)
+}
+
+// write writes a, then b if it is not nil, on stream 0, with one system
+// call while the socket has room.
+func (l *link) write(s0 *stream, a, b []byte) error {
+	l.iov = [2][]byte{a, b}
+	bufs := l.iov[:1]
+	if b != nil {
+		bufs = l.iov[:2]
+	}
+	err := s0.wspin.write(bufs)
+	l.iov = [2][]byte{}
+	return err
 }
 
 func (l *link) RecvHeader(deadline time.Time) ([]byte, error) {

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // spinReader reads a TCP connection and, while armed, polls the socket for
@@ -16,8 +17,9 @@ import (
 // to other processes, so polling never starves them.
 //
 // It is armed only while the layer above asks for polling (transport.
-// Poller): for small messages received with no send running beside them.
-// Polling during bulk transfers measurably took CPU from the copies, and
+// Poller): for small messages, and for mid-size calls, where the send lane
+// polls too (spinWriter). Polling during bulk transfers measurably took
+// CPU from the copies, and
 // it pays only while ranks are at most twice as many as cores, so the
 // default (SpinFor) turns it off beyond that.
 type spinReader struct {
@@ -92,4 +94,116 @@ func (s *spinReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return s.n, nil
+}
+
+// spinWriter writes stream 0 of a link: the write Go's net package would
+// do (a write or a gathered writev until every byte is out, parking in the
+// network poller while the socket has no room), except that while armed it
+// first retries for up to spin, yielding between tries.
+//
+// Both lanes must poll together: a receive that polls with runtime.Gosched
+// keeps Go's scheduler from reaching the network poller, so a send parked
+// there would not learn that its socket has room until the receive gave
+// up polling. With both polling, the two goroutines hand the process's P
+// back and forth, as an MPI progress loop drives its sends and receives.
+type spinWriter struct {
+	rc    syscall.RawConn
+	spin  time.Duration
+	armed bool
+
+	// The callback's arguments and results live here, and the callback is
+	// bound once, so that a write allocates nothing.
+	iov   [][]byte
+	vec   [2]syscall.Iovec
+	werr  error
+	tryFn func(fd uintptr) bool
+}
+
+func newSpinWriter(c *net.TCPConn, spin time.Duration) (*spinWriter, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	w := &spinWriter{rc: rc, spin: spin}
+	w.tryFn = w.try
+	return w, nil
+}
+
+// try is the RawConn callback: it writes what is left of w.iov and returns
+// true when all of it is written or the write failed, false to park until
+// the socket has room.
+func (w *spinWriter) try(fd uintptr) bool {
+	var start time.Time
+	for i := 0; ; i++ {
+		for len(w.iov) > 0 && len(w.iov[0]) == 0 {
+			w.iov = w.iov[1:]
+		}
+		if len(w.iov) == 0 {
+			return true
+		}
+		n, err := w.writev(int(fd))
+		if n > 0 {
+			for n > 0 {
+				k := min(n, len(w.iov[0]))
+				w.iov[0] = w.iov[0][k:]
+				n -= k
+				if len(w.iov[0]) == 0 {
+					w.iov = w.iov[1:]
+				}
+			}
+			i = -1 // progress: the spin window starts again
+			continue
+		}
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN, nil:
+		default:
+			w.werr = err
+			return true
+		}
+		if !w.armed || w.spin <= 0 {
+			return false
+		}
+		if i == 0 {
+			start = time.Now()
+		} else if time.Since(start) > w.spin {
+			return false
+		}
+		// Yield to the receive lane, then to the OS (see spinReader).
+		runtime.Gosched()
+		syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+	}
+}
+
+// writev writes the (at most two, non-empty) buffers of w.iov with one
+// system call.
+func (w *spinWriter) writev(fd int) (int, error) {
+	if len(w.iov) == 1 {
+		return syscall.Write(fd, w.iov[0])
+	}
+	for i, b := range w.iov[:2] {
+		w.vec[i].Base = &b[0]
+		w.vec[i].SetLen(len(b))
+	}
+	r, _, e := syscall.Syscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&w.vec[0])), 2)
+	w.vec = [2]syscall.Iovec{}
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// write writes every byte of bufs (one or two) or fails.
+func (w *spinWriter) write(bufs [][]byte) error {
+	w.iov, w.werr = bufs, nil
+	err := w.rc.Write(w.tryFn)
+	w.iov = nil
+	if err != nil {
+		return err
+	}
+	if w.werr != nil {
+		return &net.OpError{Op: "write", Net: "tcp", Err: w.werr}
+	}
+	return nil
 }
