@@ -21,8 +21,8 @@
 // a send on the first data connection that finds its socket full: a
 // polling receive keeps Go's scheduler from reaching the network poller,
 // so a parked send would sleep until the receive gave up. SpinFor polls
-// longer when ranks outnumber cores up to twice over, and turns it off
-// beyond that.
+// longer when ranks outnumber cores up to three times over, and turns it
+// off beyond that.
 //
 // The control connection carries fault notices and goodbyes. A reader on
 // each one notices a peer's death (EOF without a goodbye) at once, even

@@ -20,8 +20,8 @@ import (
 // Poller): for small messages, and for mid-size calls, where the send lane
 // polls too (spinWriter). Polling during bulk transfers measurably took
 // CPU from the copies, and
-// it pays only while ranks are at most twice as many as cores, so the
-// default (SpinFor) turns it off beyond that.
+// it pays only while ranks are at most three times as many as cores, so
+// the default (SpinFor) turns it off beyond that.
 type spinReader struct {
 	rc    syscall.RawConn
 	spin  time.Duration

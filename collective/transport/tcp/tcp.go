@@ -68,19 +68,22 @@ func DefaultConfig() Config {
 
 // SpinFor suggests Spin when ranksPerHost ranks share this machine:
 // 200 µs while each rank has a core of its own, 1 ms while they are up to
-// twice as many as the cores, none beyond that. A polling rank yields
-// its core (sched_yield) between looks, so with up to two ranks per core
-// the peer it waits for gets to run and the message is seen without a
-// wake-up through the poller; with more, the pollers take turns on the
+// three times as many as the cores, none beyond that. A polling rank
+// yields its core (sched_yield) between looks, so with a few ranks per
+// core the peer it waits for gets to run and the message is seen without
+// a wake-up through the poller; with more, the pollers take turns on the
 // core that the one rank with work needs. Measured on 2 cores, 4 KiB
 // all-reduce (BENCHMARKS.md): 3 ranks 96 µs without polling, 41–51 µs
 // with 1 ms; 4 ranks 172–201 against 99–107 µs (Open MPI 103–109 µs in
-// the same run); 8 ranks 593–651 µs without, 1087–1442 µs with.
+// the same run). Since sends poll beside receives (spinWriter), 5 and 6
+// ranks gain too: medians of 5 alternating runs, 0.59–0.72x the time
+// without polling from 4 to 64 KiB, within noise from 256 KiB up. 8 ranks
+// lose: 593–651 µs without, 1087–1442 µs with.
 func SpinFor(ranksPerHost int) time.Duration {
 	switch cores := runtime.NumCPU(); {
 	case ranksPerHost <= cores:
 		return 200 * time.Microsecond
-	case ranksPerHost <= 2*cores:
+	case ranksPerHost <= 3*cores:
 		return time.Millisecond
 	}
 	return 0
