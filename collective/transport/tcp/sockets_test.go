@@ -5,21 +5,13 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective/transport"
-	"github.com/ringo-ml/ringo/internal/auth"
-	"github.com/ringo-ml/ringo/internal/proctest"
 	"github.com/ringo-ml/ringo/topology"
 )
 
 // A TCP link hands out its data sockets for TCP_INFO, which counts what
 // was sent over them; there are none to this rank itself.
 func TestSocketsCountWhatWasSent(t *testing.T) {
-	tok := auth.NewToken()
-	tts, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, tok}, 10*time.Second)
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
+	tts := joinTwo(t)
 	if s := tts[0].Sockets(0); s != nil {
 		t.Fatalf("rank 0 has %d sockets to itself", len(s))
 	}

@@ -23,9 +23,8 @@ import (
 // it pays only while ranks are at most three times as many as cores, so
 // the default (SpinFor) turns it off beyond that.
 type spinReader struct {
-	rc    syscall.RawConn
-	spin  time.Duration
-	armed bool
+	rc syscall.RawConn
+	spinWait
 
 	// The poll callback's arguments and results live here, and the
 	// callback is bound once, so that a read allocates nothing.
@@ -40,7 +39,7 @@ func newSpinReader(c *net.TCPConn, spin time.Duration) (*spinReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &spinReader{rc: rc, spin: spin}
+	s := &spinReader{rc: rc, spinWait: spinWait{spin: spin}}
 	s.tryFn = s.try
 	return s, nil
 }
@@ -48,7 +47,6 @@ func newSpinReader(c *net.TCPConn, spin time.Duration) (*spinReader, error) {
 // try is the RawConn callback: true when the read is done (data, EOF or
 // an error), false to park until the socket is readable.
 func (s *spinReader) try(fd uintptr) bool {
-	var start time.Time
 	for i := 0; ; i++ {
 		s.n, s.rerr = syscall.Read(int(fd), s.p)
 		switch s.rerr {
@@ -58,23 +56,40 @@ func (s *spinReader) try(fd uintptr) bool {
 		default:
 			return true
 		}
-		if !s.armed || s.spin <= 0 {
+		if !s.again(i) {
 			break
 		}
-		if i == 0 {
-			start = time.Now()
-		} else if time.Since(start) > s.spin {
-			break
-		}
-		// Yield twice: to this process's other goroutines (the send lane
-		// may need the only P), and to the OS, in case the peer we wait
-		// for was scheduled on this core: polling that only yielded to
-		// Go lost whole 200 us windows to a co-located peer.
-		runtime.Gosched()
-		syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 	s.n, s.rerr = 0, nil
 	return false
+}
+
+// spinWait is the polling policy the reader and the writer share.
+type spinWait struct {
+	spin  time.Duration
+	armed bool
+	start time.Time
+}
+
+// again is asked after the i-th try in a row found nothing to do: while
+// armed and within spin of the first, it yields and says to try again;
+// otherwise it says to park in the network poller.
+func (w *spinWait) again(i int) bool {
+	if !w.armed || w.spin <= 0 {
+		return false
+	}
+	if i == 0 {
+		w.start = time.Now()
+	} else if time.Since(w.start) > w.spin {
+		return false
+	}
+	// Yield twice: to this process's other goroutines (the other lane may
+	// need the only P), and to the OS, in case the peer we wait for was
+	// scheduled on this core: polling that only yielded to Go lost whole
+	// 200 us windows to a co-located peer.
+	runtime.Gosched()
+	syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+	return true
 }
 
 func (s *spinReader) Read(p []byte) (int, error) {
@@ -107,9 +122,8 @@ func (s *spinReader) Read(p []byte) (int, error) {
 // up polling. With both polling, the two goroutines hand the process's P
 // back and forth, as an MPI progress loop drives its sends and receives.
 type spinWriter struct {
-	rc    syscall.RawConn
-	spin  time.Duration
-	armed bool
+	rc syscall.RawConn
+	spinWait
 
 	// The callback's arguments and results live here, and the callback is
 	// bound once, so that a write allocates nothing.
@@ -124,7 +138,7 @@ func newSpinWriter(c *net.TCPConn, spin time.Duration) (*spinWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &spinWriter{rc: rc, spin: spin}
+	w := &spinWriter{rc: rc, spinWait: spinWait{spin: spin}}
 	w.tryFn = w.try
 	return w, nil
 }
@@ -133,7 +147,6 @@ func newSpinWriter(c *net.TCPConn, spin time.Duration) (*spinWriter, error) {
 // true when all of it is written or the write failed, false to park until
 // the socket has room.
 func (w *spinWriter) try(fd uintptr) bool {
-	var start time.Time
 	for i := 0; ; i++ {
 		for len(w.iov) > 0 && len(w.iov[0]) == 0 {
 			w.iov = w.iov[1:]
@@ -162,17 +175,9 @@ func (w *spinWriter) try(fd uintptr) bool {
 			w.werr = err
 			return true
 		}
-		if !w.armed || w.spin <= 0 {
+		if !w.again(i) {
 			return false
 		}
-		if i == 0 {
-			start = time.Now()
-		} else if time.Since(start) > w.spin {
-			return false
-		}
-		// Yield to the receive lane, then to the OS (see spinReader).
-		runtime.Gosched()
-		syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 }
 

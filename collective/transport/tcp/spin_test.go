@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/ringo-ml/ringo/collective/transport"
-	"github.com/ringo-ml/ringo/internal/auth"
-	"github.com/ringo-ml/ringo/internal/proctest"
 )
 
 // pattern fills n bytes that differ by rank and position.
@@ -25,13 +23,7 @@ func pattern(rank, n int) []byte {
 // lanes do), both get every byte: a write with no room polls, yields to
 // the receive, and finishes once the peer has read.
 func TestPollingSendsWaitForRoom(t *testing.T) {
-	tok := auth.NewToken()
-	tts, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, tok}, 10*time.Second)
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
+	tts := joinTwo(t)
 	for _, size := range []int{100, 20 << 10, 300 << 10, 16 << 20} {
 		type result struct {
 			rank int
@@ -71,13 +63,7 @@ func TestPollingSendsWaitForRoom(t *testing.T) {
 // A polling send that never gets room (the peer does not read) fails at
 // its deadline instead of polling on.
 func TestPollingSendStopsAtItsDeadline(t *testing.T) {
-	tok := auth.NewToken()
-	tts, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, tok}, 10*time.Second)
-	for r, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-	}
+	tts := joinTwo(t)
 	tts[0].Poll(true)
 	start := time.Now()
 	err := tts[0].Send(1, &transport.Header{Kind: transport.KindData, Seq: 1}, make([]byte, 256<<20), start.Add(300*time.Millisecond))

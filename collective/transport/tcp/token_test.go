@@ -42,6 +42,18 @@ func joinAll(t *testing.T, addr string, toks []auth.Token, timeout time.Duration
 	return tts, errs
 }
 
+// joinTwo forms a group of two ranks on loopback, or fails the test.
+func joinTwo(t *testing.T) []*Transport {
+	tok := auth.NewToken()
+	tts, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, tok}, 10*time.Second)
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	return tts
+}
+
 func TestTokenGroupWorks(t *testing.T) {
 	tok := auth.NewToken()
 	tts, errs := joinAll(t, proctest.FreeAddr(t), []auth.Token{tok, tok, tok}, 10*time.Second)
