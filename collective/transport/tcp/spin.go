@@ -181,10 +181,10 @@ func (w *spinWriter) try(fd uintptr) bool {
 	}
 }
 
-// writev writes the (at most two, non-empty) buffers of w.iov with one
-// system call.
+// writev writes the (at most two) buffers of w.iov, the first not empty,
+// with one system call.
 func (w *spinWriter) writev(fd int) (int, error) {
-	if len(w.iov) == 1 {
+	if len(w.iov) == 1 || len(w.iov[1]) == 0 {
 		return syscall.Write(fd, w.iov[0])
 	}
 	for i, b := range w.iov[:2] {

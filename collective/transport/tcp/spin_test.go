@@ -24,7 +24,7 @@ func pattern(rank, n int) []byte {
 // the receive, and finishes once the peer has read.
 func TestPollingSendsWaitForRoom(t *testing.T) {
 	tts := joinTwo(t)
-	for _, size := range []int{100, 20 << 10, 300 << 10, 16 << 20} {
+	for _, size := range []int{0, 100, 20 << 10, 300 << 10, 16 << 20} {
 		type result struct {
 			rank int
 			got  []byte
