@@ -5,7 +5,7 @@
 #
 #   scripts/compare-peers.sh [--install] [--np "2 4"] [--min-bytes 4K]
 #       [--max-bytes 64M] [--iters 20] [--warmup 5] [--sockets K]
-#       [--out bench-results] [--timeout 300] [--seconds 3]
+#       [--out bench-results] [--timeout 300] [--seconds 3] [--runs 1]
 #       [--skip "gloo openmpi-shm ringo-shm ..."] [--python /usr/bin/python3]
 set -euo pipefail
 
@@ -26,6 +26,9 @@ usage() {
   --out DIR      raw JSON lines and logs (default bench-results)
   --timeout S    time limit for each single run in seconds (default 300)
   --seconds S    ringceiling measurement window (default 3)
+  --runs N       run everything N times, one after another, into DIR/run-1
+                 ... DIR/run-N, then print the medians over the runs and
+                 each run's ringo/Open MPI time ratio (DIR/medians.md)
   --skip LIST    any of: ringceiling gloo openmpi openmpi-shm ringo ringo-shm
   --python PATH  Python with torch for Gloo (default /usr/bin/python3)
 EOF
@@ -33,6 +36,7 @@ EOF
 
 cd "$(dirname "$0")/.."
 
+ARGS=("$@")
 INSTALL=0
 NPS="2 4"
 MIN_BYTES=4K
@@ -45,6 +49,7 @@ TIMEOUT=300
 SECONDS_CEIL=3
 SKIP=
 PY_TORCH=/usr/bin/python3
+RUNS=1
 
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -60,6 +65,7 @@ while [[ $# -gt 0 ]]; do
 	--seconds) SECONDS_CEIL="$2"; shift 2 ;;
 	--skip) SKIP="$2"; shift 2 ;;
 	--python) PY_TORCH="$2"; shift 2 ;;
+	--runs) RUNS="$2"; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "compare-peers: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -86,7 +92,7 @@ to_bytes() {
 }
 MIN_B=$(to_bytes "$MIN_BYTES")
 MAX_B=$(to_bytes "$MAX_BYTES")
-for v in "$ITERS" "$WARMUP" "$TIMEOUT" $NPS; do
+for v in "$ITERS" "$WARMUP" "$TIMEOUT" "$RUNS" $NPS; do
 	[[ "$v" =~ ^[0-9]+$ ]] || { note "not a number: $v"; exit 2; }
 done
 
@@ -111,6 +117,19 @@ fi
 # Python for the (stdlib-only) table: Debian's if present, else any.
 PY_TABLE=/usr/bin/python3
 [[ -x "$PY_TABLE" ]] || PY_TABLE=$(command -v python3)
+
+# --runs N: the whole comparison N times, then the medians over the runs.
+if [[ $RUNS -gt 1 ]]; then
+	mkdir -p "$OUT"
+	dirs=()
+	for k in $(seq "$RUNS"); do
+		note "run $k of $RUNS"
+		"$PWD/scripts/compare-peers.sh" "${ARGS[@]}" --runs 1 --out "$OUT/run-$k" || note "run $k failed"
+		dirs+=("$OUT/run-$k")
+	done
+	"$PY_TABLE" scripts/peers/median_table.py "${dirs[@]}" | tee "$OUT/medians.md"
+	exit "${PIPESTATUS[0]}"
+fi
 
 mkdir -p "$OUT" bin
 

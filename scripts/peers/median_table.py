@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Medians over several compare-peers.sh runs, as one markdown table.
+
+Standard library only. Usage:
+
+  median_table.py RUN_DIR [RUN_DIR ...]
+
+Each RUN_DIR is the --out directory of one compare-peers.sh run (the
+script's --runs N writes RUN_DIR/run-1 ... run-N and calls this). For every
+process count and size that ringo measured, a row gives the median over the
+runs of ringo's time and of Open MPI's (TCP), the ratio ringo time / Open MPI
+time of each run that has both, in run order, and its median (below 1:
+ringo is faster), then the median busbw of ringo and of Gloo and their
+ratio. A peer that did not run leaves its cells "-". This is the table
+BENCHMARKS.md quotes for the 4 KiB-8 MiB band.
+"""
+
+import glob
+import json
+import os
+import statistics
+import sys
+
+
+def load(run_dir):
+    """{(peer, np, bytes): (time_us, busbw_gbps)} of one run."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(r, dict) or "np" not in r or "bytes" not in r or "time_us" not in r:
+                    continue
+                if "op" in r:
+                    if r.get("op") != "allreduce" or r.get("transport", "tcp") != "tcp":
+                        continue
+                    peer = "ringo"
+                else:
+                    peer = r.get("peer")
+                if peer not in ("ringo", "openmpi", "gloo"):
+                    continue
+                out[(peer, int(r["np"]), int(r["bytes"]))] = (float(r["time_us"]), float(r["busbw_gbps"]))
+    return out
+
+
+def human(b):
+    if b >= 1 << 20 and b % (1 << 20) == 0:
+        return "%dM" % (b >> 20)
+    if b >= 1 << 10 and b % (1 << 10) == 0:
+        return "%dK" % (b >> 10)
+    return str(b)
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, f):
+    return "-" if x is None else f % x
+
+
+def main(argv):
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    runs = []
+    for d in argv:
+        if not os.path.isdir(d):
+            print("median_table: %s is not a directory" % d, file=sys.stderr)
+            return 2
+        runs.append(load(d))
+    keys = sorted({(n, b) for run in runs for (p, n, b) in run if p == "ringo"})
+    if not keys:
+        print("median_table: no ringo all-reduce results in %s" % " ".join(argv), file=sys.stderr)
+        return 1
+    print("Medians over %d runs; ratios per run in run order." % len(runs))
+    print()
+    print("| ranks | bytes | ringo µs | Open MPI µs | ringo/OMPI time (runs) | median | ringo busbw | Gloo busbw | ringo/Gloo busbw |")
+    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    for n, b in keys:
+        def col(peer, i):
+            return [run[(peer, n, b)][i] for run in runs if (peer, n, b) in run]
+        ratios = [run[("ringo", n, b)][0] / run[("openmpi", n, b)][0]
+                  for run in runs if ("ringo", n, b) in run and ("openmpi", n, b) in run]
+        rb, gb = med(col("ringo", 1)), med(col("gloo", 1))
+        print("| %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            n, human(b),
+            fmt(med(col("ringo", 0)), "%.1f"), fmt(med(col("openmpi", 0)), "%.1f"),
+            " / ".join("%.2f" % x for x in ratios) or "-",
+            fmt(med(ratios), "**%.2f**"),
+            fmt(rb, "%.3f"), fmt(gb, "%.3f"),
+            fmt(rb / gb if rb is not None and gb else None, "%.1f")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
