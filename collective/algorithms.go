@@ -224,15 +224,18 @@ func halvingDoubling(sh shape) *schedule {
 	if idx := f.idx; idx >= 0 {
 		off := blocks(sh.count, f.p2) // participant i ends the halving with block i
 		chunks := func(lo, hi int) [][2]int { return chunkList(off[lo], off[hi], sh.esize, sh.chunkElems) }
-		exchange := func(peer int, send, recv [][2]int, reduce, recvFirst bool) {
+		exchange := func(peer int, send, recv [][2]int, reduce, recvFirst, lower bool) {
 			for k := 0; k < max(len(send), len(recv)); k++ {
-				if k < len(send) {
+				if k < len(send) && lower {
 					b.send(peer, send[k][0], send[k][1])
 				}
 				if k < len(recv) && reduce {
 					b.recvReduce(peer, recv[k][0], recv[k][1], recvFirst)
 				} else if k < len(recv) {
 					b.recvCopy(peer, recv[k][0], recv[k][1])
+				}
+				if k < len(send) && !lower {
+					b.send(peer, send[k][0], send[k][1])
 				}
 			}
 		}
@@ -244,7 +247,7 @@ func halvingDoubling(sh shape) *schedule {
 			if idx&mask != 0 {
 				keepLo, keepHi, giveLo, giveHi = mid, hi, lo, mid
 			}
-			exchange(f.peer(partner), chunks(giveLo, giveHi), chunks(keepLo, keepHi), true, partner < idx)
+			exchange(f.peer(partner), chunks(giveLo, giveHi), chunks(keepLo, keepHi), true, partner < idx, idx < partner)
 			lo, hi = keepLo, keepHi
 		}
 		for mask := 1; mask < f.p2; mask <<= 1 {
@@ -254,11 +257,12 @@ func halvingDoubling(sh shape) *schedule {
 			if idx&mask != 0 {
 				plo, phi = lo-w, lo
 			}
-			exchange(f.peer(partner), chunks(lo, hi), chunks(plo, phi), false, false)
+			exchange(f.peer(partner), chunks(lo, hi), chunks(plo, phi), false, false, idx < partner)
 			lo, hi = min(lo, plo), max(hi, phi)
 		}
 	}
 	f.out(b)
+	b.s.paired = true
 	return b.s
 }
 

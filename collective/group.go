@@ -544,7 +544,12 @@ func (g *group) schedule(c *call) *schedule {
 // lanes (sends on the lane goroutine, receives here).
 func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []byte, deadline time.Time) error {
 	scratch := g.scratchBuf(s.scratch)
-	inline := s.maxMsg <= inlineMax || len(s.sends) == 0 || len(s.recvs) == 0
+	// A paired schedule (halving-doubling) cannot deadlock in program
+	// order, so up to PollBytes it runs inline too: at 4 ranks on 2 cores,
+	// 2 MiB took 3.24 against 3.81 ms on two lanes (medians of 7
+	// alternating runs; Open MPI 3.39). From there up the two lanes'
+	// overlap of the two directions wins (4 MiB: 8.20 against 7.64 ms).
+	inline := s.maxMsg <= inlineMax || len(s.sends) == 0 || len(s.recvs) == 0 || s.paired && g.cfg.polls(len(work))
 	g.poll(inline && s.maxMsg <= inlineMax || g.cfg.polls(len(work)))
 	if inline {
 		for i := range s.ops {

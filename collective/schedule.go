@@ -24,6 +24,11 @@ type schedule struct {
 	recvs   []int32
 	scratch int // bytes of scratch the receives need
 	maxMsg  int // largest single message, bytes
+	// paired: every message belongs to an exchange between two ranks in
+	// which the lower sends first and the higher receives first, chunk by
+	// chunk, or goes one way only; run in program order on one goroutine
+	// it cannot deadlock, whatever the sockets hold.
+	paired bool
 }
 
 type xferKind uint8

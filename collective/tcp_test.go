@@ -128,16 +128,27 @@ func BenchmarkAllReduceTCP(b *testing.B) {
 // buffer far larger than the pinned socket buffers. Each rank's receive
 // must not wait for its own send to finish, or both ends of a link block
 // in send until the call's timeout.
+//
+// Halving-doubling of a call up to Config.PollBytes runs on one goroutine
+// in program order (schedule.paired): the lower rank of each pair sends
+// first and the higher receives first, so that too must finish.
 func TestTCPWholeBufferExchangeLargerThanSocketBuffers(t *testing.T) {
 	for _, n := range []int{2, 3, 4} {
-		for _, algo := range []collective.Algo{collective.AlgoRecursiveDoubling, collective.AlgoHalvingDoubling} {
-			t.Run(fmt.Sprintf("%v/n%d", algo, n), func(t *testing.T) {
+		for _, tc := range []struct {
+			algo  collective.Algo
+			count int
+		}{
+			{collective.AlgoRecursiveDoubling, 1 << 20},
+			{collective.AlgoHalvingDoubling, 1 << 20},
+			{collective.AlgoHalvingDoubling, 1 << 19}, // 2 MiB: inline
+		} {
+			algo, count := tc.algo, tc.count
+			t.Run(fmt.Sprintf("%v/n%d/%dKiB", algo, n, count*4>>10), func(t *testing.T) {
 				cfg := collective.DefaultConfig()
 				cfg.Algo, cfg.Timeout = algo, 20*time.Second
 				tcfg := tcp.DefaultConfig()
-				tcfg.SocketBuffer = 64 << 10 // the kernel may round it up; still far below 4 MiB
+				tcfg.SocketBuffer = 64 << 10 // the kernel may round it up; still far below 2 MiB
 				comms := tcpGroup(t, n, cfg, tcfg)
-				const count = 1 << 20 // 4 MiB of float32
 				out := make([][]float32, n)
 				errs := each(comms, func(c collective.Comm) error {
 					buf := make([]float32, count)
