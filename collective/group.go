@@ -540,8 +540,9 @@ func (g *group) schedule(c *call) *schedule {
 	return s
 }
 
-// run executes s: inline when every message is small, otherwise on two
-// lanes (sends on the lane goroutine, receives here).
+// run executes s: inline when every message is small, or when s is paired
+// and the call is one that polls, otherwise on two lanes (sends on the
+// lane goroutine, receives here).
 func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []byte, deadline time.Time) error {
 	scratch := g.scratchBuf(s.scratch)
 	// A paired schedule (halving-doubling) cannot deadlock in program
