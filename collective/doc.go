@@ -17,7 +17,9 @@
 // nothing. Calls of up to Config.PollBytes (2 MiB; RINGO_POLL_BYTES) ask
 // the transport to poll on both lanes instead of sleeping between
 // messages (transport.Poller), where wake-ups are still a large part of
-// the time.
+// the time; halving-doubling calls of up to that size skip the lanes and
+// run in program order, each pair of ranks ordered so that the lower sends
+// first and the higher receives first.
 //
 //   - All-reduce, large: ring reduce-scatter then ring all-gather, in
 //     pipelined chunks (Config.ChunkBytes); each rank sends 2(n-1)/n of the
