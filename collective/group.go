@@ -541,17 +541,21 @@ func (g *group) schedule(c *call) *schedule {
 }
 
 // run executes s: inline when every message is small, or when s is paired
-// and the call is one that polls, otherwise on two lanes (sends on the
-// lane goroutine, receives here).
+// and the transport polls for the call, otherwise on two lanes (sends on
+// the lane goroutine, receives here).
 func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []byte, deadline time.Time) error {
 	scratch := g.scratchBuf(s.scratch)
+	small := s.maxMsg <= inlineMax
+	mid := g.cfg.polls(len(work))
+	polling := g.poll(small || mid)
 	// A paired schedule (halving-doubling) cannot deadlock in program
-	// order, so up to PollBytes it runs inline too: at 4 ranks on 2 cores,
-	// 2 MiB took 3.24 against 3.81 ms on two lanes (medians of 7
-	// alternating runs; Open MPI 3.39). From there up the two lanes'
-	// overlap of the two directions wins (4 MiB: 8.20 against 7.64 ms).
-	inline := s.maxMsg <= inlineMax || len(s.sends) == 0 || len(s.recvs) == 0 || s.paired && g.cfg.polls(len(work))
-	g.poll(inline && s.maxMsg <= inlineMax || g.cfg.polls(len(work)))
+	// order, so up to PollBytes it runs inline too, where the transport
+	// polls: at 4 ranks on 2 cores, 2 MiB took 3.24 against 3.81 ms on two
+	// lanes (medians of 7 alternating runs; Open MPI 3.39). From there up
+	// the two lanes' overlap of the two directions wins (4 MiB: 8.20
+	// against 7.64 ms), and so it does where waits sleep (8 ranks on 2
+	// cores: 1.03-1.15x the lanes' time from 128 KiB to 2 MiB).
+	inline := small || len(s.sends) == 0 || len(s.recvs) == 0 || s.paired && mid && polling
 	if inline {
 		for i := range s.ops {
 			x := &s.ops[i]
@@ -591,10 +595,8 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 // a receive that polls with runtime.Gosched keeps Go's scheduler from
 // reaching the network poller, so a send parked there would not learn its
 // socket has room until the receive gave up polling.
-func (g *group) poll(on bool) {
-	if g.poller != nil {
-		g.poller.Poll(on)
-	}
+func (g *group) poll(on bool) bool {
+	return g.poller != nil && g.poller.Poll(on)
 }
 
 // stopLanes makes the other lane give up: the transport is aborted (so a

@@ -18,8 +18,8 @@ import (
 // bytes it reads, and a receive waits for the sends still reading the bytes
 // it is about to overwrite. Algorithms therefore describe a plain
 // sequential program and get safe pipelining for free. Small calls, and
-// paired schedules of calls that poll, run in program order on the
-// calling goroutine instead (group.run).
+// paired schedules of calls the transport polls for, run in program order
+// on the calling goroutine instead (group.run).
 type schedule struct {
 	ops     []xfer  // program order
 	sends   []int32 // indices into ops, in order

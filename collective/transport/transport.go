@@ -75,7 +75,10 @@ type Addresser interface {
 // where waking a sleeping thread would be much of the time, and off for
 // bulk transfers, where polling takes CPU from the copies.
 type Poller interface {
-	Poll(on bool)
+	// Poll turns polling on or off for the waits that follow, and says
+	// whether they will poll: a transport configured not to (a spin of 0,
+	// where ranks far outnumber cores) answers false even when asked to.
+	Poll(on bool) bool
 }
 
 // InPlaceReceiver is implemented by transports whose links to some peers

@@ -38,6 +38,7 @@ type Transport struct {
 	*transport.Mesh
 	kinds   []string
 	polling bool
+	spin    bool // the TCP links poll at all (Spin > 0)
 	hosts   []int
 	// sentSHM and sentTCP count the payload bytes sent over each kind.
 	sentSHM, sentTCP atomic.Int64
@@ -58,7 +59,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	if choose == nil {
 		choose = SameHost
 	}
-	t := &Transport{kinds: make([]string, c.Size), hosts: make([]int, c.Size)}
+	t := &Transport{kinds: make([]string, c.Size), hosts: make([]int, c.Size), spin: c.Spin > 0}
 	if c.Size == 1 {
 		t.Mesh = transport.NewMesh(0, 1, nil, transport.MeshConfig{OnFault: c.OnFault})
 		return t, nil
@@ -130,9 +131,12 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	return t, nil
 }
 
-// Poll turns polling on or off for the TCP links' receives that follow
-// (transport.Poller).
-func (t *Transport) Poll(on bool) { t.polling = on }
+// Poll turns polling on or off for the TCP links' receives and sends that
+// follow (transport.Poller); the shm links always poll.
+func (t *Transport) Poll(on bool) bool {
+	t.polling = on
+	return on && t.spin
+}
 
 // Kind says which kind of link reaches peer p: tcp.Name or shm.Name ("" for
 // this rank itself).

@@ -162,7 +162,8 @@ type Offer struct {
 // (transport.Poller).
 type Transport struct {
 	*transport.Mesh
-	k int
+	k    int
+	spin time.Duration
 	// polling: receives poll before sleeping (see transport.Poller). Set
 	// by the caller that owns the calls, before it receives; every link
 	// reads it.
@@ -175,7 +176,7 @@ func Join(ctx context.Context, cfg Config) (*Transport, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Transport{k: cfg.SocketsPerPeer}
+	t := &Transport{k: cfg.SocketsPerPeer, spin: cfg.Spin}
 	if cfg.Size == 1 {
 		t.Mesh = transport.NewMesh(0, 1, nil, transport.MeshConfig{OnFault: cfg.OnFault})
 		return t, nil
@@ -208,9 +209,12 @@ func (c Config) rendezvous() transport.RendezvousConfig {
 	return transport.RendezvousConfig{Addr: c.Rendezvous, Rank: c.Rank, Size: c.Size, Token: c.Token, OnRefuse: c.OnRefuse}
 }
 
-// Poll turns polling on or off for the receives that follow (it has effect
-// only when Config.Spin is positive).
-func (t *Transport) Poll(on bool) { t.polling = on }
+// Poll turns polling on or off for the receives and sends that follow (it
+// has effect only when Config.Spin is positive, and says so).
+func (t *Transport) Poll(on bool) bool {
+	t.polling = on
+	return on && t.spin > 0
+}
 
 // SocketsPerPeer is the number of data connections per peer in use.
 func (t *Transport) SocketsPerPeer() int { return t.k }
