@@ -15,46 +15,21 @@ ratio. A peer that did not run leaves its cells "-". This is the table
 BENCHMARKS.md quotes for the 4 KiB-8 MiB band.
 """
 
-import glob
-import json
 import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_table  # noqa: E402  (its reader of one run's JSON lines)
+
 
 def load(run_dir):
     """{(peer, np, bytes): (time_us, busbw_gbps)} of one run."""
-    out = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(r, dict) or "np" not in r or "bytes" not in r or "time_us" not in r:
-                    continue
-                if "op" in r:
-                    if r.get("op") != "allreduce" or r.get("transport", "tcp") != "tcp":
-                        continue
-                    peer = "ringo"
-                else:
-                    peer = r.get("peer")
-                if peer not in ("ringo", "openmpi", "gloo"):
-                    continue
-                out[(peer, int(r["np"]), int(r["bytes"]))] = (float(r["time_us"]), float(r["busbw_gbps"]))
-    return out
-
-
-def human(b):
-    if b >= 1 << 20 and b % (1 << 20) == 0:
-        return "%dM" % (b >> 20)
-    if b >= 1 << 10 and b % (1 << 10) == 0:
-        return "%dK" % (b >> 10)
-    return str(b)
+    ringo, peers, _ = compare_table.load(run_dir)
+    rows = [("ringo", n, b, r) for n, by in ringo.items() for b, r in by.items()]
+    rows += [(p, n, b, r) for (p, n), by in peers.items() if p in ("openmpi", "gloo") for b, r in by.items()]
+    return {(p, n, b): (float(r["time_us"]), float(r["busbw_gbps"]))
+            for p, n, b, r in rows if "time_us" in r and "busbw_gbps" in r}
 
 
 def med(xs):
@@ -90,7 +65,7 @@ def main(argv):
                   for run in runs if ("ringo", n, b) in run and ("openmpi", n, b) in run]
         rb, gb = med(col("ringo", 1)), med(col("gloo", 1))
         print("| %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            n, human(b),
+            n, compare_table.human(b),
             fmt(med(col("ringo", 0)), "%.1f"), fmt(med(col("openmpi", 0)), "%.1f"),
             " / ".join("%.2f" % x for x in ratios) or "-",
             fmt(med(ratios), "**%.2f**"),
