@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ left in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_table  # noqa: E402  (its reader of one run's JSON lines)
 
