@@ -33,9 +33,6 @@ type link struct {
 	interrupted atomic.Bool
 
 	out []byte // header (+ small payload) staging for sends
-	// iov gathers header and payload for one writev; it lives here so
-	// that a send allocates nothing.
-	iov [2][]byte
 	in  [transport.HeaderSize]byte
 
 	// Helpers for streams 1..k-1: one writer and one reader goroutine each.
@@ -183,38 +180,22 @@ func (l *link) Send(h *transport.Header, payload []byte, deadline time.Time) err
 		return err
 	}
 	h.Encode(l.out)
-	s0.wspin.armed = *l.polling
-	defer func() { s0.wspin.armed = false }()
+	w, polling := s0.wspin, *l.polling
 	striped := l.striped(len(payload))
 	switch {
 	case !striped && len(payload) <= smallWrite:
 		n := copy(l.out[transport.HeaderSize:], payload)
-		return l.write(s0, l.out[:transport.HeaderSize+n], nil)
+		return w.write(polling, l.out[:transport.HeaderSize+n], nil)
 	case !striped:
-		// One writev: a header alone in its own segment would wake the
-		// receiver before its payload arrives.
-		return l.write(s0, l.out[:transport.HeaderSize], payload)
+		return w.write(polling, l.out[:transport.HeaderSize], payload)
 	}
-	if err := l.write(s0, l.out[:transport.HeaderSize], nil); err != nil {
+	if err := w.write(polling, l.out[:transport.HeaderSize], nil); err != nil {
 		return err
 	}
 	sent := l.dispatch(l.wjobs, payload, deadline)
 	lo, hi := pieceBounds(len(payload), l.k, 0)
-	err := l.write(s0, payload[lo:hi], nil)
+	err := w.write(polling, payload[lo:hi], nil)
 	return collect(l.wdone, sent, err)
-}
-
-// write writes a, then b if it is not nil, on stream 0, with one system
-// call while the socket has room.
-func (l *link) write(s0 *stream, a, b []byte) error {
-	l.iov = [2][]byte{a, b}
-	bufs := l.iov[:1]
-	if b != nil {
-		bufs = l.iov[:2]
-	}
-	err := s0.wspin.write(bufs)
-	l.iov = [2][]byte{}
-	return err
 }
 
 func (l *link) RecvHeader(deadline time.Time) ([]byte, error) {

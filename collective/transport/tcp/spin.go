@@ -19,9 +19,9 @@ import (
 // It is armed only while the layer above asks for polling (transport.
 // Poller): for small messages, and for mid-size calls, where the send lane
 // polls too (spinWriter). Polling during bulk transfers measurably took
-// CPU from the copies, and
-// it pays only while ranks are at most three times as many as cores, so
-// the default (SpinFor) turns it off beyond that.
+// CPU from the copies, and it pays only while ranks are at most three
+// times as many as cores, so the default (SpinFor) turns it off beyond
+// that.
 type spinReader struct {
 	rc syscall.RawConn
 	spinWait
@@ -127,7 +127,8 @@ type spinWriter struct {
 
 	// The callback's arguments and results live here, and the callback is
 	// bound once, so that a write allocates nothing.
-	iov   [][]byte
+	bufs  [2][]byte
+	iov   [][]byte // what is left of bufs to write
 	vec   [2]syscall.Iovec
 	werr  error
 	tryFn func(fd uintptr) bool
@@ -182,7 +183,8 @@ func (w *spinWriter) try(fd uintptr) bool {
 }
 
 // writev writes the (at most two) buffers of w.iov, the first not empty,
-// with one system call.
+// with one system call: a header alone in its own segment would wake the
+// receiver before its payload arrives.
 func (w *spinWriter) writev(fd int) (int, error) {
 	if len(w.iov) == 1 || len(w.iov[1]) == 0 {
 		return syscall.Write(fd, w.iov[0])
@@ -199,11 +201,13 @@ func (w *spinWriter) writev(fd int) (int, error) {
 	return int(r), nil
 }
 
-// write writes every byte of bufs (one or two) or fails.
-func (w *spinWriter) write(bufs [][]byte) error {
-	w.iov, w.werr = bufs, nil
+// write writes every byte of a, then of b, with one system call while
+// the socket has room, or fails. It polls for room while polling is on.
+func (w *spinWriter) write(polling bool, a, b []byte) error {
+	w.armed, w.bufs, w.werr = polling, [2][]byte{a, b}, nil
+	w.iov = w.bufs[:]
 	err := w.rc.Write(w.tryFn)
-	w.iov = nil
+	w.armed, w.bufs, w.iov = false, [2][]byte{}, nil
 	if err != nil {
 		return err
 	}
