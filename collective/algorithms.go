@@ -224,9 +224,14 @@ func halvingDoubling(sh shape) *schedule {
 	if idx := f.idx; idx >= 0 {
 		off := blocks(sh.count, f.p2) // participant i ends the halving with block i
 		chunks := func(lo, hi int) [][2]int { return chunkList(off[lo], off[hi], sh.esize, sh.chunkElems) }
-		exchange := func(peer int, send, recv [][2]int, reduce, recvFirst, lower bool) {
+		// exchange swaps chunk k of send for chunk k of recv with peer, for
+		// every k. recvFirst orders the reduction's operands; sendFirst
+		// orders the two transfers, and the lower-indexed rank of each pair
+		// sends first while the other receives first, so that the schedule
+		// run in program order cannot deadlock (schedule.paired).
+		exchange := func(peer int, send, recv [][2]int, reduce, recvFirst, sendFirst bool) {
 			for k := 0; k < max(len(send), len(recv)); k++ {
-				if k < len(send) && lower {
+				if k < len(send) && sendFirst {
 					b.send(peer, send[k][0], send[k][1])
 				}
 				if k < len(recv) && reduce {
@@ -234,7 +239,7 @@ func halvingDoubling(sh shape) *schedule {
 				} else if k < len(recv) {
 					b.recvCopy(peer, recv[k][0], recv[k][1])
 				}
-				if k < len(send) && !lower {
+				if k < len(send) && !sendFirst {
 					b.send(peer, send[k][0], send[k][1])
 				}
 			}

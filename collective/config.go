@@ -90,10 +90,11 @@ type Config struct {
 	// lane.
 	HalvingBytes int
 	// PollBytes: calls of at most this many bytes poll for their messages
-	// (transport.Poller) on both lanes instead of sleeping between them,
-	// where a sleeping thread's wake-ups are still a large part of the
-	// time. Calls of up to 64 KiB with nothing sent beside a receive
-	// always poll.
+	// and for room to send them (transport.Poller) instead of sleeping
+	// between them, where a sleeping thread's wake-ups are still a large
+	// part of the time. Calls whose every message is at most 64 KiB (the
+	// executor's inline path) poll whatever it says; 0 leaves polling to
+	// those.
 	PollBytes int
 	// Tuning, when set, overrides the thresholds with a table measured on
 	// this machine (`ringo bench tune`, RINGO_TUNING).
@@ -128,7 +129,7 @@ type Config struct {
 // on 2 cores it took 230-284 µs at 128 KiB against recursive doubling's
 // 410-450 (three alternating runs of `ringo bench allreduce --algo`), and
 // the two were within noise at 64 and 256 KiB. Calls of up to 2 MiB poll:
-// at 4 ranks, medians of 7 alternating runs, 0.81-0.96x the time of
+// at 4 ranks, medians of 7 alternating runs, 0.79-0.96x the time of
 // sleeping from 32 KiB to 2 MiB, and 4 MiB and up no faster.
 func DefaultConfig() Config {
 	return Config{
