@@ -160,8 +160,8 @@ func (c Config) AlgoFor(bytes, n int) Algo {
 	}
 	halving := n >= 4 && n&(n-1) == 0
 	small := c.SmallBytes
-	if halving && c.HalvingBytes > 0 {
-		small = min(small, c.HalvingBytes)
+	if halving {
+		small = c.HalvingFrom()
 	}
 	switch {
 	case bytes < small:
@@ -170,6 +170,16 @@ func (c Config) AlgoFor(bytes, n int) Algo {
 		return AlgoHalvingDoubling
 	}
 	return AlgoRing
+}
+
+// HalvingFrom is the size from which AlgoAuto uses halving-doubling on
+// worlds of 4, 8, 16 ... ranks (recursive doubling below it): HalvingBytes,
+// or SmallBytes where that is lower or HalvingBytes is unset.
+func (c Config) HalvingFrom() int {
+	if c.HalvingBytes > 0 {
+		return min(c.SmallBytes, c.HalvingBytes)
+	}
+	return c.SmallBytes
 }
 
 // polls says whether a call of this many bytes polls on both lanes.

@@ -188,12 +188,8 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, env ...s
 	if c.Transport == "shm" {
 		link = "one ring per ordered pair"
 	}
-	small := c.Coll.SmallBytes
-	if c.Coll.HalvingBytes > 0 {
-		small = min(small, c.Coll.HalvingBytes)
-	}
 	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (rd < %d B, on 4, 8, 16 ... ranks rd < %d B and hd < %d B), chunk %d B, polling up to %d B, timeout %v, iters %d, warmup %d, buffers in %s memory\n",
-		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, small, c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.PollBytes, c.Coll.Timeout, c.Iters, c.Warmup, c.Device)
+		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.HalvingFrom(), c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.PollBytes, c.Coll.Timeout, c.Iters, c.Warmup, c.Device)
 
 	cmds := make([]*exec.Cmd, c.NP)
 	exits := make(chan exit, c.NP)
