@@ -122,13 +122,19 @@ PY_TABLE=/usr/bin/python3
 if [[ $RUNS -gt 1 ]]; then
 	mkdir -p "$OUT"
 	dirs=()
+	failed=()
 	for k in $(seq "$RUNS"); do
 		note "run $k of $RUNS"
-		"$PWD/scripts/compare-peers.sh" "${ARGS[@]}" --runs 1 --out "$OUT/run-$k" || note "run $k failed"
+		"$PWD/scripts/compare-peers.sh" "${ARGS[@]}" --runs 1 --out "$OUT/run-$k" || failed+=("$k")
 		dirs+=("$OUT/run-$k")
 	done
 	"$PY_TABLE" scripts/peers/median_table.py "${dirs[@]}" | tee "$OUT/medians.md"
-	exit "${PIPESTATUS[0]}"
+	rc=${PIPESTATUS[0]}
+	if [[ ${#failed[@]} -gt 0 ]]; then
+		note "run(s) ${failed[*]} failed: their logs are in $OUT/run-N/; the medians above leave out what they did not measure"
+		exit 1
+	fi
+	exit "$rc"
 fi
 
 mkdir -p "$OUT" bin
