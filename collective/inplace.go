@@ -6,8 +6,9 @@ import (
 	"github.com/ringo-ml/ringo/collective/transport"
 )
 
-// Reducing in place: over shared memory the peer's message already lies
-// in memory this rank can read (the ring the peer wrote it to), so a
+// Reducing in place: where the peer's message already lies in memory this
+// rank can read (over shared memory, the ring the peer wrote it to; over
+// TCP, the socket's 64 KiB read buffer, unless the message is striped), a
 // reduction reads it there, piece by piece as it arrives, into its bytes
 // of work, instead of copying all of it into scratch and then reading
 // scratch again. The operands and their order are the same as
@@ -16,7 +17,7 @@ import (
 // canReduceInPlace says whether x, a reduction, can read its message
 // where the transport holds it.
 func (g *group) canReduceInPlace(x *xfer) bool {
-	return g.inPlace != nil && g.inPlace.InPlace(x.peer)
+	return g.inPlace != nil && g.inPlace.InPlace(x.peer, x.n)
 }
 
 // recvReduceInPlace receives x's message and reduces it into work as its

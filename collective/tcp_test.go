@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringo-ml/ringo/collective"
 	"github.com/ringo-ml/ringo/collective/collectivetest"
+	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
 
@@ -172,5 +173,27 @@ func TestTCPWholeBufferExchangeLargerThanSocketBuffers(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// Over TCP a reduction reads its message in the socket's read buffer
+// (transport.InPlaceReceiver) and gets the bits that copying it into
+// scratch first gets, on one socket per peer and with striping, where
+// the payloads that are striped (here from 4 KiB) are copied and the
+// rest still go in place.
+func TestTCPReduceInPlaceMatchesCopy(t *testing.T) {
+	for _, tc := range []struct{ n, sockets int }{{3, 1}, {4, 1}, {3, 2}} {
+		t.Run(fmt.Sprintf("n%d/sockets%d", tc.n, tc.sockets), func(t *testing.T) {
+			tts := collectivetest.TCPTransports(t, tc.n, func(c *tcp.Config) { c.SocketsPerPeer, c.StripeMin = tc.sockets, 4<<10 })
+			trs := make([]transport.Transport, tc.n)
+			for r, tt := range tts {
+				trs[r] = tt
+			}
+			calls := collectivetest.CheckInPlace(t, trs, 64<<10)
+			if calls == 0 {
+				t.Fatal("no payload was reduced in place over TCP")
+			}
+			t.Logf("%d payloads reduced in place", calls)
+		})
 	}
 }

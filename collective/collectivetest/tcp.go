@@ -19,6 +19,19 @@ import (
 // as a crashed process would.
 func TCP(t testing.TB, n int, cfg collective.Config, tune func(*tcp.Config)) Group {
 	t.Helper()
+	tts := TCPTransports(t, n, tune)
+	trs := make([]transport.Transport, n)
+	for r, tt := range tts {
+		trs[r] = tt
+	}
+	return Form(t, cfg, trs, func(r int) { tts[r].Kill() })
+}
+
+// TCPTransports joins n ranks over loopback TCP as TCP does, and returns
+// the transports, for a test that forms groups over them itself. They are
+// closed when the test ends (a second Close, after a Comm's, does nothing).
+func TCPTransports(t testing.TB, n int, tune func(*tcp.Config)) []*tcp.Transport {
+	t.Helper()
 	addr := proctest.FreeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -39,19 +52,22 @@ func TCP(t testing.TB, n int, cfg collective.Config, tune func(*tcp.Config)) Gro
 		}()
 	}
 	wg.Wait()
+	closeAll := func() {
+		// All at once: each says goodbye and waits briefly for the others'.
+		var wg sync.WaitGroup
+		for _, tt := range tts {
+			if tt != nil {
+				wg.Go(func() { tt.Close() })
+			}
+		}
+		wg.Wait()
+	}
 	for r, err := range errs {
 		if err != nil {
-			for _, tt := range tts {
-				if tt != nil {
-					tt.Close()
-				}
-			}
+			closeAll()
 			t.Fatalf("rank %d: tcp.Join(%s, size %d): %v", r, addr, n, err)
 		}
 	}
-	trs := make([]transport.Transport, n)
-	for r, tt := range tts {
-		trs[r] = tt
-	}
-	return Form(t, cfg, trs, func(r int) { tts[r].Kill() })
+	t.Cleanup(closeAll)
+	return tts
 }

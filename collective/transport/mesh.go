@@ -55,10 +55,15 @@ type Link interface {
 	Close()
 }
 
-// InPlaceLink is implemented by links that can hand a payload to a
-// function where it lies (InPlaceReceiver). Mesh has checked the length.
+// InPlaceLink is implemented by links that can hand some payloads to a
+// function where they lie (InPlaceReceiver).
 type InPlaceLink interface {
-	RecvPayloadFunc(fn func(off int, part []byte), deadline time.Time) error
+	// InPlaceFor says whether a payload of n bytes can be received with
+	// RecvPayloadFunc.
+	InPlaceFor(n int) bool
+	// RecvPayloadFunc is RecvPayload of an n-byte payload handed to fn
+	// piece by piece; Mesh has checked n against the header.
+	RecvPayloadFunc(n int, fn func(off int, part []byte), deadline time.Time) error
 }
 
 // Control is a link's control channel: a net.Conn, a unix socket or a
@@ -435,27 +440,27 @@ func (m *Mesh) payloadFrom(p, n int) (*meshPeer, error) {
 	return pr, nil
 }
 
-// InPlace says whether peer p's link hands payloads over where they lie
-// (InPlaceReceiver).
-func (m *Mesh) InPlace(p int) bool {
+// InPlace says whether peer p's link hands payloads of n bytes over where
+// they lie (InPlaceReceiver).
+func (m *Mesh) InPlace(p, n int) bool {
 	if p < 0 || p >= m.size || m.peers[p] == nil {
 		return false
 	}
-	_, ok := m.peers[p].link.(InPlaceLink)
-	return ok
+	l, ok := m.peers[p].link.(InPlaceLink)
+	return ok && l.InPlaceFor(n)
 }
 
 // RecvPayloadFunc hands the payload of the message whose header RecvHeader
 // just returned for p to fn where it lies (InPlaceReceiver).
 func (m *Mesh) RecvPayloadFunc(p, n int, fn func(off int, part []byte), deadline time.Time) error {
-	if !m.InPlace(p) {
+	if !m.InPlace(p, n) {
 		return fmt.Errorf("transport: rank %d: the link to rank %d cannot hand payloads over in place (ask InPlace first)", m.rank, p)
 	}
 	pr, err := m.payloadFrom(p, n)
 	if err != nil {
 		return err
 	}
-	if err := pr.link.(InPlaceLink).RecvPayloadFunc(fn, deadline); err != nil {
+	if err := pr.link.(InPlaceLink).RecvPayloadFunc(n, fn, deadline); err != nil {
 		return m.linkError(pr, "receive", err)
 	}
 	return nil

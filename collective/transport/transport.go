@@ -83,13 +83,15 @@ type Poller interface {
 
 // InPlaceReceiver is implemented by transports whose links to some peers
 // can hand a received payload to a function where it lies (shared
-// memory: in the ring the peer wrote it to) instead of copying it into a
-// buffer first. A reduction reads it from there into its accumulator: one
-// pass over the bytes instead of a copy and a pass.
+// memory: in the ring the peer wrote it to; TCP: in the socket's read
+// buffer, 64 KiB at a time) instead of copying it into a buffer first. A
+// reduction reads it from there into its accumulator: one pass over the
+// bytes instead of a copy and a pass, and over TCP a pass over bytes that
+// are still in the cache the kernel just wrote them to.
 type InPlaceReceiver interface {
-	// InPlace says whether peer's payloads can be received with
-	// RecvPayloadFunc.
-	InPlace(peer int) bool
+	// InPlace says whether peer's payloads of n bytes can be received
+	// with RecvPayloadFunc.
+	InPlace(peer, n int) bool
 	// RecvPayloadFunc is RecvPayload for such a peer: n must equal the
 	// header's Length, and fn is handed the payload piece by piece, in
 	// order, off being each piece's offset in the payload. A piece is

@@ -144,12 +144,17 @@ func (l *link) RecvPayload(buf []byte, deadline time.Time) error {
 	return l.consume(buf, nil, deadline)
 }
 
+// InPlaceFor is true: every payload can be read where it lies in the ring
+// (transport.InPlaceLink).
+func (l *link) InPlaceFor(int) bool { return true }
+
 // RecvPayloadFunc is RecvPayload without the copy (transport.InPlaceLink):
 // it hands fn the payload where it lies in the shared ring, piece by
 // piece in order, and frees each piece's slots once fn returns. Pieces
 // end where a batch or the ring's end does, at offsets that are
 // multiples of 8 in the payload (hdrArea, the slots and batchBytes are).
-func (l *link) RecvPayloadFunc(fn func(off int, part []byte), deadline time.Time) error {
+// The length is the one in the ring's header, which Mesh has checked.
+func (l *link) RecvPayloadFunc(_ int, fn func(off int, part []byte), deadline time.Time) error {
 	if err := l.enter(); err != nil {
 		return err
 	}

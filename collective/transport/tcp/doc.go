@@ -15,6 +15,11 @@
 // Connections keep Go's default TCP_NODELAY and the kernel's buffer
 // autotuning (SocketBuffer pins SO_SNDBUF/SO_RCVBUF instead). A small
 // message goes out with one write or writev, header and payload together.
+// The first data connection is read through a 64 KiB buffer; a payload
+// that is not striped can be handed to a reduction there, a buffer at a
+// time (RecvPayloadFunc), so that it reads each piece while the piece is
+// still in the cache the kernel copied it into, and skips the copy into
+// scratch.
 // While the layer above asks for polling (transport.Poller: small messages,
 // and mid-size calls), a receive polls its socket for up to Config.Spin
 // before sleeping in Go's network poller, as MPI libraries do, and so does

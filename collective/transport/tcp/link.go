@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -19,6 +20,12 @@ const deadlineGrain = 50 * time.Millisecond
 // smallWrite: payloads up to this are copied behind the header and sent
 // with one write.
 const smallWrite = 16 << 10
+
+// readBuffer is stream 0's read buffer: headers and small payloads are
+// read through it, and so are payloads handed over in place, a buffer at
+// a time (RecvPayloadFunc), so that it is also the most a reduction reads
+// of its input before the next piece.
+const readBuffer = 64 << 10
 
 // link is the TCP connections with one peer: a control connection and k
 // data connections (transport.Link).
@@ -48,11 +55,12 @@ type link struct {
 
 type stream struct {
 	c      *net.TCPConn
-	rdl    time.Time   // deadline last set for reads
-	wdl    time.Time   // and for writes
-	reader io.Reader   // bufio over spin on stream 0, the conn itself otherwise
-	spin   *spinReader // stream 0 only
-	wspin  *spinWriter // stream 0 only
+	rdl    time.Time     // deadline last set for reads
+	wdl    time.Time     // and for writes
+	reader io.Reader     // bufio over spin on stream 0, the conn itself otherwise
+	buf    *bufio.Reader // that bufio, on stream 0 only
+	spin   *spinReader   // stream 0 only
+	wspin  *spinWriter   // stream 0 only
 }
 
 type piece struct {
@@ -83,7 +91,8 @@ func newLink(cfg Config, addr string, conns []net.Conn, k, stripeMin int, pollin
 			if s.wspin, err = newSpinWriter(c, cfg.Spin); err != nil {
 				return nil, err
 			}
-			s.reader = bufio.NewReaderSize(sr, 64<<10)
+			s.buf = bufio.NewReaderSize(sr, readBuffer)
+			s.reader = s.buf
 		}
 		l.data = append(l.data, s)
 	}
@@ -227,6 +236,46 @@ func (l *link) RecvPayload(buf []byte, deadline time.Time) error {
 	return collect(l.rdone, sent, err)
 }
 
+// InPlaceFor: a payload that is not striped comes over stream 0, through
+// its read buffer, where a reduction can read it (transport.InPlaceLink).
+func (l *link) InPlaceFor(n int) bool { return !l.striped(n) }
+
+// RecvPayloadFunc hands an unstriped payload of n bytes to fn where it
+// lands, stream 0's read buffer, a piece at a time: whatever has arrived,
+// up to the buffer's size, cut to a multiple of 8 bytes but at the
+// payload's end (transport.InPlaceLink). Against RecvPayload into scratch
+// and a reduction from there, this skips a copy of each byte and reads it
+// while it is still in the cache the kernel wrote it to; a received
+// chunk larger than the core's cache (1 MiB against 512 KiB of L2) would
+// otherwise be read back from further out.
+func (l *link) RecvPayloadFunc(n int, fn func(off int, part []byte), deadline time.Time) error {
+	if l.striped(n) {
+		return fmt.Errorf("a striped payload of %d bytes cannot be received in place", n)
+	}
+	s0 := l.data[0]
+	if err := l.setRead(s0, roundDeadline(deadline)); err != nil {
+		return err
+	}
+	s0.spin.armed = *l.polling
+	defer func() { s0.spin.armed = false }()
+	for off := 0; off < n; {
+		// Wait for one 8-byte unit (or the payload's end), then take all
+		// that has come.
+		if _, err := s0.buf.Peek(min(n-off, 8)); err != nil {
+			return err
+		}
+		k := min(n-off, s0.buf.Buffered())
+		if k < n-off {
+			k &^= 7
+		}
+		part, _ := s0.buf.Peek(k)
+		fn(off, part)
+		s0.buf.Discard(k)
+		off += k
+	}
+	return nil
+}
+
 // dispatch hands pieces 1..k-1 of buf to the stream helpers and returns
 // how many it handed out (fewer if the link is closing).
 func (l *link) dispatch(jobs []chan piece, buf []byte, deadline time.Time) int {
@@ -262,10 +311,7 @@ const peekWait = 2 * time.Millisecond
 // leaves the stream's deadline to be reset.
 func (l *link) PeekHeader() []byte {
 	s0 := l.data[0]
-	br, ok := s0.reader.(*bufio.Reader)
-	if !ok {
-		return nil
-	}
+	br := s0.buf
 	s0.c.SetReadDeadline(time.Now().Add(peekWait))
 	s0.rdl = time.Time{} // force the next receive to set its own deadline
 	b, err := br.Peek(transport.HeaderSize)
