@@ -14,7 +14,8 @@
 // transport, sends on one goroutine and receives on the caller's, so that
 // sending a chunk overlaps receiving and reducing the next. Schedules are
 // cached per call shape, so a training loop's steady state allocates
-// nothing. Calls of up to Config.PollBytes (2 MiB; RINGO_POLL_BYTES) ask
+// nothing. Calls of up to Config.PollBytes (2 MiB; 1 MiB where a host's
+// workers are more than two per core, PollBytesFor; RINGO_POLL_BYTES) ask
 // the transport to poll on both lanes instead of sleeping between
 // messages (transport.Poller), where wake-ups are still a large part of
 // the time; halving-doubling calls of up to that size skip the lanes and

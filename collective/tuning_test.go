@@ -3,6 +3,7 @@ package collective
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -169,5 +170,17 @@ func TestThresholdsFromEnv(t *testing.T) {
 	t.Setenv(EnvPoll, "lots")
 	if _, err := DefaultConfig().FromEnv(); err == nil || !strings.Contains(err.Error(), EnvPoll) {
 		t.Errorf("%s=lots: %v, want an error naming the variable", EnvPoll, err)
+	}
+}
+
+// Mid-size calls poll up to 2 MiB while a host's workers are at most two
+// per core, and up to 1 MiB beyond, where a polling 2 MiB call takes the
+// core a peer needs.
+func TestPollBytesForRanksPerCore(t *testing.T) {
+	cores := runtime.NumCPU()
+	for _, tc := range []struct{ ranks, want int }{{1, 2 << 20}, {2 * cores, 2 << 20}, {2*cores + 1, 1 << 20}, {8 * cores, 1 << 20}} {
+		if got := PollBytesFor(tc.ranks); got != tc.want {
+			t.Errorf("PollBytesFor(%d) on %d cores = %d, want %d", tc.ranks, cores, got, tc.want)
+		}
 	}
 }

@@ -67,9 +67,11 @@ func (g *Group) Close() error {
 }
 
 // Options adjust Init; the zero value uses the launcher's environment and
-// collective.DefaultConfig overridden by RINGO_* variables.
+// collective.DefaultConfig, with PollBytes suggested for the number of
+// workers on this host (collective.PollBytesFor), overridden by RINGO_*
+// variables.
 type Options struct {
-	// Collective, if set, replaces collective.DefaultConfig().FromEnv().
+	// Collective, if set, replaces that configuration.
 	Collective *collective.Config
 }
 
@@ -82,17 +84,15 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	ccfg := collective.DefaultConfig()
-	if o.Collective != nil {
-		ccfg = *o.Collective
-	} else {
-		var err error
-		if ccfg, err = ccfg.FromEnv(); err != nil {
-			return nil, err
-		}
-	}
 	e, err := readEnv()
 	if err != nil {
+		return nil, err
+	}
+	ccfg := collective.DefaultConfig()
+	ccfg.PollBytes = collective.PollBytesFor(e.localSize)
+	if o.Collective != nil {
+		ccfg = *o.Collective
+	} else if ccfg, err = ccfg.FromEnv(); err != nil {
 		return nil, err
 	}
 	g := &Group{LocalRank: e.localRank, LocalSize: e.localSize, NodeRank: e.nodeRank, Nodes: e.nodes,

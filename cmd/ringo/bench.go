@@ -19,7 +19,7 @@ type byteFlag struct{ v *int64 }
 
 func (b byteFlag) String() string {
 	if b.v == nil {
-		return ""
+		return "0" // the flag package's zero value: a 0 default is not printed
 	}
 	return fmt.Sprint(*b.v)
 }
@@ -91,8 +91,12 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	fs.Var(byteFlag{&midB}, "algo-mid", "auto uses halving-doubling from --algo-halving up to this many bytes on 4, 8, 16 ... ranks (also RINGO_ALGO_MID)")
 	halvingB := int64(c.Coll.HalvingBytes)
 	fs.Var(byteFlag{&halvingB}, "algo-halving", "on 4, 8, 16 ... ranks auto uses halving-doubling from this many bytes, where that is below --algo-threshold (also RINGO_ALGO_HALVING)")
-	pollB := int64(c.Coll.PollBytes)
-	fs.Var(byteFlag{&pollB}, "poll-bytes", "calls of up to this many bytes poll for their messages instead of sleeping (also RINGO_POLL_BYTES)")
+	pollEnv := os.Getenv(collective.EnvPoll) != ""
+	pollB := int64(0) // unless set, chosen for --np below
+	if pollEnv {
+		pollB = int64(c.Coll.PollBytes)
+	}
+	fs.Var(byteFlag{&pollB}, "poll-bytes", "calls of up to this many bytes poll for their messages instead of sleeping (also RINGO_POLL_BYTES; default 2M while workers are at most two per core, 1M beyond)")
 	chunk := int64(c.Coll.ChunkBytes)
 	fs.Var(byteFlag{&chunk}, "chunk", "pipeline chunk of ring algorithms, bytes (also RINGO_CHUNK_BYTES)")
 	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
@@ -134,6 +138,13 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	}
 	c.Coll.SmallBytes, c.Coll.MidBytes, c.Coll.ChunkBytes = int(smallB), int(midB), int(chunk)
 	c.Coll.HalvingBytes, c.Coll.PollBytes = int(halvingB), int(pollB)
+	pollSet := pollEnv
+	fs.Visit(func(f *flag.Flag) { pollSet = pollSet || f.Name == "poll-bytes" })
+	if !pollSet {
+		// Every worker parses the same flags on the same machine, so the
+		// group agrees.
+		c.Coll.PollBytes = collective.PollBytesFor(c.NP)
+	}
 	c.StageChunk = int(stageChunk)
 	if err := c.Validate(); err != nil {
 		return usageErr(fs, "%w", err)

@@ -17,7 +17,8 @@ var sweepRow = regexp.MustCompile(`sweep \S+ \S*: all-reduce of (\d+) bytes: med
 // narrows it), under four setups run one after another in each iteration:
 // the flat algorithms over TCP only, the flat ones over mix (shm within a
 // host, TCP across), the hierarchical one forced at every size, and the
-// default (auto: flat below HierBytes, hierarchical above). Each job
+// default (auto: flat below HierBytes, hierarchical above);
+// RINGO_BENCH_SETUPS=mix-hier,tcp-flat runs only those named. Each job
 // reports the median of 3 timed calls per size; the table is the median
 // over iterations (-benchtime=3x for three), printed on stdout.
 func BenchmarkHierTwoHosts(b *testing.B) {
@@ -25,14 +26,22 @@ func BenchmarkHierTwoHosts(b *testing.B) {
 	if v := os.Getenv("RINGO_BENCH_SWEEP"); v != "" {
 		sweep = v
 	}
-	setups := []struct {
+	type setup struct {
 		name string
 		args []string
-	}{
+	}
+	setups := []setup{
 		{"tcp-flat", []string{"--transport", "tcp"}},
 		{"mix-flat", []string{"--transport", "mix"}},
 		{"mix-hier", []string{"--transport", "mix"}},
 		{"mix-auto", []string{"--transport", "mix"}},
+	}
+	if v := os.Getenv("RINGO_BENCH_SETUPS"); v != "" {
+		keep := strings.Split(v, ",")
+		setups = slices.DeleteFunc(setups, func(s setup) bool { return !slices.Contains(keep, s.name) })
+		if len(setups) == 0 {
+			b.Fatalf("RINGO_BENCH_SETUPS=%q names none of tcp-flat, mix-flat, mix-hier, mix-auto", v)
+		}
 	}
 	worker := map[string][]string{
 		"tcp-flat": {"--algo", "auto"},
@@ -93,8 +102,8 @@ func BenchmarkHierTwoHosts(b *testing.B) {
 	fmt.Fprintf(&sb, "\n| bytes | tcp-flat | mix-flat | mix-hier | mix-auto | hier vs tcp | hier vs mix-flat | auto vs mix-flat |\n|---|---|---|---|---|---|---|---|\n")
 	for _, size := range sizes {
 		tf, mf, mh, ma := med(times["tcp-flat"][size]), med(times["mix-flat"][size]), med(times["mix-hier"][size]), med(times["mix-auto"][size])
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %.2fx | %.2fx | %.2fx |\n", human(size), dur(tf), dur(mf), dur(mh), dur(ma), tf/mh, mf/mh, mf/ma)
-		if size == 64<<20 {
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", human(size), dur(tf), dur(mf), dur(mh), dur(ma), ratio(tf, mh), ratio(mf, mh), ratio(mf, ma))
+		if size == 64<<20 && tf > 0 && mh > 0 {
 			b.ReportMetric(tf/mh, "hier/tcp@64MiB")
 		}
 	}
@@ -114,8 +123,18 @@ func human(n int) string {
 	return fmt.Sprintf("%d B", n)
 }
 
+// ratio is a/b as a speed-up, or a dash where a setup did not run.
+func ratio(a, b float64) string {
+	if a == 0 || b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
 func dur(s float64) string {
 	switch {
+	case s == 0:
+		return "–"
 	case s >= 1:
 		return fmt.Sprintf("%.2f s", s)
 	case s >= 1e-3:
