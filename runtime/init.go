@@ -88,12 +88,15 @@ func Init(ctx context.Context, opts ...Options) (*Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	ccfg := collective.DefaultConfig()
-	ccfg.PollBytes = collective.PollBytesFor(e.localSize)
+	var ccfg collective.Config
 	if o.Collective != nil {
 		ccfg = *o.Collective
-	} else if ccfg, err = ccfg.FromEnv(); err != nil {
-		return nil, err
+	} else {
+		ccfg = collective.DefaultConfig()
+		ccfg.PollBytes = collective.PollBytesFor(e.localSize)
+		if ccfg, err = ccfg.FromEnv(); err != nil {
+			return nil, err
+		}
 	}
 	g := &Group{LocalRank: e.localRank, LocalSize: e.localSize, NodeRank: e.nodeRank, Nodes: e.nodes,
 		Restarts: e.restarts, Generation: e.gen, RunID: e.runID, Launched: e.launched, Site: e.site}

@@ -250,7 +250,7 @@ func (l *link) InPlaceFor(n int) bool { return !l.striped(n) }
 // otherwise be read back from further out.
 func (l *link) RecvPayloadFunc(n int, fn func(off int, part []byte), deadline time.Time) error {
 	if l.striped(n) {
-		return fmt.Errorf("a striped payload of %d bytes cannot be received in place", n)
+		return fmt.Errorf("a striped payload of %d bytes cannot be received in place (ask InPlaceFor first; RecvPayload receives it)", n)
 	}
 	s0 := l.data[0]
 	if err := l.setRead(s0, roundDeadline(deadline)); err != nil {
