@@ -81,12 +81,15 @@ type group struct {
 	// lie (shared memory); else nil. A reduction from such a peer reads
 	// its data there instead of from a copy in scratch (inplace.go).
 	inPlace transport.InPlaceReceiver
-	rank    int
-	size    int
-	cfg     Config
-	ring    []int       // ring[p] is the rank at ring position p
-	pos     int         // this rank's position
-	hier    *hierLayout // nil: no hierarchy (hier.go)
+	// lender is tr, if it can lend payloads to some peers (shared memory,
+	// for buffers in an shm.Window); else nil (lend.go).
+	lender transport.Lender
+	rank   int
+	size   int
+	cfg    Config
+	ring   []int       // ring[p] is the rank at ring position p
+	pos    int         // this rank's position
+	hier   *hierLayout // nil: no hierarchy (hier.go)
 	// hasHier is hier != nil, which no Reorder changes (the layout's
 	// shape comes from the hosts, not the order): calls read it before
 	// their turn, when hier may be changing.
@@ -110,6 +113,7 @@ type group struct {
 	scratch []byte
 	work    []byte
 	piece   inPlaceReduce // the reduction in place under way (inplace.go)
+	loans   loans         // the call's lent sends (lend.go)
 	// Headers live here rather than on the stack: handed to a Transport
 	// (an interface), a stack variable would escape and cost an
 	// allocation per message.
@@ -182,6 +186,7 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 	}
 	g.poller, _ = tr.(transport.Poller)
 	g.inPlace, _ = tr.(transport.InPlaceReceiver)
+	g.lender, _ = tr.(transport.Lender)
 	g.piece.fn = g.piece.reduce // bound once: a method value made per call would allocate
 	if g.hier, err = newHierLayout(cfg.Hosts, tr, ring, g.rank); err != nil {
 		return nil, err
@@ -556,14 +561,17 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 	// against 7.64 ms), and so it does where waits sleep (8 ranks on 2
 	// cores: 1.03-1.15x the lanes' time from 128 KiB to 2 MiB).
 	inline := small || len(s.sends) == 0 || len(s.recvs) == 0 || s.paired && mid && polling
+	g.loans.start(s)
 	if inline {
+		sent := 0
 		for i := range s.ops {
 			x := &s.ops[i]
 			var err error
 			if x.kind == xSend {
 				g.sendHdr = *hdr
 				g.sendHdr.Step = x.step
-				err = g.tr.Send(x.peer, &g.sendHdr, work[x.off:x.off+x.n], deadline)
+				err = g.sendXfer(sent, x, work, deadline)
+				sent++
 			} else {
 				err = g.recvXfer(x, hdr, dt, op, work, scratch, deadline)
 			}
@@ -571,7 +579,7 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 				return err
 			}
 		}
-		return nil
+		return g.awaitLoans(int32(len(s.sends)), deadline)
 	}
 	g.sendsDone.Store(0)
 	g.recvsDone.Store(0)
@@ -586,7 +594,10 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 	if rerr != nil {
 		return rerr
 	}
-	return serr
+	if serr != nil {
+		return serr
+	}
+	return g.awaitLoans(int32(len(s.sends)), deadline)
 }
 
 // poll asks the transport to poll while it waits to receive or to send:
@@ -638,7 +649,7 @@ func (g *group) runSends(job *laneJob) error {
 		}
 		g.sendHdr = job.hdr
 		g.sendHdr.Step = x.step
-		if err := g.tr.Send(x.peer, &g.sendHdr, job.work[x.off:x.off+x.n], job.deadline); err != nil {
+		if err := g.sendXfer(i, x, job.work, job.deadline); err != nil {
 			g.stopLanes(err)
 			return err
 		}
@@ -662,6 +673,9 @@ func (g *group) runRecvs(s *schedule, hdr *transport.Header, dt DType, op Op, wo
 			// Nothing left to wait for: reduce straight from the peer's
 			// ring into work (the wait above is what forbids this while
 			// sends still read those bytes).
+			if err := g.awaitLoans(x.fence, deadline); err != nil {
+				return err
+			}
 			if err := g.recvReduceInPlace(x, hdr, dt, op, work, deadline); err != nil {
 				return err
 			}
@@ -680,6 +694,9 @@ func (g *group) runRecvs(s *schedule, hdr *transport.Header, dt DType, op Op, wo
 			}
 			<-g.recvKick
 		}
+		if err := g.awaitLoans(x.fence, deadline); err != nil {
+			return err
+		}
 		var err error
 		if x.kind == xRecvReduce {
 			g.combineInto(x, dt, op, work, scratch[:x.n])
@@ -697,6 +714,9 @@ func (g *group) runRecvs(s *schedule, hdr *transport.Header, dt DType, op Op, wo
 
 // recvXfer receives one scheduled message and applies it.
 func (g *group) recvXfer(x *xfer, hdr *transport.Header, dt DType, op Op, work, scratch []byte, deadline time.Time) error {
+	if err := g.awaitLoans(x.fence, deadline); err != nil {
+		return err
+	}
 	if x.kind != xRecvReduce {
 		return g.recvInto(x.peer, hdr, x.step, work[x.off:x.off+x.n], deadline)
 	}

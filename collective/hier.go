@@ -151,7 +151,10 @@ func (g *group) hierSchedule(c *call, esize int) *schedule {
 	b := newBuilder(g.size)
 	chunk := max(1, g.cfg.ChunkBytes/esize)
 	nl, nh := len(l.hosts[0]), len(l.hosts)
-	local := segRing{peers: l.hosts[l.h], pos: l.j, esize: esize, chunk: chunk}
+	// The intra-host rings may lend their sends (lend.go): every later
+	// write to a block a rank has sent comes through a receive, which
+	// the executor fences.
+	local := segRing{peers: l.hosts[l.h], pos: l.j, esize: esize, chunk: chunk, lend: true}
 	inter := segRing{peers: l.column(l.j), pos: l.h, esize: esize, chunk: chunk}
 	switch c.kind {
 	case opAllReduce:
@@ -199,6 +202,15 @@ type segRing struct {
 	pos          int
 	segs         func(i int) [][2]int
 	esize, chunk int
+	lend         bool // sends may be lent (builder.sendLent)
+}
+
+func (r segRing) send(b *builder, peer int, c [2]int) {
+	if r.lend {
+		b.sendLent(peer, c[0], c[1])
+	} else {
+		b.send(peer, c[0], c[1])
+	}
 }
 
 func (r segRing) at(i int) int {
@@ -228,7 +240,7 @@ func (r segRing) reduceScatter(b *builder) {
 		sc, rc := r.chunks(r.at(r.pos-1-s)), r.chunks(r.at(r.pos-2-s))
 		for k := 0; k < max(len(sc), len(rc)); k++ {
 			if k < len(sc) {
-				b.send(next, sc[k][0], sc[k][1])
+				r.send(b, next, sc[k])
 			}
 			if k < len(rc) {
 				b.recvReduce(prev, rc[k][0], rc[k][1], true)
@@ -248,7 +260,7 @@ func (r segRing) allGather(b *builder) {
 		sc, rc := r.chunks(r.at(r.pos-s)), r.chunks(r.at(r.pos-1-s))
 		for k := 0; k < max(len(sc), len(rc)); k++ {
 			if k < len(sc) {
-				b.send(next, sc[k][0], sc[k][1])
+				r.send(b, next, sc[k])
 			}
 			if k < len(rc) {
 				b.recvCopy(prev, rc[k][0], rc[k][1])

@@ -26,6 +26,7 @@ type schedule struct {
 	recvs   []int32
 	scratch int // bytes of scratch the receives need
 	maxMsg  int // largest single message, bytes
+	lends   int // sends marked lend
 	// paired: every message belongs to an exchange between two ranks in
 	// which the lower sends first and the higher receives first, chunk by
 	// chunk, or goes one way only; run in program order on one goroutine
@@ -56,6 +57,14 @@ type xfer struct {
 	// dep is the number of the other lane's transfers that must be done
 	// before this one starts.
 	dep int32
+	// lend (a send): the transport may lend work's bytes instead of
+	// copying them (transport.Lender), so that the send is done before
+	// the peer has read them. fence (a receive): 1 + the send-lane
+	// position of the last lent send whose bytes this receive
+	// overwrites; before it writes, the peers must have read every lent
+	// send up to there.
+	lend  bool
+	fence int32
 }
 
 type builder struct {
@@ -90,6 +99,27 @@ func (b *builder) send(peer, off, n int) {
 	b.push(x)
 }
 
+// sendLent is send of bytes that this rank's schedule leaves alone until
+// the peer has read them, or whose receives over them are fenced: the
+// transport may lend them (xfer.lend). Only schedules whose every later
+// write to those bytes comes through a receive may use it; the executor
+// also waits for the loans before the call returns.
+func (b *builder) sendLent(peer, off, n int) {
+	b.send(peer, off, n)
+	b.s.ops[len(b.s.ops)-1].lend = true
+	b.s.lends++
+}
+
+// lastLentOverlap is lastOverlap among the lent sends.
+func (b *builder) lastLentOverlap(off, n int) int32 {
+	for i := len(b.s.sends) - 1; i >= 0; i-- {
+		if x := &b.s.ops[b.s.sends[i]]; x.lend && rangesOverlap(x.off, x.n, off, n) {
+			return int32(i + 1)
+		}
+	}
+	return 0
+}
+
 // sendAfterAllRecvs is send with an explicit order: it starts only after
 // every receive appended so far has completed.
 func (b *builder) sendAfterAllRecvs(peer, off, n int) {
@@ -103,6 +133,9 @@ func (b *builder) recv(x xfer) {
 	x.step = b.recvFrom[x.peer]
 	b.recvFrom[x.peer]++
 	x.dep = b.lastOverlap(b.s.sends, x.off, x.n)
+	if b.s.lends > 0 {
+		x.fence = b.lastLentOverlap(x.off, x.n)
+	}
 	b.s.recvs = append(b.s.recvs, int32(len(b.s.ops)))
 	b.push(x)
 }
@@ -130,11 +163,21 @@ func (s *schedule) String() string {
 	for _, x := range s.ops {
 		switch x.kind {
 		case xSend:
-			fmt.Fprintf(&sb, "send   -> %d  work[%d:%d]  step %d  after %d recvs\n", x.peer, x.off, x.off+x.n, x.step, x.dep)
+			verb := "send  "
+			if x.lend {
+				verb = "lend  "
+			}
+			fmt.Fprintf(&sb, "%s -> %d  work[%d:%d]  step %d  after %d recvs\n", verb, x.peer, x.off, x.off+x.n, x.step, x.dep)
 		case xRecvCopy:
-			fmt.Fprintf(&sb, "recv   <- %d  work[%d:%d]  step %d  after %d sends\n", x.peer, x.off, x.off+x.n, x.step, x.dep)
+			fmt.Fprintf(&sb, "recv   <- %d  work[%d:%d]  step %d  after %d sends", x.peer, x.off, x.off+x.n, x.step, x.dep)
 		case xRecvReduce:
-			fmt.Fprintf(&sb, "reduce <- %d  work[%d:%d]  step %d  after %d sends\n", x.peer, x.off, x.off+x.n, x.step, x.dep)
+			fmt.Fprintf(&sb, "reduce <- %d  work[%d:%d]  step %d  after %d sends", x.peer, x.off, x.off+x.n, x.step, x.dep)
+		}
+		if x.kind != xSend {
+			if x.fence > 0 {
+				fmt.Fprintf(&sb, ", %d loans", x.fence)
+			}
+			sb.WriteByte('\n')
 		}
 	}
 	return sb.String()

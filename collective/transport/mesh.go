@@ -66,6 +66,12 @@ type InPlaceLink interface {
 	RecvPayloadFunc(n int, fn func(off int, part []byte), deadline time.Time) error
 }
 
+// LendingLink is implemented by links that can lend payloads (Lender).
+type LendingLink interface {
+	SendLent(h *Header, payload []byte, deadline time.Time) (uint64, error)
+	AwaitLent(ticket uint64, deadline time.Time) error
+}
+
 // Control is a link's control channel: a net.Conn, a unix socket or a
 // libp2p stream.
 type Control interface {
@@ -112,7 +118,7 @@ const maxControl = 1 << 16
 
 // Mesh is a Transport made of one Link per peer, each of whatever
 // transport reaches that peer best. It implements Transport, Peeker,
-// Addresser and InPlaceReceiver (for the peers whose links do).
+// Addresser, InPlaceReceiver and Lender (for the peers whose links do).
 type Mesh struct {
 	rank, size int
 	peers      []*meshPeer // nil for this rank
@@ -438,6 +444,45 @@ func (m *Mesh) payloadFrom(p, n int) (*meshPeer, error) {
 	}
 	pr.inOK = false
 	return pr, nil
+}
+
+// SendLent lends payload to p where p's link can (Lender), and sends it
+// otherwise, with ticket 0.
+func (m *Mesh) SendLent(p int, h *Header, payload []byte, deadline time.Time) (uint64, error) {
+	pr, err := m.peer(p)
+	if err != nil {
+		return 0, err
+	}
+	ll, ok := pr.link.(LendingLink)
+	if !ok {
+		return 0, m.Send(p, h, payload, deadline)
+	}
+	h.From = int32(m.rank)
+	h.Length = uint64(len(payload))
+	t, err := ll.SendLent(h, payload, deadline)
+	if err != nil {
+		return 0, m.linkError(pr, "send", err)
+	}
+	return t, nil
+}
+
+// AwaitLent waits until p has read what it was lent up to ticket (Lender).
+func (m *Mesh) AwaitLent(p int, ticket uint64, deadline time.Time) error {
+	if ticket == 0 {
+		return nil
+	}
+	pr, err := m.peer(p)
+	if err != nil {
+		return err
+	}
+	ll, ok := pr.link.(LendingLink)
+	if !ok {
+		return fmt.Errorf("transport: rank %d: ticket %d for rank %d, whose link lends nothing", m.rank, ticket, p)
+	}
+	if err := ll.AwaitLent(ticket, deadline); err != nil {
+		return m.linkError(pr, "send", err)
+	}
+	return nil
 }
 
 // InPlace says whether peer p's link hands payloads of n bytes over where

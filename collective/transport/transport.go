@@ -100,6 +100,23 @@ type InPlaceReceiver interface {
 	RecvPayloadFunc(peer, n int, fn func(off int, part []byte), deadline time.Time) error
 }
 
+// Lender is implemented by transports whose links to some peers can lend
+// a payload instead of copying it: the peer reads it where it lies in
+// this process's memory (shared memory, for a buffer in an shm.Window).
+// The sender must then leave those bytes alone until the peer has read
+// them, which AwaitLent waits for.
+type Lender interface {
+	// SendLent is Send of a payload that the caller will not change
+	// before AwaitLent(peer, ticket) returns. The ticket is 0 where the
+	// payload was sent the ordinary way (a copy) and there is nothing to
+	// wait for.
+	SendLent(peer int, h *Header, payload []byte, deadline time.Time) (ticket uint64, err error)
+	// AwaitLent returns once peer has read the lent payload of ticket
+	// (and every payload lent to it before). It may run beside a Send or
+	// SendLent to the same peer on another goroutine.
+	AwaitLent(peer int, ticket uint64, deadline time.Time) error
+}
+
 // Peeker is implemented by transports that can show the header of a
 // message that has arrived without consuming it. After a timeout, the layer
 // above looks at what the other peers sent: a message of the same call

@@ -55,16 +55,35 @@ func (t *Transport) Hosts() []int { return append([]int(nil), t.hosts...) }
 
 // Send counts the payload by link kind, then sends it (transport.Transport).
 func (t *Transport) Send(p int, h *transport.Header, payload []byte, deadline time.Time) error {
+	t.count(p, len(payload))
+	return t.Mesh.Send(p, h, payload, deadline)
+}
+
+// SendLent counts the payload as Send does, and apart the bytes that went
+// as a loan (transport.Lender), then lends or sends it.
+func (t *Transport) SendLent(p int, h *transport.Header, payload []byte, deadline time.Time) (uint64, error) {
+	t.count(p, len(payload))
+	ticket, err := t.Mesh.SendLent(p, h, payload, deadline)
+	if ticket != 0 {
+		t.lentSHM.Add(int64(len(payload)))
+	}
+	return ticket, err
+}
+
+func (t *Transport) count(p, n int) {
 	if p >= 0 && p < len(t.kinds) {
 		switch t.kinds[p] {
 		case shm.Name:
-			t.sentSHM.Add(int64(len(payload)))
+			t.sentSHM.Add(int64(n))
 		case tcp.Name:
-			t.sentTCP.Add(int64(len(payload)))
+			t.sentTCP.Add(int64(n))
 		}
 	}
-	return t.Mesh.Send(p, h, payload, deadline)
 }
+
+// LentBytes returns the payload bytes of SentBytes' shm count that were
+// lent (read by the peer in this rank's shm.Window) rather than copied.
+func (t *Transport) LentBytes() int64 { return t.lentSHM.Load() }
 
 // SentBytes returns the payload bytes this rank has sent over each kind of
 // link since it joined, keyed by tcp.Name and shm.Name.

@@ -40,8 +40,9 @@ type Transport struct {
 	polling bool
 	spin    bool // the TCP links poll at all (Spin > 0)
 	hosts   []int
-	// sentSHM and sentTCP count the payload bytes sent over each kind.
-	sentSHM, sentTCP atomic.Int64
+	// sentSHM and sentTCP count the payload bytes sent over each kind,
+	// lentSHM those of sentSHM that were lent.
+	sentSHM, sentTCP, lentSHM atomic.Int64
 }
 
 // Join forms the group: it blocks until every rank has joined or ctx ends.

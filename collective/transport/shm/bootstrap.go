@@ -16,7 +16,7 @@ import (
 )
 
 // offerVersion numbers the offer message.
-const offerVersion = 1
+const offerVersion = 2
 
 // shape is what both ends of every pair agree on: the group's nonce and
 // rank 0's ring shape.
@@ -40,10 +40,19 @@ func listenAbstract() (*net.UnixListener, string, error) {
 
 // The offer hands a peer the ring it will produce into and the two
 // eventfds that wake the offering rank: a 32-byte message, "RGSO",
-// version u32, nonce u64, from u32, slot bytes u32, slots u32, 4 bytes
-// zero, with three descriptors attached (SCM_RIGHTS): the segment, the
+// version u32, nonce u64, from u32, slot bytes u32, slots u32, flags
+// u32, with three descriptors attached (SCM_RIGHTS): the segment, the
 // "data for me" eventfd and the "room for me" eventfd.
 const offerSize = 32
+
+// Offer flags.
+const (
+	// offerMapsWindows: the offering rank can map the receiver's windows
+	// (it sees the receiver's process in /proc), so the receiver may lend
+	// it buffers that lie in one.
+	offerMapsWindows = 1 << iota
+	offerFlagsKnown  = offerMapsWindows
+)
 
 var offerMagic = [4]byte{'R', 'G', 'S', 'O'}
 
@@ -51,6 +60,7 @@ type offer struct {
 	nonce            uint64
 	from             int
 	slotBytes, slots int
+	flags            uint32
 }
 
 func (o offer) encode() []byte {
@@ -61,12 +71,13 @@ func (o offer) encode() []byte {
 	binary.LittleEndian.PutUint32(b[16:], uint32(o.from))
 	binary.LittleEndian.PutUint32(b[20:], uint32(o.slotBytes))
 	binary.LittleEndian.PutUint32(b[24:], uint32(o.slots))
+	binary.LittleEndian.PutUint32(b[28:], o.flags)
 	return b
 }
 
 // decodeOffer parses an offer; it never panics.
 func decodeOffer(b []byte) (offer, error) {
-	if len(b) != offerSize || [4]byte(b[:4]) != offerMagic || binary.LittleEndian.Uint32(b[28:]) != 0 {
+	if len(b) != offerSize || [4]byte(b[:4]) != offerMagic || binary.LittleEndian.Uint32(b[28:])&^offerFlagsKnown != 0 {
 		return offer{}, errors.New("not a ringo shm offer")
 	}
 	if v := binary.LittleEndian.Uint32(b[4:]); v != offerVersion {
@@ -77,6 +88,7 @@ func decodeOffer(b []byte) (offer, error) {
 		from:      int(int32(binary.LittleEndian.Uint32(b[16:]))),
 		slotBytes: int(binary.LittleEndian.Uint32(b[20:])),
 		slots:     int(binary.LittleEndian.Uint32(b[24:])),
+		flags:     binary.LittleEndian.Uint32(b[28:]),
 	}, nil
 }
 
@@ -88,6 +100,12 @@ type rings struct {
 	mySpace   *evfd // I sleep on it waiting for room in `out`
 	peerData  *evfd // I write it after publishing into `out`
 	peerSpace *evfd // I write it after releasing slots of `in`
+
+	// Windows (window.go): lend says the peer can map this process's
+	// windows, so sends may lend it buffers in one; theirs maps the
+	// peer's windows that it lends to this rank.
+	lend   bool
+	theirs peerWindows
 }
 
 func (l *rings) close() {
@@ -97,12 +115,16 @@ func (l *rings) close() {
 	l.mySpace.close()
 	l.peerData.close()
 	l.peerSpace.close()
+	l.theirs.close()
 }
 
 // exchange sets up the rings with peer p over c: each side makes the ring
 // it will consume and its two eventfds, and passes them over; both write
 // first and read after, so neither waits on the other.
-func exchange(c *net.UnixConn, me, p int, t shape, deadline time.Time) (l *rings, err error) {
+//
+// lend says whether this rank takes loans of the peer's windows; the peer
+// lends only if it does.
+func exchange(c *net.UnixConn, me, p int, t shape, lend bool, deadline time.Time) (l *rings, err error) {
 	l = &rings{}
 	fds := []int{-1, -1, -1}
 	defer func() {
@@ -138,9 +160,13 @@ func exchange(c *net.UnixConn, me, p int, t shape, deadline time.Time) (l *rings
 	}
 	l.mySpace = fileEventfd(d2, fmt.Sprintf("shm-room-to-%d", p))
 
+	l.theirs.pid = peerPID(c)
 	c.SetDeadline(deadline)
 	defer c.SetDeadline(time.Time{})
 	o := offer{nonce: t.Nonce, from: me, slotBytes: t.SlotBytes, slots: t.Slots}
+	if lend && canSee(l.theirs.pid) {
+		o.flags |= offerMapsWindows
+	}
 	if _, _, err := c.WriteMsgUnix(o.encode(), unix.UnixRights(fds...), nil); err != nil {
 		return nil, fmt.Errorf("passing rank %d its ring: %w", p, err)
 	}
@@ -172,12 +198,30 @@ func exchange(c *net.UnixConn, me, p int, t shape, deadline time.Time) (l *rings
 		unix.Close(rights[2])
 		return nil, fmt.Errorf("rank %d's ring: %w", p, err)
 	}
+	l.lend = got.flags&offerMapsWindows != 0
 	l.peerData = fileEventfd(rights[1], fmt.Sprintf("shm-data-to-%d", p))
 	l.peerSpace = fileEventfd(rights[2], fmt.Sprintf("shm-room-from-%d", p))
 	if err := l.out.check(me, p); err != nil {
 		return nil, fmt.Errorf("rank %d's ring: %w", p, err)
 	}
 	return l, nil
+}
+
+// peerPID is the process at the other end of c as this process numbers
+// it (SO_PEERCRED), 0 where it cannot tell or the peer lives in a PID
+// namespace this one does not see.
+func peerPID(c *net.UnixConn) int {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	rc.Control(func(fd uintptr) {
+		if u, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(u.Pid)
+		}
+	})
+	return pid
 }
 
 // readOffer reads one offer and the descriptors that came with it.

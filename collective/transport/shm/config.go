@@ -42,6 +42,10 @@ type Config struct {
 	// slots as they need, so a message longer than the ring streams
 	// through it. Rank 0's values win.
 	SlotBytes, Slots int
+	// NoLend turns off lending (see Window): every payload is copied
+	// through the ring, even one that lies in a window. For comparing
+	// the two paths; a rank that does not take loans is never lent to.
+	NoLend bool
 	// OnFault, if set, is called once, synchronously, when the transport
 	// records its first fault (before any call returns it), so that a
 	// worker can tell its launcher whom it blames. It must not block.
@@ -57,6 +61,7 @@ const (
 	EnvYield     = "RINGO_SHM_YIELD" // 1 or 0
 	EnvSlotBytes = "RINGO_SHM_SLOT_BYTES"
 	EnvSlots     = "RINGO_SHM_SLOTS"
+	EnvLend      = "RINGO_SHM_LEND" // 1 or 0 (0 sets NoLend)
 )
 
 // Limits on the ring shape. minRingBytes keeps a ring large enough that
@@ -93,7 +98,8 @@ func DefaultConfig() Config {
 // call, or a context switch to some unrelated thread, to every wait.
 func YieldFor(ranksPerHost int) bool { return ranksPerHost > runtime.NumCPU() }
 
-// FromEnv overrides Spin, Yield, SlotBytes and Slots from the environment.
+// FromEnv overrides Spin, Yield, SlotBytes, Slots and NoLend from the
+// environment.
 func (c Config) FromEnv() (Config, error) {
 	if v := os.Getenv(EnvSpin); v != "" {
 		d, err := time.ParseDuration(v)
@@ -108,6 +114,13 @@ func (c Config) FromEnv() (Config, error) {
 			return c, fmt.Errorf("%s=%q: want 1 or 0", EnvYield, v)
 		}
 		c.Yield = b
+	}
+	if v := os.Getenv(EnvLend); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("%s=%q: want 1 or 0", EnvLend, v)
+		}
+		c.NoLend = !b
 	}
 	if v := os.Getenv(EnvSlotBytes); v != "" {
 		n, err := strconv.Atoi(v)

@@ -38,9 +38,10 @@ type link struct {
 	_       [64]byte // the two sides run on different threads
 	outHead uint64
 	outTail uint64 // last tail seen
-	stream  bool   // large messages go in with non-temporal stores
-	since   int64  // when stream was last turned on (nanotime)
-	putRate int64  // moving average of timed ordinary copies, MB/s (0: none yet)
+	ref     [refBytes]byte
+	stream  bool  // large messages go in with non-temporal stores
+	since   int64 // when stream was last turned on (nanotime)
+	putRate int64 // moving average of timed ordinary copies, MB/s (0: none yet)
 
 	// Receiving side (one receiver at a time).
 	_       [64]byte
@@ -49,6 +50,11 @@ type link struct {
 	pend    bool   // a header was returned, its payload not yet read
 	pendAt  uint64 // first slot of that message
 	pendLen uint64 // its payload length
+	pendEnd uint64 // the slot after it
+	// pendLent: its body is pendRef, a reference to the payload in one of
+	// the peer's windows.
+	pendLent bool
+	pendRef  windowRef
 
 	closeOnce sync.Once
 }
@@ -132,7 +138,17 @@ func (l *link) RecvHeader(deadline time.Time) ([]byte, error) {
 	if err := h.Decode(l.hdr[:]); err != nil {
 		return nil, protocolError("bad message: %v", err)
 	}
-	l.pend, l.pendAt, l.pendLen = true, l.inTail, h.Length
+	l.pend, l.pendAt, l.pendLen, l.pendLent = true, l.inTail, h.Length, false
+	l.pendEnd = l.pendAt + r.slotsFor(h.Length)
+	if r.span(l.inTail*r.slotBytes, hdrArea)[transport.HeaderSize] == lentMark {
+		// A lent payload: the body is a reference into one of the peer's
+		// windows, in the message's only slot, published with it.
+		ref, err := decodeRef(r.span(l.inTail*r.slotBytes+hdrArea, refBytes))
+		if err != nil {
+			return nil, protocolError("bad lent message: %v", err)
+		}
+		l.pendLent, l.pendRef, l.pendEnd = true, ref, l.pendAt+r.slotsFor(refBytes)
+	}
 	return l.hdr[:], nil
 }
 
@@ -174,7 +190,7 @@ func (l *link) PeekHeader() []byte {
 	r := l.in
 	at := l.inTail
 	if l.pend {
-		at = l.pendAt + r.slotsFor(l.pendLen)
+		at = l.pendEnd
 	}
 	if v := r.head.Load(); v <= at || v-l.inTail > r.slots {
 		return nil
@@ -195,7 +211,10 @@ func (l *link) Close() {
 	})
 }
 
-var _ transport.Link = (*link)(nil)
+var (
+	_ transport.Link        = (*link)(nil)
+	_ transport.LendingLink = (*link)(nil)
+)
 
 type waitKind uint8
 
@@ -294,6 +313,71 @@ func (l *link) Send(h *transport.Header, payload []byte, deadline time.Time) err
 		return err
 	}
 	defer l.leave()
+	return l.put(h, payload, false, deadline)
+}
+
+// SendLent is Send of a payload that the caller will not change until
+// AwaitLent of the returned ticket (transport.LendingLink): where the
+// payload lies in a Window and the peer can map it, the ring carries a
+// reference and the peer reads the payload in place. Elsewhere it is
+// Send, and the ticket is 0.
+func (l *link) SendLent(h *transport.Header, payload []byte, deadline time.Time) (uint64, error) {
+	if err := l.enter(); err != nil {
+		return 0, err
+	}
+	defer l.leave()
+	if !l.lend || len(payload) < lendMin {
+		return 0, l.put(h, payload, false, deadline)
+	}
+	w, off, ok := windows.find(payload)
+	if !ok {
+		return 0, l.put(h, payload, false, deadline)
+	}
+	windowRef{id: w.id, fd: w.fd, off: off}.encode(l.ref[:])
+	if err := l.put(h, l.ref[:], true, deadline); err != nil {
+		return 0, err
+	}
+	return l.outHead, nil
+}
+
+// AwaitLent returns once the peer has read the payload of the lent
+// message whose ticket SendLent returned: it has released the message's
+// slots. It polls (the sending side may be asleep on the eventfd of room
+// at the same time) and may run beside Send.
+func (l *link) AwaitLent(ticket uint64, deadline time.Time) error {
+	if err := l.enter(); err != nil {
+		return err
+	}
+	defer l.leave()
+	tail := l.out.tail
+	for looks := 0; tail.Load() < ticket; looks++ {
+		switch {
+		case l.interrupted.Load():
+			return transport.ErrInterrupted
+		case l.gone.Load():
+			if tail.Load() >= ticket {
+				return nil
+			}
+			return transport.ErrPeerLeft
+		case !deadline.IsZero() && time.Now().After(deadline):
+			return os.ErrDeadlineExceeded
+		}
+		switch {
+		case looks < 64:
+			runtime.Gosched()
+		case looks < 256:
+			syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+		default:
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+	return nil
+}
+
+// put writes one message into the ring: h, then body, which is the
+// payload, or a window reference where lent (h.Length is then the
+// payload's length, not the body's).
+func (l *link) put(h *transport.Header, payload []byte, lent bool, deadline time.Time) error {
 	if l.gone.Load() {
 		return transport.ErrPeerLeft
 	}
@@ -327,7 +411,15 @@ func (l *link) Send(h *transport.Header, payload []byte, deadline time.Time) err
 		limit := (l.outTail+r.slots)*sb - base // writable up to here
 		end := min(total, limit, w+batchBytes)
 		if w == 0 {
-			h.Encode(r.span(base, transport.HeaderSize))
+			hb := r.span(base, hdrArea)
+			h.Encode(hb)
+			// The byte after the header says whether the body is a
+			// window reference; it is always written, since the slot
+			// holds whatever an older message left there.
+			hb[transport.HeaderSize] = 0
+			if lent {
+				hb[transport.HeaderSize] = lentMark
+			}
 			w = hdrArea
 		}
 		if end > w {
@@ -435,6 +527,9 @@ func (l *link) release(upto uint64) {
 // consume reads the pending message's payload into buf, or hands it to fn,
 // or (both nil) skips it, releasing slots as it goes.
 func (l *link) consume(buf []byte, fn func(int, []byte), deadline time.Time) error {
+	if l.pendLent {
+		return l.consumeLent(buf, fn)
+	}
 	r := l.in
 	sb := r.slotBytes
 	base := l.pendAt * sb
@@ -464,5 +559,30 @@ func (l *link) consume(buf []byte, fn func(int, []byte), deadline time.Time) err
 	}
 	l.pend = false
 	l.release(last)
+	return nil
+}
+
+// consumeLent is consume of a lent payload: it is read in the peer's
+// window, and the reference's slot released after, which tells the peer
+// (AwaitLent) that it may change those bytes again.
+func (l *link) consumeLent(buf []byte, fn func(int, []byte)) error {
+	if buf != nil || fn != nil {
+		data, err := l.theirs.lookup(l.pendRef)
+		if err != nil {
+			return err
+		}
+		off, n := l.pendRef.off, l.pendLen
+		if off > uint64(len(data)) || n > uint64(len(data))-off {
+			return protocolError("lent %d bytes at %d of a %d-byte window", n, off, len(data))
+		}
+		src := data[off : off+n]
+		if buf != nil {
+			copy(buf, src)
+		} else if n > 0 {
+			fn(0, src)
+		}
+	}
+	l.pend, l.pendLent = false, false
+	l.release(l.pendEnd)
 	return nil
 }

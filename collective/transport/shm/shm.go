@@ -44,6 +44,16 @@ const (
 	maxTimed = int64(500 * time.Microsecond)
 )
 
+// Lending (window.go). A payload of lendMin bytes or more that lies in a
+// Window goes to a peer that can map it as a reference, not a copy:
+// below that, one copy through the ring costs no more than the
+// reference's bookkeeping. lentMark, in the byte after a message's
+// header, says its body is a reference.
+const (
+	lendMin  = batchBytes
+	lentMark = 0x4c
+)
+
 // lookBurst is how many times a waiter looks at the ring between yields.
 const lookBurst = 64
 
@@ -195,7 +205,7 @@ func (e *Endpoint) Links(ctx context.Context, tab *transport.Table, peers []int)
 	links := make([]*link, len(tab.Members))
 	for _, p := range peers {
 		c := conns[p][0].(*net.UnixConn)
-		rs, xerr := exchange(c, cfg.Rank, p, sh, deadline)
+		rs, xerr := exchange(c, cfg.Rank, p, sh, !cfg.NoLend, deadline)
 		if xerr != nil {
 			err = fmt.Errorf("rank %d: setting up the rings with rank %d (%s): %w", cfg.Rank, p, tab.Members[p].Host, xerr)
 			break

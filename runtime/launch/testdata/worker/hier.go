@@ -8,8 +8,10 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/shm"
 	ringo "github.com/ringo-ml/ringo/runtime"
 )
 
@@ -18,6 +20,7 @@ var (
 	checkOps   = flag.Bool("check-ops", false, "before the steps, check every collective at odd sizes and print this rank's links and bytes sent by kind")
 	hierBytes  = flag.String("hier-bytes", "", "auto runs hierarchically from this many bytes (e.g. 64K, 1G); empty: the default")
 	benchSweep = flag.String("bench-sweep", "", "MIN:MAX: before the steps, time all-reduces of MIN, 4*MIN, ... MAX bytes and print each median")
+	window     = flag.Bool("window", false, "with --bench-sweep: the buffer lies in a shared-memory window, which ranks on one host lend each other instead of copying")
 )
 
 // initOptions applies --algo over the environment's configuration.
@@ -158,7 +161,17 @@ func runSweep(ctx context.Context, g *ringo.Group, spec string, iters int) {
 	if !ok || err1 != nil || err2 != nil || minB < 4 {
 		fail("--bench-sweep %q: want MIN:MAX, e.g. 4K:256M", spec)
 	}
-	buf := make([]float32, maxB/4)
+	var buf []float32
+	if *window {
+		w, err := shm.NewWindow(int(maxB))
+		if err != nil {
+			fail("rank %d: --window: %v", g.Rank(), err)
+		}
+		defer w.Close()
+		buf = unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(w.Bytes()))), maxB/4)
+	} else {
+		buf = make([]float32, maxB/4)
+	}
 	for size := minB; size <= maxB; size *= 4 {
 		b := collective.Float32s(buf[:size/4])
 		var times []time.Duration
