@@ -43,7 +43,9 @@ func (sh shape) at(p int) int { return sh.ring[((p%sh.n)+sh.n)%sh.n] }
 // position p holds the fully reduced block ring[p] (with blocks given by
 // off, indexed by rank). Each step sends one block to the next position and
 // reduces the block arriving from the previous one; blocks are cut into
-// chunks so that the steps pipeline.
+// chunks so that the steps pipeline. The ring's sends may be lent
+// (lend.go): a rank writes a block it has sent only by a later receive,
+// which the executor fences.
 func ringReduceScatter(b *builder, sh shape, off []int) {
 	next, prev := sh.at(sh.pos+1), sh.at(sh.pos-1)
 	for s := 0; s < sh.n-1; s++ {
@@ -56,7 +58,7 @@ func ringReduceScatter(b *builder, sh shape, off []int) {
 		rc := chunkList(recvLo, recvHi, sh.esize, sh.chunkElems)
 		for k := 0; k < max(len(sc), len(rc)); k++ {
 			if k < len(sc) {
-				b.send(next, sc[k][0], sc[k][1])
+				b.sendLent(next, sc[k][0], sc[k][1])
 			}
 			if k < len(rc) {
 				// The partial sum travels around the ring; it is always the
@@ -77,7 +79,7 @@ func ringAllGather(b *builder, sh shape, off []int) {
 		rc := chunkList(off[rb], off[rb+1], sh.esize, sh.chunkElems)
 		for k := 0; k < max(len(sc), len(rc)); k++ {
 			if k < len(sc) {
-				b.send(next, sc[k][0], sc[k][1])
+				b.sendLent(next, sc[k][0], sc[k][1])
 			}
 			if k < len(rc) {
 				b.recvCopy(prev, rc[k][0], rc[k][1])

@@ -97,6 +97,14 @@ type Config struct {
 	// executor's inline path) poll whatever it says; 0 leaves polling to
 	// those.
 	PollBytes int
+	// LendBytes: calls of at least this many bytes lend their buffer to
+	// the peers on the host, where it lies in an shm.Window, instead of
+	// copying it through the rings (the ring's and the hierarchical
+	// algorithms' intra-host sends; lend.go). Below it they copy: a loan
+	// is read from the lender's caches, and on a host whose cores share
+	// little cache that is slower than two copies that pipeline. 0 lends
+	// at every size.
+	LendBytes int
 	// Tuning, when set, overrides the thresholds with a table measured on
 	// this machine (`ringo bench tune`, RINGO_TUNING).
 	Tuning *Tuning
@@ -140,6 +148,7 @@ func DefaultConfig() Config {
 		MidBytes:     8 << 20,
 		HalvingBytes: 128 << 10,
 		PollBytes:    2 << 20,
+		LendBytes:    2 << 20,
 		ChunkBytes:   1 << 20,
 		HierBytes:    DefaultHierBytes,
 	}
@@ -217,8 +226,8 @@ func (c Config) Validate() error {
 	if c.SmallBytes < 0 || c.MidBytes < 0 || c.HalvingBytes < 0 {
 		return fmt.Errorf("collective config: SmallBytes %d, MidBytes %d and HalvingBytes %d must not be negative", c.SmallBytes, c.MidBytes, c.HalvingBytes)
 	}
-	if c.PollBytes < 0 {
-		return fmt.Errorf("collective config: PollBytes %d must not be negative", c.PollBytes)
+	if c.PollBytes < 0 || c.LendBytes < 0 {
+		return fmt.Errorf("collective config: PollBytes %d and LendBytes %d must not be negative", c.PollBytes, c.LendBytes)
 	}
 	if c.ChunkBytes < 64 {
 		return fmt.Errorf("collective config: ChunkBytes %d must be at least 64", c.ChunkBytes)
@@ -233,6 +242,7 @@ const (
 	EnvAlgoMid       = "RINGO_ALGO_MID"       // bytes: halving-doubling below it (power-of-two worlds)
 	EnvAlgoHalving   = "RINGO_ALGO_HALVING"   // bytes: halving-doubling from it (power-of-two worlds)
 	EnvPoll          = "RINGO_POLL_BYTES"     // bytes: calls up to it poll instead of sleeping
+	EnvLend          = "RINGO_LEND_BYTES"     // bytes: calls from it lend buffers in shm windows
 	EnvTuning        = "RINGO_TUNING"         // path of a tuning table (ringo bench tune)
 	EnvChunk         = "RINGO_CHUNK_BYTES"    // bytes, e.g. 1M
 	EnvTimeout       = "RINGO_TIMEOUT"        // Go duration, e.g. 30s
@@ -240,9 +250,9 @@ const (
 )
 
 // FromEnv overrides c's fields from RINGO_ALGO, RINGO_ALGO_THRESHOLD,
-// RINGO_ALGO_MID, RINGO_ALGO_HALVING, RINGO_POLL_BYTES, RINGO_TUNING,
-// RINGO_CHUNK_BYTES, RINGO_HIER_THRESHOLD and RINGO_TIMEOUT where they are
-// set.
+// RINGO_ALGO_MID, RINGO_ALGO_HALVING, RINGO_POLL_BYTES, RINGO_LEND_BYTES,
+// RINGO_TUNING, RINGO_CHUNK_BYTES, RINGO_HIER_THRESHOLD and RINGO_TIMEOUT
+// where they are set.
 func (c Config) FromEnv() (Config, error) {
 	if v := os.Getenv(EnvAlgo); v != "" {
 		a, err := ParseAlgo(v)
@@ -255,7 +265,7 @@ func (c Config) FromEnv() (Config, error) {
 		name string
 		to   *int
 	}{{EnvAlgoThreshold, &c.SmallBytes}, {EnvAlgoMid, &c.MidBytes}, {EnvAlgoHalving, &c.HalvingBytes},
-		{EnvPoll, &c.PollBytes}, {EnvChunk, &c.ChunkBytes}, {EnvHierThreshold, &c.HierBytes}} {
+		{EnvPoll, &c.PollBytes}, {EnvLend, &c.LendBytes}, {EnvChunk, &c.ChunkBytes}, {EnvHierThreshold, &c.HierBytes}} {
 		if v := os.Getenv(e.name); v != "" {
 			n, err := ParseBytes(v)
 			if err != nil {

@@ -561,7 +561,7 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 	// against 7.64 ms), and so it does where waits sleep (8 ranks on 2
 	// cores: 1.03-1.15x the lanes' time from 128 KiB to 2 MiB).
 	inline := small || len(s.sends) == 0 || len(s.recvs) == 0 || s.paired && mid && polling
-	g.loans.start(s)
+	g.loans.start(s, len(work), g.cfg.LendBytes)
 	if inline {
 		sent := 0
 		for i := range s.ops {

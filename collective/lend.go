@@ -9,21 +9,24 @@ import "time"
 // when its schedule gets to them. So this rank must not change those
 // bytes before the peer has read them: a receive over them waits first
 // (xfer.fence), and so does the end of the call, since the caller owns
-// the buffer again once the call returns.
+// the buffer again once the call returns. Calls below Config.LendBytes
+// copy instead.
 
 // loans is the bookkeeping of one call's lent sends: the transport's
 // ticket for each send-lane position (0: copied, nothing to wait for),
 // and how many positions have been waited for.
 type loans struct {
 	s       *schedule
+	on      bool // the call lends: s has lendable sends, and its size is LendBytes or more
 	tickets []uint64
 	done    int32
 }
 
-// start readies the bookkeeping for s.
-func (l *loans) start(s *schedule) {
+// start readies the bookkeeping for s, a call over bytes.
+func (l *loans) start(s *schedule, bytes, lendBytes int) {
 	l.s, l.done = s, 0
-	if s.lends == 0 {
+	l.on = s.lends > 0 && bytes >= lendBytes
+	if !l.on {
 		return
 	}
 	if cap(l.tickets) < len(s.sends) {
@@ -37,7 +40,7 @@ func (l *loans) start(s *schedule) {
 // allows it and the transport can.
 func (g *group) sendXfer(i int, x *xfer, work []byte, deadline time.Time) error {
 	p := work[x.off : x.off+x.n]
-	if !x.lend || g.lender == nil {
+	if !x.lend || !g.loans.on || g.lender == nil {
 		return g.tr.Send(x.peer, &g.sendHdr, p, deadline)
 	}
 	t, err := g.lender.SendLent(x.peer, &g.sendHdr, p, deadline)
@@ -50,7 +53,7 @@ func (g *group) sendXfer(i int, x *xfer, work []byte, deadline time.Time) error 
 // sends up to there are done; so does the end of the call.
 func (g *group) awaitLoans(upto int32, deadline time.Time) error {
 	l := &g.loans
-	if l.s == nil || l.s.lends == 0 {
+	if !l.on {
 		return nil
 	}
 	for ; l.done < upto; l.done++ {

@@ -101,7 +101,7 @@ func benchCollective(ctx context.Context, op string, args []string) error {
 	fs.Var(byteFlag{&chunk}, "chunk", "pipeline chunk of ring algorithms, bytes (also RINGO_CHUNK_BYTES)")
 	fs.DurationVar(&c.Coll.Timeout, "timeout", c.Coll.Timeout, "per-call timeout: a dead or stuck peer fails every rank within it (also RINGO_TIMEOUT)")
 	fs.BoolVar(&c.JSON, "json", false, "print one JSON object per size instead of the table")
-	fs.StringVar(&c.Device, "device", c.Device, "where the buffers live: host, or cuda (GPU memory, rank r on visible GPU r mod the count, staged through pinned host memory; reports each stage's share of the time)")
+	fs.StringVar(&c.Device, "device", c.Device, "where the buffers live: host; window (host memory in shared-memory windows, which ranks on one host lend each other instead of copying); or cuda (GPU memory, rank r on visible GPU r mod the count, staged through pinned host memory; reports each stage's share of the time)")
 	stageChunk := int64(0)
 	fs.Var(byteFlag{&stageChunk}, "stage-chunk", "with --device cuda: the pieces buffers are copied off and back onto the GPU in (default 4M)")
 	fs.BoolVar(&c.CheckCeiling, "check-ceiling", false, "measure the TCP ring ceiling (same processes and sockets) before and after the sweep, and print each size's busbw as a fraction of it")

@@ -42,9 +42,11 @@ type Config struct {
 	// table is written to.
 	Rounds int
 	Out    string
-	// Device is where the buffers live: "host", or "cuda" for GPU memory
-	// staged through pinned host memory in chunks of StageChunk bytes
-	// (0: collective's default, 4 MiB).
+	// Device is where the buffers live: "host"; "window", host memory
+	// in shm windows, which ranks on one host lend each other instead of
+	// copying it through the rings; or "cuda" for GPU memory staged
+	// through pinned host memory in chunks of StageChunk bytes (0:
+	// collective's default, 4 MiB).
 	Device     string
 	StageChunk int
 
@@ -87,8 +89,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--check-ceiling measures a TCP ring of at least 2 processes; it is not the limit of --transport %s with --np %d", c.Transport, c.NP)
 	case c.Root < 0 || c.Root >= c.NP:
 		return fmt.Errorf("--root %d is outside 0..%d", c.Root, c.NP-1)
-	case c.Device != "host" && c.Device != "cuda":
-		return fmt.Errorf("--device %q: want host or cuda", c.Device)
+	case c.Device != "host" && c.Device != "window" && c.Device != "cuda":
+		return fmt.Errorf("--device %q: want host, window or cuda", c.Device)
 	case c.Device == "cuda" && (c.Op == "tune" || c.CheckCeiling):
 		return fmt.Errorf("--device cuda measures the sweep only: tune and --check-ceiling measure host memory, so run them without --device cuda")
 	case c.StageChunk < 0 || c.StageChunk > 0 && c.StageChunk < 64:
@@ -295,6 +297,7 @@ func worker(ctx context.Context, c Config, comm collective.Comm, out io.Writer) 
 			stages = gpu.stager.Stats()
 			db.Free()
 		}
+		b.free()
 		// The slowest rank's time is the collective's time.
 		if err := comm.AllReduce(ctx, collective.Float64s(stat), collective.Float64s(stat), collective.Max); err != nil {
 			return err

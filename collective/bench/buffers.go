@@ -7,6 +7,7 @@ import (
 	"math"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/shm"
 )
 
 // buffers holds one size's send and receive memory for one rank.
@@ -19,6 +20,7 @@ type buffers struct {
 	redop       collective.Op
 	root        int
 	initialRecv func()
+	windows     []*shm.Window // where the buffers lie, with --device window
 }
 
 func setElem(d collective.DType, b []byte, i int, v float64) {
@@ -62,32 +64,50 @@ func getElem(d collective.DType, b []byte, i int) float64 {
 func newBuffers(c Config, n, rank, total int) (*buffers, error) {
 	es := c.DType.Size()
 	b := &buffers{dtype: c.DType, n: n, rank: rank, op: c.Op, redop: c.RedOp, root: c.Root}
+	var err error
+	alloc := func(n int) []byte {
+		if c.Device != "window" || err != nil || n == 0 {
+			return make([]byte, n)
+		}
+		// A window per buffer: the peers on this host read it in place.
+		var w *shm.Window
+		if w, err = shm.NewWindow(n); err != nil {
+			return make([]byte, n) // reported below
+		}
+		b.windows = append(b.windows, w)
+		return w.Bytes()
+	}
+	defer func() {
+		if err != nil {
+			b.free()
+		}
+	}()
 	switch c.Op {
 	case "allreduce":
 		b.count = total
-		b.send = make([]byte, total*es)
-		b.recv = make([]byte, total*es)
+		b.send = alloc(total * es)
+		b.recv = alloc(total * es)
 		for i := 0; i < total; i++ {
 			setElem(c.DType, b.send, i, input(c.RedOp, rank, i))
 		}
 	case "reducescatter":
 		b.count = total / n
-		b.send = make([]byte, total*es)
-		b.recv = make([]byte, b.count*es)
+		b.send = alloc(total * es)
+		b.recv = alloc(b.count * es)
 		for i := 0; i < total; i++ {
 			setElem(c.DType, b.send, i, input(c.RedOp, rank, i))
 		}
 	case "allgather":
 		b.count = total / n
-		b.send = make([]byte, b.count*es)
-		b.recv = make([]byte, total*es)
+		b.send = alloc(b.count * es)
+		b.recv = alloc(total * es)
 		for i := 0; i < b.count; i++ {
 			setElem(c.DType, b.send, i, value(rank, i))
 		}
 	case "broadcast":
 		b.count = total
-		b.send = make([]byte, total*es)
-		b.recv = make([]byte, total*es)
+		b.send = alloc(total * es)
+		b.recv = alloc(total * es)
 		if rank == c.Root {
 			for i := 0; i < total; i++ {
 				setElem(c.DType, b.send, i, value(rank, i))
@@ -96,7 +116,18 @@ func newBuffers(c Config, n, rank, total int) (*buffers, error) {
 	default:
 		return nil, fmt.Errorf("unknown op %q", c.Op)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("--device window: %w", err)
+	}
 	return b, nil
+}
+
+// free releases the buffers' windows (--device window).
+func (b *buffers) free() {
+	for _, w := range b.windows {
+		w.Close()
+	}
+	b.windows = nil
 }
 
 // reset prepares the checked call: in-place all-reduce starts from the

@@ -188,8 +188,12 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, env ...s
 	if c.Transport == "shm" {
 		link = "one ring per ordered pair"
 	}
-	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (rd < %d B, on 4, 8, 16 ... ranks rd < %d B and hd < %d B), chunk %d B, polling up to %d B, timeout %v, iters %d, warmup %d, buffers in %s memory\n",
-		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.HalvingFrom(), c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.PollBytes, c.Coll.Timeout, c.Iters, c.Warmup, c.Device)
+	mem := c.Device + " memory"
+	if c.Device == "window" {
+		mem = fmt.Sprintf("shm windows, lent from %d B", c.Coll.LendBytes)
+	}
+	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (rd < %d B, on 4, 8, 16 ... ranks rd < %d B and hd < %d B), chunk %d B, polling up to %d B, timeout %v, iters %d, warmup %d, buffers in %s\n",
+		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.HalvingFrom(), c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.PollBytes, c.Coll.Timeout, c.Iters, c.Warmup, mem)
 
 	cmds := make([]*exec.Cmd, c.NP)
 	exits := make(chan exit, c.NP)

@@ -25,25 +25,31 @@ func triples(a, b transport.Member) string {
 }
 
 // Buffers in shm windows are lent inside a host by the hierarchical
-// all-reduce, and the result is bit for bit the one of the same call on
+// all-reduce and by the flat ring (whose every other hop crosses hosts
+// over pairs), and the result is bit for bit the one of the same call on
 // ordinary memory, which is copied through the rings: for hosts of two
 // and of three ranks, every dtype width, an op whose order shows (sum)
-// and one that does not, and sizes that end mid-chunk. The odd ranks
-// scribble over their buffers as soon as their calls return, so a call
-// that returned before its peers had read its loans shows in the even
-// ranks' results.
-func TestHierLentMatchesCopied(t *testing.T) {
+// and one that does not, and sizes that end mid-chunk. Half the lending
+// ranks scribble over their buffers as soon as their calls return, so a
+// call that returned before its peers had read its loans shows in the
+// other ranks' results.
+func TestLentMatchesCopied(t *testing.T) {
 	for _, tc := range []struct {
 		n      int
 		choose func(a, b transport.Member) string
-	}{{4, pairs}, {6, triples}} {
+		algo   collective.Algo
+		// scribblers: the ranks r with r%2 == scribblers scribble; they
+		// must be lenders (in the flat ring over pairs, only the even
+		// ranks' next rank shares their host).
+		scribblers int
+	}{{4, pairs, collective.AlgoHier, 1}, {6, triples, collective.AlgoHier, 1}, {4, pairs, collective.AlgoRing, 0}} {
 		tts := join(t, tc.n, tc.choose)
 		trs := make([]transport.Transport, tc.n)
 		for r, tt := range tts {
 			trs[r] = tt
 		}
 		cfg := collective.DefaultConfig()
-		cfg.Algo, cfg.ChunkBytes = collective.AlgoHier, 64<<10
+		cfg.Algo, cfg.ChunkBytes, cfg.LendBytes = tc.algo, 64<<10, 0
 		g := collectivetest.Form(t, cfg, trs, func(r int) { tts[r].Kill() })
 		const maxBytes = 3 << 20
 		wins := make([]*shm.Window, tc.n)
@@ -73,11 +79,11 @@ func TestHierLentMatchesCopied(t *testing.T) {
 						lent[r] = wins[r].Bytes()[:n]
 						copy(lent[r], in[r])
 					}
-					allReduce(t, g, dt, op, lent, true)
-					allReduce(t, g, dt, op, in, false) // on the Go heap: copied
+					allReduce(t, g, dt, op, lent, tc.scribblers)
+					allReduce(t, g, dt, op, in, -1) // on the Go heap: copied
 					for r := range in {
-						if r%2 == 0 && !bytes.Equal(lent[r], in[r]) {
-							t.Fatalf("%d ranks, %v %v ×%d: rank %d's result from lent buffers differs from the copied one", tc.n, dt, op, count, r)
+						if r%2 != tc.scribblers && !bytes.Equal(lent[r], in[r]) {
+							t.Fatalf("%d ranks, %v, %v %v ×%d: rank %d's result from lent buffers differs from the copied one", tc.n, tc.algo, dt, op, count, r)
 						}
 						if !bytes.Equal(in[r], in[0]) {
 							t.Fatalf("%d ranks, %v %v ×%d: rank %d's result differs from rank 0's", tc.n, dt, op, count, r)
@@ -87,20 +93,20 @@ func TestHierLentMatchesCopied(t *testing.T) {
 			}
 		}
 		for r, tt := range tts {
-			t.Logf("%d ranks: rank %d lent %d bytes, sent %v", tc.n, r, tt.LentBytes(), tt.SentBytes())
+			t.Logf("%d ranks, %v: rank %d lent %d bytes, sent %v", tc.n, tc.algo, r, tt.LentBytes(), tt.SentBytes())
 			shmSent := tt.SentBytes()[shm.Name]
 			if l := tt.LentBytes(); l < shmSent/4 {
-				t.Errorf("%d ranks: rank %d lent %d of the %d bytes it sent over shm", tc.n, r, l, shmSent)
+				t.Errorf("%d ranks, %v: rank %d lent %d of the %d bytes it sent over shm", tc.n, tc.algo, r, l, shmSent)
 			}
 		}
 	}
 }
 
 // allReduce runs one in-place all-reduce of bufs[r] on every rank r.
-// With scribble, the odd ranks overwrite their buffers the moment their
-// calls return, as a training loop may: a peer still reading one as a
-// loan would get the scribble into its result.
-func allReduce(t *testing.T, g collectivetest.Group, dt collective.DType, op collective.Op, bufs [][]byte, scribble bool) {
+// The ranks with r%2 == scribblers overwrite their buffers the moment
+// their calls return, as a training loop may: a peer still reading one
+// as a loan would get the scribble into its result.
+func allReduce(t *testing.T, g collectivetest.Group, dt collective.DType, op collective.Op, bufs [][]byte, scribblers int) {
 	t.Helper()
 	errs := make([]error, len(bufs))
 	var wg sync.WaitGroup
@@ -110,7 +116,7 @@ func allReduce(t *testing.T, g collectivetest.Group, dt collective.DType, op col
 			defer cancel()
 			b := collective.BufferOf(dt, bufs[r])
 			errs[r] = c.AllReduce(ctx, b, b, op)
-			if scribble && r%2 == 1 {
+			if r%2 == scribblers {
 				for i := range bufs[r] {
 					bufs[r][i] = 0xff
 				}

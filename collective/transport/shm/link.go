@@ -342,15 +342,29 @@ func (l *link) SendLent(h *transport.Header, payload []byte, deadline time.Time)
 
 // AwaitLent returns once the peer has read the payload of the lent
 // message whose ticket SendLent returned: it has released the message's
-// slots. It polls (the sending side may be asleep on the eventfd of room
-// at the same time) and may run beside Send.
+// slots. It may run beside Send, which may be asleep on the eventfd of
+// room, so it does not sleep on that eventfd: it polls, yielding its core
+// between looks, and only after loanYield does it sleep between looks.
+// A loan is waited for inside a collective whose peer is reading it now,
+// so the wait is mostly short; a Go sleep of a few microseconds can
+// last a millisecond, which at 1 MiB took the flat ring between 2
+// processes from 0.27 to 0.69-0.99 ms.
 func (l *link) AwaitLent(ticket uint64, deadline time.Time) error {
 	if err := l.enter(); err != nil {
 		return err
 	}
 	defer l.leave()
 	tail := l.out.tail
+	var since int64
 	for looks := 0; tail.Load() < ticket; looks++ {
+		if looks < lookBurst {
+			runtime.Gosched()
+			continue
+		}
+		now := nanotime()
+		if since == 0 {
+			since = now
+		}
 		switch {
 		case l.interrupted.Load():
 			return transport.ErrInterrupted
@@ -359,16 +373,12 @@ func (l *link) AwaitLent(ticket uint64, deadline time.Time) error {
 				return nil
 			}
 			return transport.ErrPeerLeft
-		case !deadline.IsZero() && time.Now().After(deadline):
+		case !deadline.IsZero() && now > deadline.UnixNano():
 			return os.ErrDeadlineExceeded
-		}
-		switch {
-		case looks < 64:
-			runtime.Gosched()
-		case looks < 256:
+		case now-since < int64(loanYield):
 			syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 		default:
-			time.Sleep(20 * time.Microsecond)
+			time.Sleep(loanSleep)
 		}
 	}
 	return nil

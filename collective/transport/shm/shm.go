@@ -52,6 +52,10 @@ const (
 const (
 	lendMin  = batchBytes
 	lentMark = 0x4c
+	// loanYield is how long AwaitLent yields between looks before it
+	// sleeps loanSleep between them.
+	loanYield = 2 * time.Millisecond
+	loanSleep = 50 * time.Microsecond
 )
 
 // lookBurst is how many times a waiter looks at the ring between yields.
