@@ -12,6 +12,14 @@ import "time"
 // the buffer again once the call returns. Calls below Config.LendBytes
 // copy instead.
 
+// Lends says whether c's transport lends buffers in an shm.Window to some
+// peer (ranks on this host that share memory with it): whether
+// allocating large buffers in windows pays.
+func Lends(c Comm) bool {
+	g, ok := c.(*group)
+	return ok && g.lender != nil && g.lender.Lends()
+}
+
 // loans is the bookkeeping of one call's lent sends: the transport's
 // ticket for each send-lane position (0: copied, nothing to wait for),
 // and how many positions have been waited for.

@@ -3,8 +3,10 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"unsafe"
 
 	"github.com/ringo-ml/ringo/collective"
+	"github.com/ringo-ml/ringo/collective/transport/shm"
 )
 
 // Compression is how gradients travel on the wire.
@@ -73,6 +75,11 @@ type Gradients struct {
 	f32  [][]float32 // bucket buffers, reused
 	u16  [][]uint16
 	f64  []float64
+	// windows holds the bucket buffers that lie in shm windows, by
+	// buffer, where the transport lends (collective.Lends): the ranks on
+	// this host then read each other's buckets in place instead of
+	// copying them through the rings.
+	windows map[*byte]*shm.Window
 	// stager stages device gradients (AverageDevice); made on first use.
 	stager *collective.Stager
 }
@@ -86,7 +93,60 @@ func NewGradients(comm collective.Comm, cfg GradConfig) (*Gradients, error) {
 		return nil, err
 	}
 	cfg.Staging = cfg.Staging.WithDefaults()
-	return &Gradients{comm: comm, cfg: cfg}, nil
+	g := &Gradients{comm: comm, cfg: cfg}
+	if collective.Lends(comm) {
+		g.windows = map[*byte]*shm.Window{}
+	}
+	return g, nil
+}
+
+// freeWindows frees the bucket buffers that lie in windows; the next
+// average allocates them again.
+func (g *Gradients) freeWindows() {
+	for i, f := range g.f32 {
+		if _, ok := g.windows[(*byte)(unsafe.Pointer(unsafe.SliceData(f)))]; ok {
+			g.f32[i] = nil
+		}
+	}
+	for i, h := range g.u16 {
+		if _, ok := g.windows[(*byte)(unsafe.Pointer(unsafe.SliceData(h)))]; ok {
+			g.u16[i] = nil
+		}
+	}
+	for b, w := range g.windows {
+		w.Close()
+		delete(g.windows, b)
+	}
+}
+
+// minWindowBucket is the smallest bucket buffer put in a window: below
+// collective's default LendBytes a call copies anyway.
+const minWindowBucket = 2 << 20
+
+// bucketMem returns n bytes for a bucket buffer that replaces old: in a
+// window where the transport lends and the bucket is large enough to be
+// lent, else nil (the caller makes an ordinary slice). old's window, if
+// it had one, is freed.
+func (g *Gradients) bucketMem(old unsafe.Pointer, n int) []byte {
+	if g.windows == nil {
+		return nil
+	}
+	if w, ok := g.windows[(*byte)(old)]; ok {
+		delete(g.windows, (*byte)(old))
+		w.Close()
+	}
+	if n < minWindowBucket {
+		return nil
+	}
+	w, err := shm.NewWindow(n)
+	if err != nil {
+		// Memory for windows ran out (a full /dev/shm, say): an ordinary
+		// buffer is copied instead of lent, which is slower, not wrong.
+		return nil
+	}
+	b := w.Bytes()
+	g.windows[unsafe.SliceData(b)] = w
+	return b
 }
 
 // bucket is a run of consecutive gradients that are averaged together.
@@ -197,7 +257,11 @@ func (g *Gradients) f32Buf(i, n int) []float32 {
 		g.f32 = append(g.f32, nil)
 	}
 	if cap(g.f32[i]) < n {
-		g.f32[i] = make([]float32, n)
+		if b := g.bucketMem(unsafe.Pointer(unsafe.SliceData(g.f32[i])), 4*n); b != nil {
+			g.f32[i] = unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), n)
+		} else {
+			g.f32[i] = make([]float32, n)
+		}
 	}
 	return g.f32[i][:n]
 }
@@ -207,7 +271,11 @@ func (g *Gradients) u16Buf(i, n int) []uint16 {
 		g.u16 = append(g.u16, nil)
 	}
 	if cap(g.u16[i]) < n {
-		g.u16[i] = make([]uint16, n)
+		if b := g.bucketMem(unsafe.Pointer(unsafe.SliceData(g.u16[i])), 2*n); b != nil {
+			g.u16[i] = unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), n)
+		} else {
+			g.u16[i] = make([]uint16, n)
+		}
 	}
 	return g.u16[i][:n]
 }

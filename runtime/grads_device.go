@@ -88,9 +88,11 @@ func (g *Gradients) DeviceStats() collective.StageStats {
 }
 
 // Close frees the host buffers AverageDevice staged through (pinned
-// memory, with a GPU allocator). It does not close the Comm. The
-// Gradients stay usable: a later AverageDevice allocates them again.
+// memory, with a GPU allocator) and the bucket buffers that lie in shm
+// windows. It does not close the Comm. The Gradients stay usable: a
+// later average allocates them again.
 func (g *Gradients) Close() error {
+	g.freeWindows()
 	if g.stager == nil {
 		return nil
 	}

@@ -70,6 +70,7 @@ type InPlaceLink interface {
 type LendingLink interface {
 	SendLent(h *Header, payload []byte, deadline time.Time) (uint64, error)
 	AwaitLent(ticket uint64, deadline time.Time) error
+	Lends() bool // the peer takes loans
 }
 
 // Control is a link's control channel: a net.Conn, a unix socket or a
@@ -483,6 +484,19 @@ func (m *Mesh) AwaitLent(p int, ticket uint64, deadline time.Time) error {
 		return m.linkError(pr, "send", err)
 	}
 	return nil
+}
+
+// Lends says whether some peer's link lends (Lender).
+func (m *Mesh) Lends() bool {
+	for _, pr := range m.peers {
+		if pr == nil {
+			continue
+		}
+		if ll, ok := pr.link.(LendingLink); ok && ll.Lends() {
+			return true
+		}
+	}
+	return false
 }
 
 // InPlace says whether peer p's link hands payloads of n bytes over where

@@ -115,6 +115,9 @@ type Lender interface {
 	// (and every payload lent to it before). It may run beside a Send or
 	// SendLent to the same peer on another goroutine.
 	AwaitLent(peer int, ticket uint64, deadline time.Time) error
+	// Lends says whether the link to some peer can lend: buffers in a
+	// window are worth having.
+	Lends() bool
 }
 
 // Peeker is implemented by transports that can show the header of a

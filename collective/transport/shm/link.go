@@ -340,6 +340,10 @@ func (l *link) SendLent(h *transport.Header, payload []byte, deadline time.Time)
 	return l.outHead, nil
 }
 
+// Lends says whether the peer takes loans (it can map this process's
+// windows, and did not turn lending off).
+func (l *link) Lends() bool { return l.lend }
+
 // AwaitLent returns once the peer has read the payload of the lent
 // message whose ticket SendLent returned: it has released the message's
 // slots. It may run beside Send, which may be asleep on the eventfd of
