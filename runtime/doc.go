@@ -18,7 +18,10 @@
 // bucket joined with collective.Concat, and all-reduced in place through a
 // collective.Stager (GradConfig.Staging), which pipelines copies through
 // host memory with the wire; BF16 and FP16 narrow on the host as Average
-// does. Close frees the staging buffers.
+// does. Where the group's transport lends (collective.Lends: ranks that
+// share this host's memory), host bucket buffers of 2 MiB and more lie in
+// shm windows, which those ranks read in place instead of copying through
+// the rings. Close frees the staging buffers and the windows.
 //
 // Replan (replan.go; the Trainer calls it every ReplanEvery steps) moves
 // the ring while the job runs. The launcher's probe at formation

@@ -14,11 +14,12 @@ var sweepRow = regexp.MustCompile(`sweep \S+ \S*: all-reduce of (\d+) bytes: med
 
 // BenchmarkHierTwoHosts: two namespace hosts of two workers each, float32
 // sum all-reduce from 4 KiB to 256 MiB (sizes x4; RINGO_BENCH_SWEEP=MIN:MAX
-// narrows it), under five setups run one after another in each iteration:
+// narrows it), under six setups run one after another in each iteration:
 // the flat algorithms over TCP only, the flat ones over mix (shm within a
 // host, TCP across), the hierarchical one forced at every size, the
-// default (auto: flat below HierBytes, hierarchical above), and the
-// hierarchical one on a buffer in an shm window (lent inside a host);
+// default (auto: flat below HierBytes, hierarchical above), and the flat
+// and the default ones again on a buffer in an shm window, which ranks on
+// one host lend each other from LendBytes (2 MiB) up;
 // RINGO_BENCH_SETUPS=mix-hier,tcp-flat runs only those named. Each job
 // reports the median of 3 timed calls per size; the table is the median
 // over iterations (-benchtime=3x for three), printed on stdout.
@@ -36,13 +37,14 @@ func BenchmarkHierTwoHosts(b *testing.B) {
 		{"mix-flat", []string{"--transport", "mix"}},
 		{"mix-hier", []string{"--transport", "mix"}},
 		{"mix-auto", []string{"--transport", "mix"}},
-		{"mix-hier-window", []string{"--transport", "mix"}},
+		{"window-flat", []string{"--transport", "mix"}},
+		{"window-auto", []string{"--transport", "mix"}},
 	}
 	if v := os.Getenv("RINGO_BENCH_SETUPS"); v != "" {
 		keep := strings.Split(v, ",")
 		setups = slices.DeleteFunc(setups, func(s setup) bool { return !slices.Contains(keep, s.name) })
 		if len(setups) == 0 {
-			b.Fatalf("RINGO_BENCH_SETUPS=%q names none of tcp-flat, mix-flat, mix-hier, mix-auto, mix-hier-window", v)
+			b.Fatalf("RINGO_BENCH_SETUPS=%q names none of tcp-flat, mix-flat, mix-hier, mix-auto, window-flat, window-auto", v)
 		}
 	}
 	worker := map[string][]string{
@@ -50,10 +52,11 @@ func BenchmarkHierTwoHosts(b *testing.B) {
 		"mix-flat": {"--algo", "auto", "--hier-bytes", "1G"},
 		"mix-hier": {"--algo", "hier"},
 		"mix-auto": {},
-		// The hierarchical algorithm on buffers in shm windows: ranks on
-		// one host lend each other their buffers instead of copying them
-		// through the rings.
-		"mix-hier-window": {"--algo", "hier", "--window"},
+		// mix-flat and mix-auto on buffers in shm windows: from LendBytes
+		// up, ranks on one host lend each other their buffers instead of
+		// copying them through the rings.
+		"window-flat": {"--algo", "auto", "--hier-bytes", "1G", "--window"},
+		"window-auto": {"--window"},
 	}
 	h := newHosts(b, 2)
 	tok := tokenFile(b)
@@ -105,16 +108,17 @@ func BenchmarkHierTwoHosts(b *testing.B) {
 	}
 	slices.Sort(sizes)
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\n| bytes | tcp-flat | mix-flat | mix-hier | mix-auto | mix-hier-window | hier vs tcp | hier vs mix-flat | auto vs mix-flat | window vs tcp |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&sb, "\n| bytes | tcp-flat | mix-flat | mix-hier | mix-auto | window-flat | window-auto | hier vs tcp | hier vs mix-flat | auto vs mix-flat | window-auto vs tcp | window-auto vs window-flat |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, size := range sizes {
-		tf, mf, mh, ma, mw := med(times["tcp-flat"][size]), med(times["mix-flat"][size]), med(times["mix-hier"][size]), med(times["mix-auto"][size]), med(times["mix-hier-window"][size])
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", human(size), dur(tf), dur(mf), dur(mh), dur(ma), dur(mw),
-			ratio(tf, mh), ratio(mf, mh), ratio(mf, ma), ratio(tf, mw))
+		tf, mf, mh, ma := med(times["tcp-flat"][size]), med(times["mix-flat"][size]), med(times["mix-hier"][size]), med(times["mix-auto"][size])
+		wf, wa := med(times["window-flat"][size]), med(times["window-auto"][size])
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", human(size), dur(tf), dur(mf), dur(mh), dur(ma), dur(wf), dur(wa),
+			ratio(tf, mh), ratio(mf, mh), ratio(mf, ma), ratio(tf, wa), ratio(wf, wa))
 		if size == 64<<20 && tf > 0 && mh > 0 {
 			b.ReportMetric(tf/mh, "hier/tcp@64MiB")
 		}
-		if size == 64<<20 && tf > 0 && mw > 0 {
-			b.ReportMetric(tf/mw, "window/tcp@64MiB")
+		if size == 64<<20 && tf > 0 && wa > 0 {
+			b.ReportMetric(tf/wa, "window-auto/tcp@64MiB")
 		}
 	}
 	// On stdout as well as in the log, which go test truncates for

@@ -28,6 +28,30 @@
 // out the payload where it lies in the ring, so that a reduction can read
 // the peer's data without a copy first.
 //
+// # Windows: lending instead of copying
+//
+// A Window (NewWindow) is memory in a memfd of its own. A send of 64 KiB
+// or more whose payload lies in a window, made through SendLent (the
+// collective schedules do it for the ring's and the hierarchical
+// algorithms' intra-host sends, from collective's LendBytes, 2 MiB), puts
+// a 32-byte reference in the ring instead of the bytes: the window's
+// random id, its descriptor in the sender and the offset. The byte after
+// the message's header marks it (it is written for every message, since
+// a slot holds whatever an older message left there). The receiver maps
+// the window read-only through /proc/<sender pid>/fd/<descriptor> the
+// first time (it checks the id in the window's header, so a reused
+// descriptor is never mistaken for the window), keeps up to 16 of each
+// peer's windows mapped, and reduces or copies straight out of the
+// sender's memory; it releases the reference's slot when it is done.
+// That release is what AwaitLent waits for: the sender must not change
+// the bytes before, and the collective executor waits before a receive
+// writes over lent bytes and before a call returns. A byte so crosses
+// between the two processes' buffers in one copy, not two (into the ring
+// and out). Each side says in its offer whether it can map the other's
+// windows (it sees the peer's process: SO_PEERCRED gave a pid, and
+// /proc/<pid>/fd opens); a rank that cannot, or that turned lending off
+// (Config.NoLend, RINGO_SHM_LEND=0), is never lent to.
+//
 // # Waiting
 //
 // A rank that waits for data (or for room in a full ring) polls the
@@ -64,8 +88,9 @@
 // in its network namespace, and names the rank that does not. Each rank
 // then dials every lower rank's socket; the connection opens with the
 // token challenge and the hello, and both ends send a 32-byte offer:
-// "RGSO", version u32, nonce u64, from u32, slot bytes u32, slots u32, 4
-// zero bytes, with three descriptors attached: the ring the sender will
+// "RGSO", version u32 (2), nonce u64, from u32, slot bytes u32, slots
+// u32, flags u32 (bit 0: "I can map your windows"), with three
+// descriptors attached: the ring the sender will
 // read (the other side writes it), and the two eventfds that wake the
 // sender (data has arrived; room has been made). The segment layout is
 // documented in ring.go. The offer decoder is fuzzed. Endpoint is that
