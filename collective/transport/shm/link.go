@@ -583,7 +583,9 @@ func (l *link) consumeLent(buf []byte, fn func(int, []byte)) error {
 	if buf != nil || fn != nil {
 		data, err := l.theirs.lookup(l.pendRef)
 		if err != nil {
-			return err
+			// The peer would only lend again: fail the group, and say
+			// how to run without loans.
+			return protocolError("%v (%s=0 on every rank turns lending off)", err, EnvLend)
 		}
 		off, n := l.pendRef.off, l.pendLen
 		if off > uint64(len(data)) || n > uint64(len(data))-off {
