@@ -175,7 +175,7 @@ func (s *schedule) String() string {
 		}
 		if x.kind != xSend {
 			if x.fence > 0 {
-				fmt.Fprintf(&sb, ", %d loans", x.fence)
+				fmt.Fprintf(&sb, ", loans of the first %d sends read", x.fence)
 			}
 			sb.WriteByte('\n')
 		}
