@@ -157,12 +157,17 @@ func FuzzParseTuning(f *testing.F) {
 func TestThresholdsFromEnv(t *testing.T) {
 	t.Setenv(EnvAlgoHalving, "64K")
 	t.Setenv(EnvPoll, "0")
+	t.Setenv(EnvLend, "8M")
 	c, err := DefaultConfig().FromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HalvingBytes != 64<<10 || c.PollBytes != 0 {
-		t.Errorf("HalvingBytes %d, PollBytes %d from %s=64K and %s=0", c.HalvingBytes, c.PollBytes, EnvAlgoHalving, EnvPoll)
+	if c.HalvingBytes != 64<<10 || c.PollBytes != 0 || c.LendBytes != 8<<20 {
+		t.Errorf("HalvingBytes %d, PollBytes %d, LendBytes %d from %s=64K, %s=0 and %s=8M", c.HalvingBytes, c.PollBytes, c.LendBytes, EnvAlgoHalving, EnvPoll, EnvLend)
+	}
+	c.LendBytes = -1
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "LendBytes") {
+		t.Errorf("LendBytes -1: %v, want an error naming it", err)
 	}
 	if c.polls(1) {
 		t.Error("PollBytes 0: a call of 1 byte still polls on both lanes")

@@ -58,7 +58,28 @@ func TestBenchDeviceCudaStandIn(t *testing.T) {
 		})
 	}
 	out, err := exec.Command(ringoBin, "bench", "allreduce", "--device", "tpu").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), `--device "tpu": want host or cuda`) {
+	if err == nil || !strings.Contains(string(out), `--device "tpu": want host, window or cuda`) {
 		t.Errorf("--device tpu: err %v, output %s", err, out)
+	}
+}
+
+// TestBenchDeviceWindow: --device window over shared memory checks every
+// collective's results with the buffers in shm windows, at sizes from
+// below the lending threshold to above it (RINGO_LEND_BYTES=1M), so both
+// the copying and the lending paths run.
+func TestBenchDeviceWindow(t *testing.T) {
+	for _, op := range []string{"allreduce", "reducescatter", "allgather", "broadcast"} {
+		t.Run(op, func(t *testing.T) {
+			rows := runBenchJSONWithEnv(t, []string{"RINGO_LEND_BYTES=1M"}, op, "--device", "window", "--transport", "shm", "--np", "3",
+				"--min-bytes", "64K", "--max-bytes", "4M", "--factor", "4", "--iters", "2", "--warmup", "1", "--json")
+			if len(rows) != 4 {
+				t.Fatalf("%d rows, want one per size from 64 KiB to 4 MiB", len(rows))
+			}
+			for _, r := range rows {
+				if r.Wrong != 0 {
+					t.Errorf("row %+v: wrong results", r)
+				}
+			}
+		})
 	}
 }

@@ -12,17 +12,7 @@ import (
 	"github.com/ringo-ml/ringo/collective/collectivetest"
 	"github.com/ringo-ml/ringo/collective/transport"
 	"github.com/ringo-ml/ringo/collective/transport/shm"
-	"github.com/ringo-ml/ringo/collective/transport/tcp"
 )
-
-// triples: hosts of three ranks (0-2, 3-5, ...), so that the rings inside
-// a host have a middle rank.
-func triples(a, b transport.Member) string {
-	if a.Rank/3 == b.Rank/3 {
-		return shm.Name
-	}
-	return tcp.Name
-}
 
 // Buffers in shm windows are lent inside a host by the hierarchical
 // all-reduce and by the flat ring (whose every other hop crosses hosts
@@ -42,7 +32,7 @@ func TestLentMatchesCopied(t *testing.T) {
 		// must be lenders (in the flat ring over pairs, only the even
 		// ranks' next rank shares their host).
 		scribblers int
-	}{{4, pairs, collective.AlgoHier, 1}, {6, triples, collective.AlgoHier, 1}, {4, pairs, collective.AlgoRing, 0}} {
+	}{{4, pairs, collective.AlgoHier, 1}, {6, hostsOf(3), collective.AlgoHier, 1}, {4, pairs, collective.AlgoRing, 0}} {
 		tts := join(t, tc.n, tc.choose)
 		trs := make([]transport.Transport, tc.n)
 		for r, tt := range tts {

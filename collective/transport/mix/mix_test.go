@@ -20,11 +20,16 @@ import (
 // pairs stands in for hosts of two ranks each: ranks 2h and 2h+1 share a
 // "host" and talk shm, every other pair TCP, so every group of three or
 // more ranks mixes both kinds, and a ring crosses kinds at every hop.
-func pairs(a, b transport.Member) string {
-	if a.Rank/2 == b.Rank/2 {
-		return shm.Name
+var pairs = hostsOf(2)
+
+// hostsOf stands in for hosts of k ranks each: ranks kh to kh+k-1.
+func hostsOf(k int) func(a, b transport.Member) string {
+	return func(a, b transport.Member) string {
+		if a.Rank/k == b.Rank/k {
+			return shm.Name
+		}
+		return tcp.Name
 	}
-	return tcp.Name
 }
 
 func join(t testing.TB, n int, choose func(a, b transport.Member) string) []*mix.Transport {

@@ -127,11 +127,12 @@ func TestFromEnv(t *testing.T) {
 	t.Setenv(shm.EnvSpin, "7us")
 	t.Setenv(shm.EnvSlotBytes, "8192")
 	t.Setenv(shm.EnvSlots, "128")
+	t.Setenv(shm.EnvLend, "0")
 	c, err := shm.DefaultConfig().FromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Spin != 7*time.Microsecond || c.SlotBytes != 8192 || c.Slots != 128 {
+	if c.Spin != 7*time.Microsecond || c.SlotBytes != 8192 || c.Slots != 128 || !c.NoLend {
 		t.Fatalf("FromEnv: %+v", c)
 	}
 	t.Setenv(shm.EnvSpin, "soon")
