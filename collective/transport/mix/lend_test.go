@@ -19,7 +19,8 @@ import (
 // over pairs), and the result is bit for bit the one of the same call on
 // ordinary memory, which is copied through the rings: for hosts of two
 // and of three ranks, every dtype width, an op whose order shows (sum)
-// and one that does not, and sizes that end mid-chunk. Half the lending
+// and one that does not, and sizes that end mid-chunk; and all-gather
+// into windows. Half the lending
 // ranks scribble over their buffers as soon as their calls return, so a
 // call that returned before its peers had read its loans shows in the
 // other ranks' results.
@@ -79,6 +80,42 @@ func TestLentMatchesCopied(t *testing.T) {
 							t.Fatalf("%d ranks, %v %v ×%d: rank %d's result differs from rank 0's", tc.n, dt, op, count, r)
 						}
 					}
+				}
+			}
+		}
+		// All-gather into windows: each block is lent on inside a host.
+		for _, count := range []int{40_003, 100_003} {
+			per := count * 4
+			sends := make([][]byte, tc.n)
+			var want []byte
+			for r := range sends {
+				sends[r] = make([]byte, per)
+				for i := range sends[r] {
+					sends[r][i] = byte(i*13 + r)
+				}
+				want = append(want, sends[r]...)
+			}
+			recvs := make([][]byte, tc.n)
+			errs := make([]error, tc.n)
+			var wg sync.WaitGroup
+			for r, c := range g.Comms {
+				recvs[r] = wins[r].Bytes()[:per*tc.n]
+				wg.Go(func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					defer cancel()
+					errs[r] = c.AllGather(ctx, collective.BufferOf(collective.Float32, sends[r]), collective.BufferOf(collective.Float32, recvs[r]))
+					if r%2 == tc.scribblers {
+						clear(recvs[r])
+					}
+				})
+			}
+			wg.Wait()
+			for r := range recvs {
+				if errs[r] != nil {
+					t.Fatalf("rank %d: AllGather: %v", r, errs[r])
+				}
+				if r%2 != tc.scribblers && !bytes.Equal(recvs[r], want) {
+					t.Fatalf("%d ranks, %v, all-gather of %d elements: rank %d gathered other bytes than were sent", tc.n, tc.algo, count, r)
 				}
 			}
 		}

@@ -225,7 +225,9 @@ func (p *peerWindows) lookup(ref windowRef) ([]byte, error) {
 		return nil, errors.New("lent a window by a process this one cannot see")
 	}
 	path := fmt.Sprintf("/proc/%d/fd/%d", p.pid, ref.fd)
-	f, err := os.Open(path)
+	// Non-blocking: a reference that names a pipe of the peer's must fail
+	// here, not hang in open.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening the peer's window: %w", err)
 	}
@@ -234,7 +236,7 @@ func (p *peerWindows) lookup(ref windowRef) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the peer's window: %w", err)
 	}
-	if st.Size() <= winHeader {
+	if !st.Mode().IsRegular() || st.Size() <= winHeader {
 		return nil, fmt.Errorf("the peer's window %s is %d bytes, not a window", path, st.Size())
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
