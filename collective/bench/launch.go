@@ -166,6 +166,14 @@ type exit struct {
 	err  error
 }
 
+// bufferPlace says where --device puts the buffers.
+func bufferPlace(device string) string {
+	if device == "window" {
+		return "shm windows"
+	}
+	return device + " memory"
+}
+
 // runParent starts the workers, each with env added to this process's
 // environment, and waits for them.
 func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, env ...string) error {
@@ -188,9 +196,9 @@ func runParent(ctx context.Context, c Config, stdout, stderr io.Writer, env ...s
 	if c.Transport == "shm" {
 		link = "one ring per ordered pair"
 	}
-	mem := c.Device + " memory"
+	mem := bufferPlace(c.Device)
 	if c.Device == "window" {
-		mem = fmt.Sprintf("shm windows, lent from %d B", c.Coll.LendBytes)
+		mem += fmt.Sprintf(", lent from %d B", c.Coll.LendBytes)
 	}
 	fmt.Fprintf(head, "# ringo bench %s: np %d, %s, transport %s, %s, algo %s (rd < %d B, on 4, 8, 16 ... ranks rd < %d B and hd < %d B), chunk %d B, polling up to %d B, timeout %v, iters %d, warmup %d, buffers in %s\n",
 		c.Op, c.NP, c.DType, c.Transport, link, c.Coll.Algo, c.Coll.SmallBytes, c.Coll.HalvingFrom(), c.Coll.MidBytes, c.Coll.ChunkBytes, c.Coll.PollBytes, c.Coll.Timeout, c.Iters, c.Warmup, mem)

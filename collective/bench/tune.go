@@ -94,7 +94,7 @@ func runTune(ctx context.Context, c Config, stdout, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	t := &collective.Tuning{
 		Version:  collective.TuningVersion,
-		Measured: fmt.Sprintf("ringo bench tune on %s (%d cores), np %d, transport %s, %s", host, runtime.NumCPU(), c.NP, c.Transport, time.Now().UTC().Format(time.DateOnly)),
+		Measured: fmt.Sprintf("ringo bench tune on %s (%d cores), np %d, transport %s, buffers in %s, %s", host, runtime.NumCPU(), c.NP, c.Transport, bufferPlace(c.Device), time.Now().UTC().Format(time.DateOnly)),
 		Rules:    bands(c.NP, sizes, best),
 	}
 	if err := writeTuning(c.Out, t); err != nil {
