@@ -70,21 +70,9 @@ func segmentBytes(slotBytes, slots int) int { return dataOff + slotBytes*slots }
 // descriptor and mapping go, however the processes end.
 func newSegment(slotBytes, slots, producer, consumer int) (*ring, int, error) {
 	size := segmentBytes(slotBytes, slots)
-	fd, err := -1, error(errNoMemfd)
-	if !forceTmpfs {
-		fd, err = unix.MemfdCreate("ringo-shm", unix.MFD_CLOEXEC)
-	}
+	fd, err := sharedFile("ringo-shm", size)
 	if err != nil {
-		// No memfd (an old kernel, or a seccomp filter): a /dev/shm file
-		// unlinked at once, so that it has no name a crash could leave.
-		fd, err = tmpfsFile()
-		if err != nil {
-			return nil, -1, err
-		}
-	}
-	if err := unix.Ftruncate(fd, int64(size)); err != nil {
-		unix.Close(fd)
-		return nil, -1, fmt.Errorf("sizing a %d-byte shared segment: %w (is /dev/shm or memory full?)", size, err)
+		return nil, -1, err
 	}
 	r, err := mapSegment(fd, slotBytes, slots)
 	if err != nil {
@@ -101,7 +89,28 @@ func newSegment(slotBytes, slots, producer, consumer int) (*ring, int, error) {
 	return r, fd, nil
 }
 
-// forceTmpfs makes newSegment skip memfd_create (tests of the fallback).
+// sharedFile creates an unnamed file of size bytes to share by
+// descriptor: a memfd, or where memfd_create is refused (an old kernel, or
+// a seccomp filter) a /dev/shm file unlinked at once, so that it has no
+// name a crash could leave.
+func sharedFile(name string, size int) (int, error) {
+	fd, err := -1, error(errNoMemfd)
+	if !forceTmpfs {
+		fd, err = unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	}
+	if err != nil {
+		if fd, err = tmpfsFile(); err != nil {
+			return -1, err
+		}
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("sizing a %d-byte shared file: %w (is /dev/shm or memory full?)", size, err)
+	}
+	return fd, nil
+}
+
+// forceTmpfs makes sharedFile skip memfd_create (tests of the fallback).
 var forceTmpfs bool
 
 var errNoMemfd = errors.New("memfd not used")

@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -15,8 +16,9 @@ import (
 
 // A Window is memory that the other ranks on this host can read in place.
 // A buffer that lies in one is lent, not copied, by the sends that the
-// collective schedules mark as lendable (the intra-host phases of the
-// hierarchical algorithms): the ring carries a 32-byte reference, and the
+// collective schedules mark as lendable (the ring's, and the intra-host
+// phases of the hierarchical algorithms, in calls from collective's
+// LendBytes up): the ring carries a 32-byte reference, and the
 // receiving rank reduces or copies straight from this process's memory,
 // so that each byte crosses between the two processes' buffers in one
 // copy instead of two (into the ring and out of it). This is what NCCL's
@@ -44,18 +46,12 @@ var winMagic = [8]byte{'R', 'G', 'S', 'H', 'W', 'I', 'N', '1'}
 // NewWindow allocates a window of n bytes, zeroed.
 func NewWindow(n int) (*Window, error) {
 	if n <= 0 {
-		return nil, fmt.Errorf("shm: a window of %d bytes", n)
-	}
-	fd, err := unix.MemfdCreate("ringo-window", unix.MFD_CLOEXEC)
-	if err != nil {
-		if fd, err = tmpfsFile(); err != nil {
-			return nil, err
-		}
+		return nil, fmt.Errorf("shm: a window of %d bytes: want at least 1", n)
 	}
 	size := winHeader + n
-	if err := unix.Ftruncate(fd, int64(size)); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("shm: sizing a %d-byte window: %w (is /dev/shm or memory full?)", n, err)
+	fd, err := sharedFile("ringo-window", size)
+	if err != nil {
+		return nil, fmt.Errorf("shm: a %d-byte window: %w", n, err)
 	}
 	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
@@ -103,9 +99,7 @@ func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b
 func (s *windowSet) add(w *Window) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(s.list, addrOf(w.data), func(x *Window, a uintptr) int {
-		return compareAddr(addrOf(x.data), a)
-	})
+	i, _ := slices.BinarySearchFunc(s.list, addrOf(w.data), byAddr)
 	s.list = slices.Insert(s.list, i, w)
 }
 
@@ -117,15 +111,7 @@ func (s *windowSet) remove(w *Window) {
 	}
 }
 
-func compareAddr(a, b uintptr) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
+func byAddr(x *Window, a uintptr) int { return cmp.Compare(addrOf(x.data), a) }
 
 // find returns the window b lies in entirely, and b's offset in its data.
 func (s *windowSet) find(b []byte) (*Window, uint64, bool) {
@@ -136,9 +122,7 @@ func (s *windowSet) find(b []byte) (*Window, uint64, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	// The last window starting at or before a.
-	i, found := slices.BinarySearchFunc(s.list, a, func(x *Window, a uintptr) int {
-		return compareAddr(addrOf(x.data), a)
-	})
+	i, found := slices.BinarySearchFunc(s.list, a, byAddr)
 	if !found {
 		i--
 	}
