@@ -51,9 +51,9 @@
 // intra-host sends in calls of Config.LendBytes (2 MiB, RINGO_LEND_BYTES)
 // and more: the peer reads them in this process's memory, and the
 // executor waits for it to have done so before a receive writes over
-// them and before the call returns. Lends says whether a group's
-// transport can; runtime.Gradients puts its large buckets in windows
-// where it can. At 2 hosts of 2 ranks on 2 cores, 64 MiB took 72 ms in
+// them and before the call returns. Lends says whether a call of a size
+// would lend; runtime.Gradients puts its buckets in windows where theirs
+// would. At 2 hosts of 2 ranks on 2 cores, 64 MiB took 72 ms in
 // windows against 99-102 ms hierarchically without them (BENCHMARKS.md).
 //
 // A group's ring order (Config.RingOrder, the topology solver's) can change

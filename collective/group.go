@@ -81,8 +81,9 @@ type group struct {
 	// lie (shared memory); else nil. A reduction from such a peer reads
 	// its data there instead of from a copy in scratch (inplace.go).
 	inPlace transport.InPlaceReceiver
-	// lender is tr, if it can lend payloads to some peers (shared memory,
-	// for buffers in an shm.Window); else nil (lend.go).
+	// lender is tr, if it can lend payloads to some peer (shared memory,
+	// for buffers in an shm.Window); else nil, as it is where no link
+	// lends, which formation settled (lend.go).
 	lender transport.Lender
 	rank   int
 	size   int
@@ -186,7 +187,9 @@ func New(tr transport.Transport, cfg Config) (Comm, error) {
 	}
 	g.poller, _ = tr.(transport.Poller)
 	g.inPlace, _ = tr.(transport.InPlaceReceiver)
-	g.lender, _ = tr.(transport.Lender)
+	if l, ok := tr.(transport.Lender); ok && l.Lends() {
+		g.lender = l
+	}
 	g.piece.fn = g.piece.reduce // bound once: a method value made per call would allocate
 	if g.hier, err = newHierLayout(cfg.Hosts, tr, ring, g.rank); err != nil {
 		return nil, err
@@ -561,7 +564,7 @@ func (g *group) run(s *schedule, hdr *transport.Header, dt DType, op Op, work []
 	// against 7.64 ms), and so it does where waits sleep (8 ranks on 2
 	// cores: 1.03-1.15x the lanes' time from 128 KiB to 2 MiB).
 	inline := small || len(s.sends) == 0 || len(s.recvs) == 0 || s.paired && mid && polling
-	g.loans.start(s, len(work), g.cfg.LendBytes)
+	g.loans.start(g, s, len(work))
 	if inline {
 		sent := 0
 		for i := range s.ops {

@@ -12,12 +12,14 @@ import "time"
 // the buffer again once the call returns. Calls below Config.LendBytes
 // copy instead.
 
-// Lends says whether c's transport lends buffers in an shm.Window to some
-// peer (ranks on this host that share memory with it): whether
-// allocating large buffers in windows pays.
-func Lends(c Comm) bool {
+// Lends says whether a call of bytes on c lends its buffer, where the
+// buffer lies in an shm.Window: c's transport can lend to some peer
+// (ranks on this host that share memory with it) and bytes is at least
+// c's Config.LendBytes. It is whether allocating such a buffer in a
+// window pays.
+func Lends(c Comm, bytes int) bool {
 	g, ok := c.(*group)
-	return ok && g.lender != nil && g.lender.Lends()
+	return ok && g.lender != nil && bytes >= g.cfg.LendBytes
 }
 
 // loans is the bookkeeping of one call's lent sends: the transport's
@@ -30,10 +32,10 @@ type loans struct {
 	done    int32
 }
 
-// start readies the bookkeeping for s, a call over bytes.
-func (l *loans) start(s *schedule, bytes, lendBytes int) {
+// start readies the bookkeeping for s, a call over bytes of g.
+func (l *loans) start(g *group, s *schedule, bytes int) {
 	l.s, l.done = s, 0
-	l.on = s.lends > 0 && bytes >= lendBytes
+	l.on = s.lends > 0 && g.lender != nil && bytes >= g.cfg.LendBytes
 	if !l.on {
 		return
 	}
@@ -48,7 +50,7 @@ func (l *loans) start(s *schedule, bytes, lendBytes int) {
 // allows it and the transport can.
 func (g *group) sendXfer(i int, x *xfer, work []byte, deadline time.Time) error {
 	p := work[x.off : x.off+x.n]
-	if !x.lend || !g.loans.on || g.lender == nil {
+	if !x.lend || !g.loans.on {
 		return g.tr.Send(x.peer, &g.sendHdr, p, deadline)
 	}
 	t, err := g.lender.SendLent(x.peer, &g.sendHdr, p, deadline)

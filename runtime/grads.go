@@ -72,14 +72,9 @@ func (c GradConfig) Validate() error {
 type Gradients struct {
 	comm collective.Comm
 	cfg  GradConfig
-	f32  [][]float32 // bucket buffers, reused
-	u16  [][]uint16
+	f32  bucketBufs[float32] // bucket buffers, reused
+	u16  bucketBufs[uint16]
 	f64  []float64
-	// windows holds the bucket buffers that lie in shm windows, by
-	// buffer, where the transport lends (collective.Lends): the ranks on
-	// this host then read each other's buckets in place instead of
-	// copying them through the rings.
-	windows map[*byte]*shm.Window
 	// stager stages device gradients (AverageDevice); made on first use.
 	stager *collective.Stager
 }
@@ -93,60 +88,72 @@ func NewGradients(comm collective.Comm, cfg GradConfig) (*Gradients, error) {
 		return nil, err
 	}
 	cfg.Staging = cfg.Staging.WithDefaults()
-	g := &Gradients{comm: comm, cfg: cfg}
-	if collective.Lends(comm) {
-		g.windows = map[*byte]*shm.Window{}
-	}
-	return g, nil
+	return &Gradients{comm: comm, cfg: cfg}, nil
 }
 
-// freeWindows frees the bucket buffers that lie in windows; the next
-// average allocates them again.
-func (g *Gradients) freeWindows() {
-	for i, f := range g.f32 {
-		if _, ok := g.windows[(*byte)(unsafe.Pointer(unsafe.SliceData(f)))]; ok {
-			g.f32[i] = nil
+// bucketBufs are the reusable bucket buffers of one element type, by
+// bucket. A buffer whose all-reduce lends (collective.Lends: ranks on
+// this host share memory with this one, and the bucket is large enough)
+// lies in an shm window, so that those ranks read it in place instead of
+// copying it through the rings.
+type bucketBufs[T float32 | uint16] struct {
+	bufs []bucketBuf[T]
+}
+
+type bucketBuf[T float32 | uint16] struct {
+	s []T
+	w *shm.Window // where s lies, or nil
+}
+
+// get returns bucket i's buffer of n elements, growing it if needed.
+func (b *bucketBufs[T]) get(comm collective.Comm, i, n int) []T {
+	for len(b.bufs) <= i {
+		b.bufs = append(b.bufs, bucketBuf[T]{})
+	}
+	bb := &b.bufs[i]
+	if cap(bb.s) >= n {
+		return bb.s[:n]
+	}
+	bb.w.Close() // nil-safe
+	*bb = bucketBuf[T]{s: make([]T, n)}
+	size := n * int(unsafe.Sizeof(T(0)))
+	if collective.Lends(comm, size) {
+		// Where no window can be had (a full /dev/shm, say), the heap
+		// buffer is copied instead of lent: slower, not wrong.
+		if w, err := shm.NewWindow(size); err == nil {
+			*bb = bucketBuf[T]{s: unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(w.Bytes()))), n), w: w}
 		}
 	}
-	for i, h := range g.u16 {
-		if _, ok := g.windows[(*byte)(unsafe.Pointer(unsafe.SliceData(h)))]; ok {
-			g.u16[i] = nil
+	return bb.s
+}
+
+// at returns bucket i's buffer as get last gave it.
+func (b *bucketBufs[T]) at(i int) []T { return b.bufs[i].s }
+
+// freeWindows frees the buffers that lie in windows; get makes them again.
+func (b *bucketBufs[T]) freeWindows() {
+	for i := range b.bufs {
+		if b.bufs[i].w != nil {
+			b.bufs[i].w.Close()
+			b.bufs[i] = bucketBuf[T]{}
 		}
-	}
-	for b, w := range g.windows {
-		w.Close()
-		delete(g.windows, b)
 	}
 }
 
-// minWindowBucket is the smallest bucket buffer put in a window: below
-// collective's default LendBytes a call copies anyway.
-const minWindowBucket = 2 << 20
-
-// bucketMem returns n bytes for a bucket buffer that replaces old: in a
-// window where the transport lends and the bucket is large enough to be
-// lent, else nil (the caller makes an ordinary slice). old's window, if
-// it had one, is freed.
-func (g *Gradients) bucketMem(old unsafe.Pointer, n int) []byte {
-	if g.windows == nil {
-		return nil
+// windows counts the bucket buffers that lie in windows.
+func (g *Gradients) windows() int {
+	n := 0
+	for _, b := range g.f32.bufs {
+		if b.w != nil {
+			n++
+		}
 	}
-	if w, ok := g.windows[(*byte)(old)]; ok {
-		delete(g.windows, (*byte)(old))
-		w.Close()
+	for _, b := range g.u16.bufs {
+		if b.w != nil {
+			n++
+		}
 	}
-	if n < minWindowBucket {
-		return nil
-	}
-	w, err := shm.NewWindow(n)
-	if err != nil {
-		// Memory for windows ran out (a full /dev/shm, say): an ordinary
-		// buffer is copied instead of lent, which is slower, not wrong.
-		return nil
-	}
-	b := w.Bytes()
-	g.windows[unsafe.SliceData(b)] = w
-	return b
+	return n
 }
 
 // bucket is a run of consecutive gradients that are averaged together.
@@ -222,14 +229,14 @@ func (g *Gradients) AverageAsync(ctx context.Context, grads ...[]float32) *Pendi
 		case b.direct:
 			buf = collective.Float32s(b.grads[0])
 		case g.cfg.Compress == NoCompression:
-			f := g.f32Buf(i, b.elems)
+			f := g.f32.get(g.comm, i, b.elems)
 			off := 0
 			for _, gr := range b.grads {
 				off += copy(f[off:], gr)
 			}
 			buf = collective.Float32s(f)
 		default:
-			h := g.u16Buf(i, b.elems)
+			h := g.u16.get(g.comm, i, b.elems)
 			off := 0
 			to := collective.BF16FromFloat32
 			if g.cfg.Compress == FP16 {
@@ -252,34 +259,6 @@ func (g *Gradients) AverageAsync(ctx context.Context, grads ...[]float32) *Pendi
 	return p
 }
 
-func (g *Gradients) f32Buf(i, n int) []float32 {
-	for len(g.f32) <= i {
-		g.f32 = append(g.f32, nil)
-	}
-	if cap(g.f32[i]) < n {
-		if b := g.bucketMem(unsafe.Pointer(unsafe.SliceData(g.f32[i])), 4*n); b != nil {
-			g.f32[i] = unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), n)
-		} else {
-			g.f32[i] = make([]float32, n)
-		}
-	}
-	return g.f32[i][:n]
-}
-
-func (g *Gradients) u16Buf(i, n int) []uint16 {
-	for len(g.u16) <= i {
-		g.u16 = append(g.u16, nil)
-	}
-	if cap(g.u16[i]) < n {
-		if b := g.bucketMem(unsafe.Pointer(unsafe.SliceData(g.u16[i])), 2*n); b != nil {
-			g.u16[i] = unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), n)
-		} else {
-			g.u16[i] = make([]uint16, n)
-		}
-	}
-	return g.u16[i][:n]
-}
-
 // Wait blocks until every bucket has been averaged and copied back.
 func (p *Pending) Wait(ctx context.Context) error {
 	for i, r := range p.reqs {
@@ -297,7 +276,7 @@ func (p *Pending) Wait(ctx context.Context) error {
 		}
 		off := 0
 		if g.cfg.Compress == NoCompression {
-			f := g.f32[i]
+			f := g.f32.at(i)
 			for _, gr := range b.grads {
 				off += copy(gr, f[off:off+len(gr)])
 			}
@@ -307,7 +286,7 @@ func (p *Pending) Wait(ctx context.Context) error {
 		if g.cfg.Compress == FP16 {
 			from = collective.F16ToFloat32
 		}
-		h := g.u16[i]
+		h := g.u16.at(i)
 		for _, gr := range b.grads {
 			for j := range gr {
 				gr[j] = from(h[off])

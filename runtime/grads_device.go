@@ -92,7 +92,8 @@ func (g *Gradients) DeviceStats() collective.StageStats {
 // windows. It does not close the Comm. The Gradients stay usable: a
 // later average allocates them again.
 func (g *Gradients) Close() error {
-	g.freeWindows()
+	g.f32.freeWindows()
+	g.u16.freeWindows()
 	if g.stager == nil {
 		return nil
 	}

@@ -161,16 +161,21 @@ func TestAverageKeepsLargeBucketsInWindows(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if collective.Lends(c) || gr.windows != nil {
-			return fmt.Errorf("over TCP: Lends %v, windows %v", collective.Lends(c), gr.windows)
+		// One fused bucket of 3.6 MB, which would lie in a window where a
+		// peer shared this host's memory.
+		if err := gr.Average(context.Background(), make([]float32, 300_000), make([]float32, 300_000), make([]float32, 300_000)); err != nil {
+			return err
+		}
+		if collective.Lends(c, 4<<20) || gr.windows() != 0 {
+			return fmt.Errorf("over TCP: Lends %v, %d buckets in windows", collective.Lends(c, 4<<20), gr.windows())
 		}
 		return nil
 	})
 }
 
 func averageTwiceWithClose(c collective.Comm, sizes []int) error {
-	if !collective.Lends(c) {
-		return fmt.Errorf("a group over shared memory does not lend")
+	if !collective.Lends(c, 2<<20) || collective.Lends(c, 2<<20-1) {
+		return fmt.Errorf("a group over shared memory: Lends at 2 MiB %v, just below %v; want from LendBytes (2 MiB) up", collective.Lends(c, 2<<20), collective.Lends(c, 2<<20-1))
 	}
 	gr, err := NewGradients(c, GradConfig{BucketBytes: 4 << 20})
 	if err != nil {
@@ -193,8 +198,8 @@ func averageTwiceWithClose(c collective.Comm, sizes []int) error {
 		if err := gr.Average(context.Background(), grads...); err != nil {
 			return err
 		}
-		if len(gr.windows) == 0 {
-			return fmt.Errorf("round %d: no bucket buffer lies in a window", round)
+		if gr.windows() != 2 {
+			return fmt.Errorf("round %d: %d bucket buffers lie in windows, want both (2.8 MB each)", round, gr.windows())
 		}
 		for i := range grads {
 			for j, v := range grads[i] {
