@@ -20,10 +20,9 @@ import (
 // ordinary memory, which is copied through the rings: for hosts of two
 // and of three ranks, every dtype width, an op whose order shows (sum)
 // and one that does not, and sizes that end mid-chunk; and all-gather
-// into windows. Half the lending
-// ranks scribble over their buffers as soon as their calls return, so a
-// call that returned before its peers had read its loans shows in the
-// other ranks' results.
+// into windows. Half the lending ranks scribble over their buffers as
+// soon as their calls return, so a call that returned before its peers
+// had read its loans shows in the other ranks' results.
 func TestLentMatchesCopied(t *testing.T) {
 	for _, tc := range []struct {
 		n      int
